@@ -1,0 +1,1 @@
+"""lmstruct.train"""
