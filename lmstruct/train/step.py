@@ -1,0 +1,127 @@
+"""The single jitted training update: both views through both towers, every loss term, gradients, clipping,
+the AdamW update and the metrics, sharded over a mesh.
+
+The batch is a global array sharded on its leading axis over the data axes, and the losses see the whole global
+batch: the B×B similarity terms take their negatives from every device (GSPMD inserts the collectives; the ring
+objective in lmstruct.losses.ring does it without materialising B×B).
+"""
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from lmstruct.losses.objective import Features, compute_objective, needs_augmented_view
+from lmstruct.models.two_tower import MAX_LOGIT_SCALE
+from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings
+from lmstruct.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+                     context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
+                     data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
+  """(state, state shardings): parameters initialised directly into their sharded layout."""
+  def init(rng: jax.Array) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32),
+                           jnp.zeros((1, context_length), jnp.int32))
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), rng=state_rng)
+
+  key = jax.random.key(seed)
+  shardings = tree_shardings(jax.eval_shape(init, key), mesh, rules, data_axes)
+  return jax.jit(init, out_shardings=shardings)(key), shardings
+
+
+def clamp_log_logit_scale(params: Any, max_scale: float = MAX_LOGIT_SCALE) -> Any:
+  """Projects log s back to ≤ log 100 after the update (as CLIP does), so the clamp never stalls its gradient."""
+  return {**params, "log_logit_scale": jnp.minimum(params["log_logit_scale"], math.log(max_scale))}
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def features_from_outputs(outputs: Mapping[str, jax.Array], batch_size: int, with_augmented: bool) -> Features:
+  """Splits the towers' outputs on [original; augmented] rows into the Features the objective reads."""
+  def split(key: str) -> tuple[jax.Array | None, jax.Array | None]:
+    if key not in outputs:
+      return None, None
+    value = outputs[key]
+    return (value[:batch_size], value[batch_size:]) if with_augmented else (value, None)
+
+  zv, zv_aug = split("zv")
+  zt, zt_aug = split("zt")
+  zv_ind, zv_ind_aug = split("zv_ind")
+  zt_ind, zt_ind_aug = split("zt_ind")
+  return Features(zv=zv, zt=zt, zv_aug=zv_aug, zt_aug=zt_aug, zv_ind=zv_ind, zt_ind=zt_ind, zv_ind_aug=zv_ind_aug,
+                  zt_ind_aug=zt_ind_aug, logit_scale=outputs["logit_scale"], logit_bias=outputs["logit_bias"])
+
+
+ObjectiveFn = Callable[[Features, Mapping[str, Any], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_loss_fn(model: nn.Module, objective_config: Mapping[str, Any],
+                 objective_fn: ObjectiveFn = compute_objective) -> Callable:
+  """loss(params, batch_stats, batch, rng) → (L, (metrics, new batch_stats)).
+
+  Original and augmented views are concatenated on the batch axis, so each tower runs once on [2B] inputs.
+  """
+  with_augmented = needs_augmented_view(objective_config)
+
+  def loss_fn(params, batch_stats, batch: Batch, rng: jax.Array):
+    images, texts = batch["image"], batch["text"]
+    if with_augmented:
+      images = jnp.concatenate([images, batch["image_aug"]], axis=0)
+      texts = jnp.concatenate([texts, batch["text_aug"]], axis=0)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      outputs, updates = model.apply(variables, images, texts, train=True, mutable=["batch_stats"])
+      batch_stats = updates["batch_stats"]
+    else:
+      outputs = model.apply(variables, images, texts, train=True)
+    features = features_from_outputs(outputs, batch["image"].shape[0], with_augmented)
+    total, metrics = objective_fn(features, objective_config, rng)
+    metrics["logit_scale"] = outputs["logit_scale"]
+    return total, (metrics, batch_stats)
+
+  return loss_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective_config: Mapping[str, Any],
+                    mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
+                    data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective) -> Callable:
+  """The jitted update (state, batch) → (state, metrics); the state is donated.
+
+  A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
+  the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
+  """
+  loss_fn = make_loss_fn(model, objective_config, objective_fn)
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = clamp_log_logit_scale(optax.apply_updates(state.params, updates))
+    finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           batch_stats=keep(batch_stats, state.batch_stats),
+                           opt_state=keep(opt_state, state.opt_state), rng=state.rng)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
+    if learning_rate is not None:
+      metrics["learning_rate"] = learning_rate(state.step)
+    return new_state, metrics
+
+  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, data_axes)),
+                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
