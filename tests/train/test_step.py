@@ -150,3 +150,20 @@ def test_mesh_errors_name_the_problem():
     make_mesh({"data": -1, "model": -1})
   mesh = make_mesh({"data": 4, "model": -1})
   assert dict(mesh.shape) == {"data": 4, "model": 2}
+
+
+def test_trainable_patterns_freeze_everything_else():
+  model = build_model(MODEL)
+  shape, length = input_shapes(MODEL)
+  config = {**OPTIMIZER, "learning_rate": 1e-2, "warmup_steps": 0, "trainable": ["projection", "log_logit_scale"]}
+  tx = make_optimizer(config)
+  mesh = make_mesh()
+  state, shardings = init_train_state(model, tx, shape, length, mesh, DEFAULT_RULES, seed=0)
+  before = jax.device_get(state.params)
+  step = make_train_step(model, tx, OBJECTIVE, mesh, shardings)
+  state, _ = step(state, jax.device_put(make_batch(8), batch_sharding(mesh)))
+  after = jax.device_get(state.params)
+  assert max_abs_difference(after["image_tower"], before["image_tower"]) == 0.0
+  assert max_abs_difference(after["text_tower"], before["text_tower"]) == 0.0
+  assert max_abs_difference(after["image_projection"], before["image_projection"]) > 1e-4
+  assert max_abs_difference(after["text_projection_ind"], before["text_projection_ind"]) > 1e-4
