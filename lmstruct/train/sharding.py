@@ -20,16 +20,19 @@ FSDP_RULES: tuple[tuple[str, Any], ...] = ((".*", "fsdp"),)
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with classic (Auto) GSPMD axes; `shape` maps axis names to sizes, −1 meaning the rest."""
+  """A mesh with classic (Auto) GSPMD axes; `shape` maps axis names to sizes, −1 meaning the rest.
+
+  A shape covering fewer devices than available uses the first ones (e.g. {'data': 1} for one device).
+  """
   devices = list(devices if devices is not None else jax.devices())
   shape = dict(shape or {"data": -1})
   known = math.prod(s for s in shape.values() if s != -1)
   if list(shape.values()).count(-1) > 1:
     raise ValueError(f"mesh.shape may hold at most one -1, got {shape}")
   sizes = [len(devices) // known if s == -1 else s for s in shape.values()]
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh.shape {shape} does not cover the {len(devices)} available devices")
-  return Mesh(np.asarray(devices).reshape(sizes), tuple(shape), axis_types=(AxisType.Auto,) * len(sizes))
+  if math.prod(sizes) > len(devices) or (-1 in shape.values() and math.prod(sizes) != len(devices)):
+    raise ValueError(f"mesh.shape {shape} does not fit the {len(devices)} available devices")
+  return Mesh(np.asarray(devices[:math.prod(sizes)]).reshape(sizes), tuple(shape), axis_types=(AxisType.Auto,) * len(sizes))
 
 
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = ("data",)) -> NamedSharding:

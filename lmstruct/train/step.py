@@ -33,7 +33,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, image_s
                            jnp.zeros((1, context_length), jnp.int32))
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=state_rng)
+                      opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
 
   key = jax.random.key(seed)
   shardings = tree_shardings(jax.eval_shape(init, key), mesh, rules, data_axes)
@@ -96,20 +96,63 @@ def make_loss_fn(model: nn.Module, objective_config: Mapping[str, Any],
   return loss_fn
 
 
+def split_micro_batches(batch: Batch, count: int, sharding: jax.sharding.NamedSharding) -> Batch:
+  """[B, ...] → [count, B/count, ...] where micro-batch m holds rows m, m + count, m + 2·count, …
+
+  Strided rather than contiguous, so that every micro-batch keeps rows on every device of the data axes.
+  """
+  def split(x: jax.Array) -> jax.Array:
+    if x.shape[0] % count:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by accumulation_steps={count}")
+    micro = jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+    spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+    return jax.lax.with_sharding_constraint(micro, jax.sharding.NamedSharding(sharding.mesh, spec))
+  return {k: split(v) for k, v in batch.items()}
+
+
+def accumulated_gradients(loss_fn: Callable, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
+                          count: int, sharding: jax.sharding.NamedSharding):
+  """Mean gradient and mean metrics over `count` micro-batches (a `lax.scan`); batch statistics are threaded.
+
+  The contrastive negatives of each micro-batch are only that micro-batch's examples: accumulation saves memory
+  but is not the same objective as one step on the whole batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if count == 1:
+    (_, (metrics, batch_stats)), grads = grad_fn(params, batch_stats, batch, rng)
+    return grads, metrics, batch_stats
+
+  def body(carry, micro_batch_and_index):
+    grads_sum, stats = carry
+    micro_batch, index = micro_batch_and_index
+    (_, (metrics, stats)), grads = grad_fn(params, stats, micro_batch, jax.random.fold_in(rng, index))
+    return (jax.tree.map(jnp.add, grads_sum, grads), stats), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grads, batch_stats), metrics = jax.lax.scan(
+      body, (zeros, batch_stats), (split_micro_batches(batch, count, sharding), jnp.arange(count)))
+  return (jax.tree.map(lambda g: g / count, grads), jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics),
+          batch_stats)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective_config: Mapping[str, Any],
                     mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
-                    data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective) -> Callable:
+                    data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective,
+                    accumulation_steps: int = 1) -> Callable:
   """The jitted update (state, batch) → (state, metrics); the state is donated.
 
   A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
   the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
+  With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
+  `accumulated_gradients`).
   """
   loss_fn = make_loss_fn(model, objective_config, objective_fn)
+  data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    rng = jax.random.fold_in(state.rng, state.step)
-    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, rng)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grads, metrics, batch_stats = accumulated_gradients(loss_fn, state.params, state.batch_stats, batch, rng,
+                                                        accumulation_steps, data_sharding)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = clamp_log_logit_scale(optax.apply_updates(state.params, updates))
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
@@ -123,5 +166,5 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
       metrics["learning_rate"] = learning_rate(state.step)
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, data_axes)),
+  return jax.jit(step, in_shardings=(state_shardings, data_sharding),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)

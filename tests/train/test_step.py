@@ -144,8 +144,11 @@ def test_learning_rate_schedule_warms_up_linearly_then_decays_by_cosine():
 
 
 def test_mesh_errors_name_the_problem():
-  with pytest.raises(ValueError, match="does not cover the 8"):
-    make_mesh({"data": 3})
+  with pytest.raises(ValueError, match="does not fit the 8"):
+    make_mesh({"data": 16})
+  with pytest.raises(ValueError, match="does not fit the 8"):
+    make_mesh({"data": -1, "model": 3})
+  assert make_mesh({"data": 2}).devices.size == 2
   with pytest.raises(ValueError, match="at most one -1"):
     make_mesh({"data": -1, "model": -1})
   mesh = make_mesh({"data": 4, "model": -1})

@@ -1,0 +1,75 @@
+"""The embedded default: a ViT + text transformer trained on the rendered scenes dataset with the paper's
+objective (in-modal base + separation + Brownian bridge + geometric consistency), evaluated by zero-shot
+classification, retrieval, a linear probe and the modality-structure diagnostics.
+
+    lmstruct train --config configs/clip_scenes.py --workdir runs/default
+    lmstruct train --config configs/clip_scenes.py:objective=cyclip,steps=600 --workdir runs/cyclip
+
+Arguments:
+  variant    model size: 'test' (seconds, for tests), 'small' (the main job), 'tiny' (the benchmark size)
+  objective  'full' (all three regularisers), 'clip', 'inmodal', 'cyclip', 'sep', 'br', 'gc' (one regulariser)
+  steps      training steps
+  batch      global batch size
+  scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
+  train_size number of training examples rendered (the dataset is built on first use)
+"""
+from lmstruct.config import base_config, parse_arg
+
+VARIANTS = {
+    "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
+    "small": dict(model={"preset": "tiny", "image": {"width": 128, "layers": 4, "heads": 4, "patch": 8},
+                         "text": {"width": 128, "layers": 4, "heads": 4, "context_length": 32},
+                         "embed_dim": 128}, image_size=64),
+    "tiny": dict(model={"preset": "tiny"}, image_size=64),
+}
+
+OBJECTIVES = {
+    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
+    "clip": {"base": "clip", "weights": {}},
+    "inmodal": {"base": "inmodal", "weights": {}},
+    "cyclip": {"base": "clip", "weights": {"cyclip": 1.0}},
+    "sep": {"base": "inmodal", "weights": {"separation": 1.0}},
+    "br": {"base": "inmodal", "weights": {"bridge": 1.0}},
+    "gc": {"base": "inmodal", "weights": {"geometric": 1.0}},
+}
+
+LABELS = ("shape", "colour", "size", "count")
+
+
+def scenes_source(split: str, arg) -> dict:
+  """One split of the scenes preset `arg.scenes`, rendered at the variant's image size, with only the splits the
+  run reads (train, validation, test) built."""
+  return {"kind": "scenes", "split": split, "preset": arg.scenes,
+          "knobs": {"image_size": VARIANTS[arg.variant]["image_size"]},
+          "split_sizes": {"train": arg.train_size, "validation": arg.eval_size, "test": arg.eval_size}}
+
+
+def get_config(arg: str | None = None):
+  arg = parse_arg(arg, variant="small", objective="full", steps=600, batch=64, scenes="default", train_size=6000,
+                  eval_size=500)
+  if arg.variant not in VARIANTS:
+    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
+  if arg.objective not in OBJECTIVES:
+    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+  config = base_config()
+  config.model = VARIANTS[arg.variant]["model"]
+  config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = max(1, arg.steps // 10)
+  config.optimizer.weight_decay = 0.1
+  config.data.train = scenes_source("train", arg)
+  config.data.global_batch_size = arg.batch
+  config.data.eval_batch_size = 128
+  config.data.augment = {"random_resized_crop": {"scale": (0.6, 1.0)}, "horizontal_flip": {"p": 0.5}}
+  config.train.steps = arg.steps
+  config.train.log_every = 20
+  config.train.checkpoint_every = max(1, arg.steps // 2)
+  test = scenes_source("test", arg)
+  config.evals = {
+      **{f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS},
+      "retrieval": {"kind": "retrieval", "data": test, "captions": 5},
+      "linear_probe_shape": {"kind": "linear_probe", "train_data": scenes_source("validation", arg),
+                             "test_data": test, "label": "shape"},
+      "structure": {"kind": "structure", "data": test, "write_plots": True},
+  }
+  return config

@@ -1,0 +1,71 @@
+"""Orbax checkpoints of a training run: state, data-iterator position, and the config that made them.
+
+Each checkpoint holds three items: `state` (the TrainState: step, parameters, batch statistics, optimizer state,
+RNG key data; saved asynchronously), `data` (the input pipeline's iterator state, JSON) and `config` (JSON).
+The last `keep` checkpoints are kept, plus the best one by `best_metric` when given. Restoring reshards onto
+whatever mesh the restoring run uses, and a checkpoint of another architecture is refused with the name of the
+first parameter that differs.
+"""
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from lmstruct.train.sharding import path_string
+from lmstruct.train.state import TrainState
+
+_preservation = ocp.checkpoint_managers.preservation_policy
+
+
+def make_manager(directory: str | pathlib.Path, keep: int = 2, best_metric: str = "",
+                 best_mode: str = "max") -> ocp.CheckpointManager:
+  """A CheckpointManager under `directory` keeping the latest `keep` (and the best by `best_metric`)."""
+  policies = [_preservation.LatestN(n=keep)]
+  if best_metric:
+    policies.append(_preservation.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
+                                        reverse=(best_mode == "min"), n=1))
+  options = ocp.CheckpointManagerOptions(preservation_policy=_preservation.AnyPreservationPolicy(policies),
+                                         enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                               item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                              "data": ocp.JsonCheckpointHandler(),
+                                              "config": ocp.JsonCheckpointHandler()})
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Mapping[str, Any],
+         config: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
+  """Starts an asynchronous save of checkpoint `state.step` (finished by `manager.wait_until_finished()`)."""
+  manager.save(int(jax.device_get(state.step)),
+               args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state)),
+                                       config=ocp.args.JsonSave(dict(config))),
+               metrics=dict(metrics) if metrics else None)
+
+
+def check_compatible(saved: Any, target: Any) -> None:
+  """Raises ValueError naming the first parameter whose path or shape differs between checkpoint and target."""
+  saved_leaves = {path_string(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  target_leaves = {path_string(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+  for path, shape in target_leaves.items():
+    if path not in saved_leaves:
+      raise ValueError(f"checkpoint does not match the model: parameter {path!r} {shape} is missing from it "
+                       "(was it written by another architecture?)")
+    if saved_leaves[path] != shape:
+      raise ValueError(f"checkpoint does not match the model: parameter {path!r} has shape {saved_leaves[path]} in "
+                       f"the checkpoint but {shape} in the model")
+  extra = sorted(set(saved_leaves) - set(target_leaves))
+  if extra:
+    raise ValueError(f"checkpoint does not match the model: it has parameter {extra[0]!r} the model lacks")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
+            shardings: TrainState) -> tuple[TrainState, dict[str, Any]]:
+  """(state, data-iterator state) of checkpoint `step`, laid out with `shardings` (any mesh)."""
+  saved = manager.item_metadata(step)["state"].tree
+  check_compatible(saved["params"], abstract_state.params)
+  target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract_state, shardings)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                           data=ocp.args.JsonRestore()))
+  return restored["state"], dict(restored["data"])

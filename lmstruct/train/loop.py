@@ -1,0 +1,245 @@
+"""The training driver: config → sharded state → pipeline → jitted updates, with logging, evaluation,
+checkpointing, resumption, preemption handling and profiling. `train_and_evaluate` is what `lmstruct train` runs.
+"""
+import functools
+import json
+import logging
+import math
+import pathlib
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lmstruct.config import validate_config
+from lmstruct.data import pipeline, sources
+from lmstruct.data.tokenize import get_tokenizer
+from lmstruct.losses.objective import compute_objective, validate_objective_config
+from lmstruct.models import build_model, input_shapes
+from lmstruct.train import checkpoint
+from lmstruct.train.evaluation import build_evaluators, make_encoders
+from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
+from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
+from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, make_mesh
+from lmstruct.train.step import init_train_state, make_train_step
+from lmstruct.eval.registry import run_evaluators
+
+NAMED_RULES = {"replicate": DEFAULT_RULES, "fsdp": FSDP_RULES}
+
+
+class NonFiniteError(RuntimeError):
+  """A non-finite loss or gradient with `train.nonfinite = 'stop'`."""
+
+
+class StopRequest:
+  """Set by SIGTERM/SIGINT: the loop finishes the current step, saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopRequest":
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    logging.warning("received %s: finishing this step, saving a checkpoint and exiting",
+                    signal.Signals(signum).name)
+    self.signal = signum
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def sharding_rules(rules: Any) -> tuple:
+  """'replicate' | 'fsdp' | a list of (regex, spec) pairs."""
+  if isinstance(rules, str):
+    if rules not in NAMED_RULES:
+      raise ValueError(f"unknown sharding.rules {rules!r}; valid names: {sorted(NAMED_RULES)} or a list of "
+                       "(regex, spec) pairs")
+    return NAMED_RULES[rules]
+  return tuple((pattern, tuple(spec) if isinstance(spec, list) else spec) for pattern, spec in rules)
+
+
+def objective_function(objective: Mapping[str, Any], mesh: Any, data_axes: tuple[str, ...]):
+  """The objective implementation: 'global' (GSPMD over the whole batch) or 'ring' (lmstruct.losses.ring);
+  'auto' takes the ring when the data axis spans more than one device."""
+  impl = objective.get("impl", "auto")
+  if impl not in ("auto", "global", "ring"):
+    raise ValueError(f"objective.impl must be 'auto', 'global' or 'ring', got {impl!r}")
+  devices = math.prod(mesh.shape[a] for a in data_axes)
+  if impl == "global" or (impl == "auto" and devices == 1):
+    return compute_objective
+  from lmstruct.losses.ring import compute_objective_ring
+  return functools.partial(compute_objective_ring, mesh=mesh, data_axis=data_axes[0])
+
+
+def objective_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The objective section as a plain dict without the implementation switch (which the losses do not read)."""
+  objective = config.objective.to_dict()
+  objective.pop("impl", None)
+  validate_objective_config(objective)
+  return objective
+
+
+def _resolved_optimizer(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  optimizer = config.optimizer.to_dict()
+  optimizer["total_steps"] = optimizer["total_steps"] or config.train.steps
+  optimizer["trainable"] = list(optimizer.get("trainable") or [])
+  return optimizer
+
+
+def _nonfinite_terms(metrics: Mapping[str, Any]) -> list[str]:
+  bad = [k for k, v in metrics.items() if k.startswith("loss/") and not np.isfinite(v)]
+  return bad or ["gradient"]
+
+
+def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
+  """A markdown table: one row per evaluator metric."""
+  lines = ["| evaluator | metric | value |", "|---|---|---|"]
+  for name, metrics in results.items():
+    for key, value in metrics.items():
+      lines.append(f"| {name} | {key} | {value:.4f} |")
+  return "\n".join(lines)
+
+
+class Trainer:
+  """Everything one run needs, built once from the config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    validate_config(config)
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.mesh = make_mesh(config.mesh.shape.to_dict())
+    self.data_axes = (self.mesh.axis_names[0],)
+    self.model_config = config.model.to_dict()
+    self.model = build_model(self.model_config)
+    self.objective = objective_config(config)
+    self.optimizer_config = _resolved_optimizer(config)
+    self.tx = make_optimizer(self.optimizer_config)
+    self.image_shape, self.context_length = input_shapes(self.model_config)
+    self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length)
+    self.state, self.shardings = init_train_state(
+        self.model, self.tx, self.image_shape, self.context_length, self.mesh, sharding_rules(config.sharding.rules),
+        config.seed, self.data_axes)
+    self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
+                                           config.train.best_metric, config.train.best_mode)
+
+  def restore_latest(self) -> dict[str, Any] | None:
+    """Restores the newest checkpoint into `self.state`; returns its data-iterator state (None: fresh run)."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.state)
+    self.state, data_state = checkpoint.restore(self.manager, step, abstract, self.shardings)
+    logging.info("resumed from %s at step %d", self.manager.directory, step)
+    return data_state
+
+  def evaluators(self) -> list:
+    return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
+                            batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
+                            tokenize=self.tokenize, mesh=self.mesh)
+
+  def encoders(self):
+    variables = {"params": self.state.params}
+    if self.state.batch_stats:
+      variables["batch_stats"] = self.state.batch_stats
+    return make_encoders(self.model, variables, self.mesh)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict[str, float]]:
+  """Trains `config.train.steps` updates (resuming from the workdir's latest checkpoint), evaluating every
+  evaluator at its interval and once at the end; returns the final evaluation results."""
+  trainer = Trainer(config, workdir)
+  cfg = config.train
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(trainer.workdir, enabled=is_main)
+  writer.write_config(config.to_dict())
+  source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
+  batches = pipeline.train_pipeline(
+      source, tokenize=trainer.tokenize, global_batch_size=config.data.global_batch_size, seed=config.seed,
+      image_size=trainer.image_shape[0], augment_config=config.data.augment.to_dict() or None,
+      eda_config=config.data.eda.to_dict() or None, mesh=trainer.mesh, data_axes=trainer.data_axes,
+      worker_count=config.data.worker_count, read_threads=config.data.read_threads,
+      caption_choice=config.data.caption_choice)
+  data_state = trainer.restore_latest()
+  if data_state is not None:
+    batches.set_state(data_state)
+  step_fn = make_train_step(trainer.model, trainer.tx, trainer.objective, trainer.mesh, trainer.shardings,
+                            learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
+                            objective_function(config.objective, trainer.mesh, trainer.data_axes),
+                            cfg.accumulation_steps)
+  evaluators = trainer.evaluators()
+  step = int(jax.device_get(trainer.state.step))
+  progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
+  averages, skipped = IntervalAverages(), 0
+  profile_stop = cfg.profile_start_step + cfg.profile_steps if cfg.profile_start_step >= 0 else -1
+  last_eval: dict[str, dict[str, float]] = {}
+  with StopRequest() as stop:
+    while step < cfg.steps:
+      if step == cfg.profile_start_step:
+        jax.profiler.start_trace(str(trainer.workdir / "profile"))
+      batch = next(batches)
+      trainer.state, metrics = step_fn(trainer.state, batch)
+      step += 1
+      if step == profile_stop:
+        jax.profiler.stop_trace()
+      metrics = jax.device_get(metrics)
+      if int(metrics["nonfinite"]):
+        if cfg.nonfinite == "stop":
+          raise NonFiniteError(f"non-finite loss or gradient at step {step}: {_nonfinite_terms(metrics)}; "
+                               "the update was rejected (set train.nonfinite='skip' to skip and count instead)")
+        skipped += 1
+      averages.add(metrics)
+      if step % cfg.log_every == 0 or step == cfg.steps:
+        scalars = averages.pop()
+        scalars.update(progress.update(step, scalars))
+        scalars["train/skipped_nonfinite"] = skipped
+        writer.write_scalars(step, scalars)
+      else:
+        progress.update(step)
+      due = [e for e in evaluators if e.due(step)]
+      if due:
+        last_eval = run_evaluators(due, *trainer.encoders(), step=step, workdir=trainer.workdir)
+        writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()})
+      if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
+        flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
+        checkpoint.save(trainer.manager, trainer.state, batches.get_state(), config.to_dict(),
+                        flat if cfg.best_metric in flat else None)
+      if stop.signal is not None:
+        break
+  trainer.manager.wait_until_finished()
+  progress.close()
+  batches.close()
+  results: dict[str, dict[str, float]] = {}
+  if stop.signal is None and evaluators:
+    results = run_evaluators(evaluators, *trainer.encoders(), step=step, workdir=trainer.workdir, only_due=False)
+    writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in results.items() for k, v in m.items()})
+    if is_main:
+      (trainer.workdir / "results.json").write_text(json.dumps({"step": step, "results": results}, indent=2))
+      (trainer.workdir / "results.md").write_text(results_table(results) + "\n")
+  writer.close()
+  trainer.manager.close()
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                        step: int | None = None) -> dict[str, dict[str, float]]:
+  """Runs every evaluator of `config` on checkpoint `step` (default: the latest) of `workdir`."""
+  trainer = Trainer(config, workdir)
+  step = trainer.manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {trainer.workdir / 'checkpoints'}")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
+  trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
+  results = run_evaluators(trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir,
+                           only_due=False)
+  trainer.manager.close()
+  return results

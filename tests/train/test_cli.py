@@ -1,0 +1,112 @@
+"""The `lmstruct` CLI end to end, in subprocesses: train → checkpoint → eval, bitwise resume after SIGKILL,
+clean exit on SIGTERM, and a 2-process run equal to a 1-process run."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from driver_utils import REPO, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The tiny scenes dataset, built once so that concurrent processes only read it."""
+  path = tmp_path_factory.mktemp("data")
+  code = ("import importlib.util, sys; from lmstruct.data import sources; "
+          f"spec = importlib.util.spec_from_file_location('c', '{REPO}/configs/clip_scenes.py'); "
+          "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+          "cfg = m.get_config('variant=test,train_size=64,eval_size=32'); "
+          "[sources.build_source(dict(cfg.data.train, split=s), sys.argv[1]) for s in ('train', 'validation', 'test')]")
+  subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=REPO, env=cli_env(1))
+  return path
+
+
+def test_train_checkpoint_eval(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli("train", workdir, data_dir, 4, "--config.train.log_every=2", "--config.train.checkpoint_every=2")
+  assert checkpoint_steps(workdir) == [2, 4]
+  metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics if "loss/total" in m] == [2, 4]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 4
+  results = json.loads((workdir / "results.json").read_text())["results"]
+  assert {"zeroshot_shape", "retrieval", "linear_probe_shape", "structure"} <= set(results)
+  assert 0.0 <= results["zeroshot_shape"]["acc1"] <= results["zeroshot_shape"]["acc5"] <= 1.0
+  assert (workdir / "eval" / "structure" / "step_4_pca.png").stat().st_size > 0
+  evaluated = run_cli("eval", workdir, data_dir, 4, "--step=2")
+  assert "| retrieval | image_retrieval_recall@1 |" in evaluated.stdout
+  assert json.loads((workdir / "eval" / "retrieval" / "step_2.json").read_text())["step"] == 2
+
+
+def test_misspelled_override_names_the_key(data_dir, tmp_path):
+  result = subprocess.run(cli_command("train", tmp_path, data_dir, 2, "--config.train.stpes=3"), env=cli_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "stpes" in result.stderr and "steps" in result.stderr
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run_bitwise(data_dir, tmp_path):
+  k = 6
+  common = ("--config.evals={}", f"--config.train.checkpoint_every={k}", "--config.train.log_every=1")
+  run_cli("train", tmp_path / "straight", data_dir, 2 * k, *common)
+  interrupted = tmp_path / "interrupted"
+  process = subprocess.Popen(cli_command("train", interrupted, data_dir, 2 * k, *common), env=cli_env(), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while k not in checkpoint_steps(interrupted) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert checkpoint_steps(interrupted) == [k], "the run must be killed between its two checkpoints"
+  run_cli("train", interrupted, data_dir, 2 * k, *common)
+  straight, resumed = flatten(saved_params(tmp_path / "straight", 2 * k)), flatten(saved_params(interrupted, 2 * k))
+  assert straight.keys() == resumed.keys()
+  for name in straight:
+    np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_cleanly(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(cli_command("train", workdir, data_dir, 10_000, "--config.evals={}",
+                                         "--config.train.log_every=1", "--config.train.checkpoint_every=100000"),
+                             env=cli_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  steps = checkpoint_steps(workdir)
+  assert len(steps) == 1 and 2 <= steps[0] < 10_000
+  assert "received SIGTERM" in stderr
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
+  common = ("--config.evals={}", "--config.train.checkpoint_every=3")
+  run_cli("train", tmp_path / "one", data_dir, 3, *common)
+  port = _free_port()
+  processes = [subprocess.Popen(
+      cli_command("train", tmp_path / "two", data_dir, 3, *common, f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}"),
+      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  one, two = flatten(saved_params(tmp_path / "one", 3)), flatten(saved_params(tmp_path / "two", 3))
+  for name in one:
+    # Each process reads its own shard, so the global batch holds the same examples in another order; the loss
+    # is permutation invariant, and only float summation order differs.
+    np.testing.assert_allclose(two[name], one[name], rtol=2e-4, atol=2e-6, err_msg=name)
