@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m lmstruct.data.assets fetch
+	$(PY) -m lmstruct.pretrained.assets fetch
 	touch $(STAMP)
 
 install: $(STAMP)

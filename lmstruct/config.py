@@ -53,11 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
       "sharding": {"rules": "replicate"},
       "data": {"train": {"kind": "scenes", "split": "train", "preset": "default"}, "data_dir": "data",
                "global_batch_size": 128, "tokenizer": "clip", "worker_count": 0, "read_threads": 2,
-               "augment": {}, "eda": {}, "caption_choice": "random", "eval_batch_size": 256},
+               "augment": {}, "eda": {}, "caption_choice": "random", "eval_batch_size": 256,
+               "tokenizer_path": ""},
       "train": {"steps": 1000, "log_every": 50, "checkpoint_every": 500, "keep_checkpoints": 2, "best_metric": "",
                 "best_mode": "max", "accumulation_steps": 1, "nonfinite": "stop", "profile_start_step": -1,
                 "profile_steps": 5, "progress_bar": "auto"},
-      "init": {"checkpoint": ""},
+      "init": {"pretrained": "", "towers": ()},
       "evals": {},
   })
 

@@ -47,7 +47,7 @@ class Features:
 Term = Callable[[Features, Mapping[str, Any], jax.Array], jax.Array]
 
 
-def _bridge_times(options: Mapping[str, Any], batch_size: int, rng: jax.Array) -> float | jax.Array:
+def bridge_times(options: Mapping[str, Any], batch_size: int, rng: jax.Array) -> float | jax.Array:
   """The bridge time t: the configured constant, or one draw from U(0, 1) per example when 'uniform'."""
   t = options.get("bridge_t", 0.25)
   if t == "uniform":
@@ -64,7 +64,7 @@ BASE_LOSSES: dict[str, Term] = {
 REGULARIZERS: dict[str, Term] = {
     "separation": lambda f, o, r: separation_loss(f.zv, f.zt, f.zv_ind, f.zt_ind, f.zv_ind_aug, f.zt_ind_aug,
                                                   f.logit_scale),
-    "bridge": lambda f, o, r: brownian_bridge_loss(f.zv, f.zt, f.zv_aug, _bridge_times(o, f.zv.shape[0], r)),
+    "bridge": lambda f, o, r: brownian_bridge_loss(f.zv, f.zt, f.zv_aug, bridge_times(o, f.zv.shape[0], r)),
     "geometric": lambda f, o, r: geometric_consistency_loss(f.zv, f.zt, f.zv_aug, f.zt_aug),
     "cyclip": lambda f, o, r: cyclip_loss(f.zv, f.zt, **dict(o.get("cyclip", {}))),
     "alignment": lambda f, o, r: alignment_loss(f.zv, f.zt),

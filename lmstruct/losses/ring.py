@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from lmstruct.losses.alignment import alignment_loss
 from lmstruct.losses.bridge import brownian_bridge_loss
 from lmstruct.losses.geometric import paired_similarity_error
-from lmstruct.losses.objective import Features, _bridge_times, active_regularizers
+from lmstruct.losses.objective import Features, bridge_times, active_regularizers
 from lmstruct.losses.separation import orthogonality_loss
 
 AxisName = str | tuple[str, ...]
@@ -416,7 +416,7 @@ def compute_objective_ring(features: Features, config: Mapping[str, Any], rng: j
   if "bridge" in regularizers:
     index = sorted(regularizers).index("bridge")
     local["bridge_t"] = jnp.broadcast_to(
-        jnp.asarray(_bridge_times(config, batch_size, jax.random.fold_in(rng, index)), jnp.float32), (batch_size,))
+        jnp.asarray(bridge_times(config, batch_size, jax.random.fold_in(rng, index)), jnp.float32), (batch_size,))
   params = {name: getattr(features, name) for name in _SCALARS if getattr(features, name) is not None}
 
   body = functools.partial(_objective_on_device, names=names, config=config, axis_name=data_axis,

@@ -3,6 +3,7 @@
     model.preset = 'tiny'                         # a key of PRESETS
     model.image = {'kind': 'vit', 'size': 'tiny'} # overrides merged into the preset's image tower
     model.text = {'size': 'tiny', 'context_length': 32}
+    model.text = {'kind': 'bert', 'size': 'MiniLM-L6'}  # text kinds: 'transformer' (CLIP's, default), 'bert'
     model.embed_dim = 256
     model.independent_heads = True
     model.dtype = 'bfloat16'                       # compute dtype; parameters stay float32
@@ -15,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lmstruct.models.bert import BERT_SIZES, BertTextTower
+from lmstruct.models.efficientnet import EFFICIENTNET_SIZES, EfficientNetLite
 from lmstruct.models.resnet import RESNET_SIZES, ModifiedResNet
 from lmstruct.models.text import TEXT_SIZES, TextTransformer
 from lmstruct.models.two_tower import TwoTower
@@ -32,14 +35,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ViT-B-32": dict(image=dict(kind="vit", size="B/32", image_size=224), text=dict(size="B"), embed_dim=512),
     "ViT-B-16": dict(image=dict(kind="vit", size="B/16", image_size=224), text=dict(size="B"), embed_dim=512),
     "ViT-L-14": dict(image=dict(kind="vit", size="L/14", image_size=224), text=dict(size="L"), embed_dim=768),
+    # LiT-style towers with pretrained weights from lmstruct.pretrained: EfficientNet-Lite0 + all-MiniLM-L6-v2.
+    "LiT-EfficientNetLite0-MiniLM": dict(image=dict(kind="efficientnet", size="lite0", image_size=224),
+                                         text=dict(kind="bert", size="MiniLM-L6", context_length=64),
+                                         embed_dim=256),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IMAGE_KINDS = {"vit": VIT_SIZES, "resnet": RESNET_SIZES}
+IMAGE_KINDS = {"vit": VIT_SIZES, "resnet": RESNET_SIZES, "efficientnet": EFFICIENTNET_SIZES}
+TEXT_KINDS = {"transformer": TEXT_SIZES, "bert": BERT_SIZES}
 _MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat", "init_logit_scale",
                "init_logit_bias"}
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
-_TEXT_KEYS = {"size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads"}
+_TEXT_KEYS = {"kind", "size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads",
+              "mlp_dim", "max_positions", "pooling"}
 
 
 def _check_keys(given: Mapping[str, Any], valid: set[str], where: str) -> None:
@@ -82,13 +91,21 @@ def build_model(config: Mapping[str, Any]) -> TwoTower:
   image = {**_lookup(sizes, image.pop("size"), f"{kind} size"), **image}
   if kind == "vit":
     image_tower: nn.Module = VisionTransformer(**image, remat=remat, dtype=dtype)
-  else:
+  elif kind == "resnet":
     image.pop("activation", None)
     image_tower = ModifiedResNet(**image, dtype=dtype)
+  else:
+    image_tower = EfficientNetLite(**image, dtype=dtype)
   text = dict(cfg["text"])
-  text = {**_lookup(TEXT_SIZES, text.pop("size"), "text size"), **text}
+  text_kind = text.pop("kind", "transformer")
+  text = {**_lookup(_lookup(TEXT_KINDS, text_kind, "model.text.kind"), text.pop("size"), f"{text_kind} size"), **text}
+  if text_kind == "bert":
+    text.pop("context_length", None)
+    text_tower: nn.Module = BertTextTower(**text, remat=remat, dtype=dtype)
+  else:
+    text_tower = TextTransformer(**text, remat=remat, dtype=dtype)
   return TwoTower(
-      image_tower=image_tower, text_tower=TextTransformer(**text, remat=remat, dtype=dtype),
+      image_tower=image_tower, text_tower=text_tower,
       embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),
       image_projection_bias=(kind == "resnet"), init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
       init_logit_bias=cfg.get("init_logit_bias", 0.0), dtype=dtype)

@@ -125,12 +125,33 @@ class Trainer:
     self.optimizer_config = _resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.image_shape, self.context_length = input_shapes(self.model_config)
-    self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length)
+    tokenizer_args = {"path": config.data.tokenizer_path} if config.data.tokenizer_path else {}
+    self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length, **tokenizer_args)
     self.state, self.shardings = init_train_state(
         self.model, self.tx, self.image_shape, self.context_length, self.mesh, sharding_rules(config.sharding.rules),
         config.seed, self.data_axes)
+    if config.init.pretrained or config.init.towers:
+      self._load_pretrained()
     self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
                                            config.train.best_metric, config.train.best_mode)
+
+  def _load_pretrained(self) -> None:
+    """Overwrites the fresh initialisation with pretrained weights: a converted checkpoint (`init.pretrained`,
+    from `lmstruct convert openclip`) and/or named pretrained towers (`init.towers`). Parameters the weights do
+    not cover (e.g. the independent heads) keep their initialisation."""
+    from lmstruct.pretrained import export, towers
+    pretrained: dict[str, Any] = {}
+    if self.config.init.pretrained:
+      saved_config, pretrained = export.load_pretrained(self.config.init.pretrained)
+      export.check_architecture(saved_config, self.model_config)
+    if self.config.init.towers:
+      loaded = towers.load_towers(list(self.config.init.towers))
+      pretrained = {kind: {**pretrained.get(kind, {}), **loaded.get(kind, {})} for kind in {*pretrained, *loaded}}
+    initial = jax.device_get({"params": self.state.params, "batch_stats": self.state.batch_stats})
+    merged, fresh = export.merge_pretrained(initial, pretrained)
+    self.state = self.state.replace(params=jax.device_put(merged["params"], self.shardings.params),
+                                    batch_stats=jax.device_put(merged.get("batch_stats", {}), self.shardings.batch_stats))
+    logging.info("initialised from pretrained weights; freshly initialised: %s", fresh)
 
   def restore_latest(self) -> dict[str, Any] | None:
     """Restores the newest checkpoint into `self.state`; returns its data-iterator state (None: fresh run)."""

@@ -179,3 +179,26 @@ def test_unsupported_architecture_names_the_valid_ones(tmp_path, capsys):
   assert openclip.main(["--checkpoint", str(tmp_path / "none.pt"), "--model", "test",
                         "--out", str(tmp_path / "p")]) == 1
   assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_training_starts_from_a_converted_checkpoint(tmp_path):
+  from lmstruct.config import base_config
+  from lmstruct.train.loop import Trainer
+  checkpoint = tmp_path / "vit.safetensors"
+  state_dict = read_state_dict(FIXTURES / "openclip_vit_openai_fp16_torchscript.pt")
+  small = state_dict["token_embedding.weight"]
+  table = np.zeros((EOT + 1, small.shape[1]), small.dtype)
+  table[:SMALL_VOCAB - 1], table[EOT] = small[:SMALL_VOCAB - 1], small[SMALL_VOCAB - 1]
+  write_safetensors(checkpoint, {**state_dict, "token_embedding.weight": table})
+  assert openclip.main(["--checkpoint", str(checkpoint), "--model", "test", "--out", str(tmp_path / "conv")]) == 0
+  model_config, pretrained = load_pretrained(tmp_path / "conv")
+  config = base_config()
+  config.model = model_config
+  config.init.pretrained = str(tmp_path / "conv")
+  config.mesh.shape = {"data": 1}
+  params = jax.device_get(Trainer(config, tmp_path / "run").state.params)
+  np.testing.assert_array_equal(params["image_tower"]["patch_embed"]["kernel"],
+                                pretrained["params"]["image_tower"]["patch_embed"]["kernel"])
+  np.testing.assert_array_equal(params["text_projection"]["kernel"], pretrained["params"]["text_projection"]["kernel"])
+  assert "image_projection_ind" not in pretrained["params"]
+  assert np.abs(params["image_projection_ind"]["kernel"]).sum() > 0  # the independent head keeps its random init

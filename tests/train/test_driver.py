@@ -143,3 +143,14 @@ def test_checkpoint_of_another_architecture_names_the_parameter(tmp_path):
   with pytest.raises(ValueError, match=r"parameter 'image_projection/kernel' has shape \(32, 16\) in the checkpoint "
                                        r"but \(32, 24\) in the model"):
     checkpoint.restore(manager, 0, abstract, shardings)
+
+
+def test_training_consumes_a_coco_folder_through_the_same_pipeline(shared_data, tmp_path):
+  config = quick(load_config("clip_scenes", "variant=test,objective=full,batch=16"), tmp_path / "data")
+  coco = shared_data / "coco-mini"
+  config.data.train = {"kind": "coco", "annotations": str(coco / "annotations" / "captions_train2017.json"),
+                       "images": str(coco / "train2017")}
+  train_and_evaluate(config, tmp_path / "run")
+  import json
+  last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["step"] == 2 and np.isfinite(last["loss/total"])
