@@ -196,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   step_fn = make_train_step(trainer.model, trainer.tx, trainer.objective, trainer.mesh, trainer.shardings,
                             learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
                             objective_function(config.objective, trainer.mesh, trainer.data_axes),
-                            cfg.accumulation_steps)
+                            cfg.accumulation_steps, trainer.optimizer_config["trainable"])
   evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from lmstruct.losses.objective import Features, compute_objective, needs_augmented_view
 from lmstruct.models.two_tower import MAX_LOGIT_SCALE
+from lmstruct.train.optimizer import trainable_labels
 from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings
 from lmstruct.train.state import TrainState
 
@@ -68,15 +69,25 @@ def features_from_outputs(outputs: Mapping[str, jax.Array], batch_size: int, wit
 ObjectiveFn = Callable[[Features, Mapping[str, Any], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
+def stop_frozen_gradients(params: Any, trainable: Sequence[str]) -> Any:
+  """Wraps every parameter whose path matches none of the `trainable` regexes in `stop_gradient`, so XLA skips
+  the backward pass through locked towers (their optimizer updates are zero anyway)."""
+  labels = trainable_labels(params, tuple(trainable))
+  return jax.tree.map(lambda p, label: p if label == "train" else jax.lax.stop_gradient(p), params, labels)
+
+
 def make_loss_fn(model: nn.Module, objective_config: Mapping[str, Any],
-                 objective_fn: ObjectiveFn = compute_objective) -> Callable:
+                 objective_fn: ObjectiveFn = compute_objective, trainable: Sequence[str] = ()) -> Callable:
   """loss(params, batch_stats, batch, rng) → (L, (metrics, new batch_stats)).
 
   Original and augmented views are concatenated on the batch axis, so each tower runs once on [2B] inputs.
+  With `trainable` patterns, the other parameters are treated as constants (`stop_frozen_gradients`).
   """
   with_augmented = needs_augmented_view(objective_config)
 
   def loss_fn(params, batch_stats, batch: Batch, rng: jax.Array):
+    if trainable:
+      params = stop_frozen_gradients(params, trainable)
     images, texts = batch["image"], batch["text"]
     if with_augmented:
       images = jnp.concatenate([images, batch["image_aug"]], axis=0)
@@ -138,15 +149,16 @@ def accumulated_gradients(loss_fn: Callable, params: Any, batch_stats: Any, batc
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective_config: Mapping[str, Any],
                     mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
                     data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective,
-                    accumulation_steps: int = 1) -> Callable:
+                    accumulation_steps: int = 1, trainable: Sequence[str] = ()) -> Callable:
   """The jitted update (state, batch) → (state, metrics); the state is donated.
 
   A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
   the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
   With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
-  `accumulated_gradients`).
+  `accumulated_gradients`). `trainable` is the optimizer's pattern list: locked parameters get no gradient
+  computation at all.
   """
-  loss_fn = make_loss_fn(model, objective_config, objective_fn)
+  loss_fn = make_loss_fn(model, objective_config, objective_fn, trainable)
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
