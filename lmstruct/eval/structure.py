@@ -55,26 +55,22 @@ def uniformity(z: np.ndarray, t: float = 2.0, block: int = 1024) -> float:
     return float(np.log(total / (n * (n - 1))))
 
 
+def _mean_squared_by_row_blocks(difference: Callable[[slice], np.ndarray], n: int, block: int) -> float:
+    """``(1/N^2) sum_rows sum ||difference(rows)||^2`` over row blocks of at most ``block`` rows (bounded memory)."""
+    total = sum(np.sum(difference(slice(start, min(start + block, n))) ** 2) for start in range(0, n, block))
+    return float(total / n**2)
+
+
 def cross_modal_symmetry_error(zv: np.ndarray, zt: np.ndarray, block: int = 1024) -> float:
     """Cross-modal geometric-consistency error: ``(1/N^2) sum_{j,k} (<zv_j, zt_k> - <zv_k, zt_j>)^2``."""
     zv, zt = _f64(zv), _f64(zt)
-    n = zv.shape[0]
-    total = 0.0
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        total += np.sum((zv[rows] @ zt.T - zt[rows] @ zv.T) ** 2)
-    return float(total / n**2)
+    return _mean_squared_by_row_blocks(lambda rows: zv[rows] @ zt.T - zt[rows] @ zv.T, zv.shape[0], block)
 
 
 def in_modal_symmetry_error(zv: np.ndarray, zt: np.ndarray, block: int = 1024) -> float:
     """In-modal geometric-consistency error: ``(1/N^2) sum_{j,k} (<zv_j, zv_k> - <zt_j, zt_k>)^2``."""
     zv, zt = _f64(zv), _f64(zt)
-    n = zv.shape[0]
-    total = 0.0
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        total += np.sum((zv[rows] @ zv.T - zt[rows] @ zt.T) ** 2)
-    return float(total / n**2)
+    return _mean_squared_by_row_blocks(lambda rows: zv[rows] @ zv.T - zt[rows] @ zt.T, zv.shape[0], block)
 
 
 def bridge_residual(zv_aug: np.ndarray, zv: np.ndarray, zt: np.ndarray, t: float = 0.25) -> float:
