@@ -45,7 +45,7 @@ def scenes_source(split: str, arg) -> dict:
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, variant="small", objective="full", steps=400, batch=64, scenes="default", train_size=6000,
+  arg = parse_arg(arg, variant="small", objective="full", steps=250, batch=64, scenes="default", train_size=6000,
                   eval_size=500)
   if arg.variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
