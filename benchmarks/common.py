@@ -94,7 +94,15 @@ def machine() -> dict[str, Any]:
     commit, dirty = "?", False
   return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "commit": commit + ("+dirty" if dirty else ""),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-          "python": platform.python_version()}
+          "python": platform.python_version(), "loadavg": load()}
+
+
+def load() -> list[float]:
+  """1, 5 and 15-minute load averages (other processes on a shared machine show up here)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,14 +282,15 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
 # The lmstruct update under test (JAX imported lazily)
 
 def jax_matmul_rate(dtype: str, n: int = 3072, repeats: int = 5) -> dict[str, Any]:
-  """FLOP/s of a jitted n×n @ n×n matmul in `dtype` ('float32' | 'bfloat16': bf16 in and out, as lmstruct's bf16
-  Dense layers compute), median of `repeats` after one warm-up call."""
+  """FLOP/s of a jitted n×n @ n×n matmul in `dtype` ('float32' | 'bfloat16'), median of `repeats` after one warm-up
+  call. bfloat16 inputs accumulate into float32 (`preferred_element_type`), the form lmstruct's bf16 layers emit on
+  CPU (a bf16-output dot is run by XLA:CPU as a float32 GEMM between conversions)."""
   import jax
   import jax.numpy as jnp
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   a = jax.random.normal(jax.random.key(0), (n, n), dt)
   b = jax.random.normal(jax.random.key(1), (n, n), dt)
-  f = jax.jit(lambda a, b: jnp.matmul(a, b))
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   times = time_calls(lambda: f(a, b).block_until_ready(), repeats)
   return {"framework": "jax", "dtype": dtype, "n": n, "flops": 2.0 * n ** 3 / statistics.median(times),
@@ -388,3 +397,57 @@ def run_lmstruct_steps(update: dict[str, Any], steps: int, name: str | None = No
 
 def iter_rows(records: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
   return [r for r in records if r.get("kind") == kind]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Profiles
+
+def _op_category(op_name: str, opcode: str, kind: str) -> str:
+  """A coarse class for one XLA:CPU thunk from its HLO metadata: matmul, attention softmax, layer norm, …"""
+  last = op_name.rsplit("/", 1)[-1]
+  if opcode in ("dot", "convolution") or "dot_general" in last or "conv_general" in last or "ynn" in kind and (
+      "dot_general" in op_name):
+    return "matmul / conv"
+  if "opt_state" in op_name or "/adam" in op_name or "clip_by_global_norm" in op_name:
+    return "optimizer"
+  for key, label in (("/ln_", "layer norm"), ("ln_final", "layer norm"), ("/mlp/", "MLP activation"),
+                     ("/attn/", "attention (softmax, mask, reshapes)"), ("token_embedding", "token embedding"),
+                     ("positional", "embedding add"), ("select_n", "non-finite guard / select"),
+                     ("loss", "loss")):
+    if key in op_name:
+      return label
+  return f"other ({last or opcode})"
+
+
+def profile_steps(update: dict[str, Any], steps: int, directory: str | os.PathLike, name: str | None = None,
+                  top: int = 12) -> dict[str, Any]:
+  """Traces `steps` updates with jax.profiler and sums XLA:CPU thunk time by class (from the compiled HLO's
+  metadata); ms per step, summed over threads. The trace stays in `directory` (TensorBoard / Perfetto)."""
+  import collections
+  import glob
+  import gzip
+  import re
+
+  import jax
+  compiled = update["step"] if name is None else update["steps"][name]
+  meta = {}
+  for line in compiled.as_text().splitlines():
+    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
+    if m:
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      kind = re.search(r'"kind":"([^"]*)"', line)
+      meta[m.group(1)] = (m.group(3), op_name.group(1) if op_name else "", kind.group(1) if kind else "")
+  with jax.profiler.trace(str(directory)):
+    times = run_lmstruct_steps(update, steps, name)
+  trace = sorted(glob.glob(f"{directory}/**/*.trace.json.gz", recursive=True), key=os.path.getmtime)[-1]
+  events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X" and e.get("name") in meta]
+  by_class: dict[str, float] = collections.defaultdict(float)
+  by_op: dict[str, float] = collections.defaultdict(float)
+  for e in events:
+    opcode, op_name, kind = meta[e["name"]]
+    by_class[_op_category(op_name, opcode, kind)] += e["dur"] / 1e3 / steps
+    by_op[e["name"]] += e["dur"] / 1e3 / steps
+  total = sum(by_class.values())
+  return {"step_s": times, "thunk_ms_per_step": total, "trace": trace,
+          "classes": {k: {"ms": v, "share": v / total} for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+          "top_ops": [{"name": k, "ms": v, "op": meta[k][1][-120:]}
+                      for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]}

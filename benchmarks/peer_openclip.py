@@ -100,6 +100,23 @@ class Peer:
         raise FloatingPointError("open_clip update produced a non-finite loss")
     return {"times_s": times, "loss": loss}
 
+  def profile(self, steps: int, directory: str, top: int = 12) -> dict[str, Any]:
+    """torch.profiler over `steps` updates: self CPU time per aten operation (ms per step), matmuls summed."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+      times = [self.step(1)["times_s"][0] for _ in range(steps)]
+    prof.export_chrome_trace(str(pathlib.Path(directory) / "trace.json"))
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()), key=lambda kv: -kv[1])
+    total = sum(ms for _, ms in ops)
+    matmul_names = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution",
+                    "aten::mkldnn_convolution", "aten::_mkldnn", "aten::linear", "aten::matmul")
+    matmul = sum(ms for name, ms in ops if name.startswith(matmul_names))
+    return {"step_s": times, "self_cpu_ms_per_step": total, "matmul_ms_per_step": matmul,
+            "matmul_share": matmul / total if total else None,
+            "top_ops": [{"name": name, "ms": ms} for name, ms in ops[:top]], "torch_threads": torch.get_num_threads()}
+
   @staticmethod
   def matmul(dtype: str, n: int = 3072, repeats: int = 5) -> dict[str, Any]:
     import torch
@@ -118,6 +135,8 @@ class Peer:
       return self.step(int(command.get("n", 1)))
     if cmd == "matmul":
       return self.matmul(**command)
+    if cmd == "profile":
+      return self.profile(int(command.get("steps", 2)), command["directory"])
     if cmd == "memory":
       out = common.memory_mib()
       if command.get("reset"):

@@ -61,6 +61,9 @@ class LmstructWorker:
       return {"times_s": common.run_lmstruct_steps(self.update, int(command.get("n", 1)))}
     if cmd == "matmul":
       return common.jax_matmul_rate(**command)
+    if cmd == "profile":
+      assert self.update is not None, "build first"
+      return common.profile_steps(self.update, int(command.get("steps", 2)), command["directory"])
     if cmd == "memory":
       out = common.memory_mib()
       if command.get("reset"):
@@ -90,6 +93,7 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
   if not args.no_peer:
     workers.append(common.Worker("open_clip", common.worker_argv(HERE / "peer_openclip.py", args.peer_python,
                                                                  **spec)))
+  load_before = common.load()
   try:
     builds = {w.name: w.call("build") for w in workers}
     common.interleave(workers, args.warmup)
@@ -99,6 +103,11 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     for name, before in life.items():  # peak over the whole life: before the reset, or during the timed steps
       before["peak_rss_mib"] = max(before.get("peak_rss_mib", 0.0), steady[name].get("peak_rss_mib", 0.0))
     matmul = common.interleave(workers, args.matmul_rounds, "matmul", dtype=dtype, n=args.matmul_n, repeats=3)
+    profiles = {}
+    if args.profile:
+      for w in workers:
+        profiles[w.name] = w.call("profile", steps=2,
+                                  directory=str(pathlib.Path(args.profile) / f"{config}_{dtype}_{w.name}"))
   finally:
     for w in workers:
       w.close()
@@ -108,7 +117,7 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
   peak = max(peaks.values())
   record: dict[str, Any] = {"kind": "pair", "config": config, "dtype": dtype, "batch": batch,
                             "model_flops_per_update": flops, "matmul_peak_flops": peaks, "peak_used": peak,
-                            "sides": {}}
+                            "loadavg_before": load_before, "loadavg_after": common.load(), "sides": {}}
   for name, replies in timed.items():
     times = [t for r in replies for t in r["times_s"]]
     s = common.summary(times)
@@ -116,7 +125,7 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
         **s, "times_s": times, "images_per_s": batch / s["median_s"], "flops_per_s": flops / s["median_s"],
         "utilisation": flops / s["median_s"] / peak,
         "peak_rss_life_mib": life[name].get("peak_rss_mib"), "peak_rss_steps_mib": steady[name].get("peak_rss_mib"),
-        "peak_reset": life[name].get("reset"), "build": builds[name]}
+        "peak_reset": life[name].get("reset"), "build": builds[name], "profile": profiles.get(name)}
   if "open_clip" in record["sides"]:
     lm, oc = record["sides"]["lmstruct"], record["sides"]["open_clip"]
     record["speed_ratio"] = oc["median_s"] / lm["median_s"]
@@ -125,6 +134,18 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     record["rss_ratio_life"] = lm["peak_rss_life_mib"] / oc["peak_rss_life_mib"]
     record["rss_ratio_steps"] = lm["peak_rss_steps_mib"] / oc["peak_rss_steps_mib"]
   return record
+
+
+def compile_only(config: str, dtype: str, xla_flags: str) -> dict[str, Any]:
+  """A fresh lmstruct worker with `xla_flags` that only initialises and compiles the update (no steps)."""
+  ref = common.REFERENCE[config]
+  spec = {"config": config, "dtype": dtype, "batch": ref["batch"], "seed": 0}
+  with common.Worker("lmstruct", common.worker_argv(__file__, sys.executable, **spec),
+                     env=lmstruct_env(xla_flags)) as worker:
+    build = worker.call("build")
+  return {"kind": "compile", "config": config, "dtype": dtype, "xla_flags": xla_flags,
+          "compile_s": build["compile_s"], "lower_s": build["lower_s"], "init_s": build["init_s"],
+          "compiled_memory": build["compiled_memory"]}
 
 
 def main() -> None:
@@ -142,6 +163,12 @@ def main() -> None:
   parser.add_argument("--no-peer", action="store_true", help="lmstruct alone (no ratio)")
   parser.add_argument("--xla-flags", default=os.environ.get("XLA_FLAGS", ""),
                       help="XLA_FLAGS for the lmstruct worker (default: the environment's)")
+  parser.add_argument("--compare-flags", default="--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
+                      help="after the pairs, compile each configuration again in a fresh process with these XLA_FLAGS "
+                           "(compile time only; '' to skip)")
+  parser.add_argument("--profile", metavar="DIR",
+                      help="after the timed steps, profile 2 more updates of each side into DIR (jax.profiler trace "
+                           "and torch.profiler) and add the time per operation class to the JSON")
   parser.add_argument("--json-out", help="also write the JSON lines to this file")
   args = parser.parse_args()
   if args.worker:
@@ -158,6 +185,12 @@ def main() -> None:
       record = run_pair(config, dtype, args)
       common.emit(record)
       records.append(record)
+  if args.compare_flags:
+    for config in args.configs.split(","):
+      for dtype in args.dtypes.split(","):
+        record = compile_only(config, dtype, " ".join(f for f in (args.xla_flags, args.compare_flags) if f))
+        common.emit(record)
+        records.append(record)
   if args.json_out:
     pathlib.Path(args.json_out).write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
 
@@ -169,8 +202,8 @@ def main() -> None:
                    "img_s": side["images_per_s"], "gflops": side["flops_per_s"] / 1e9,
                    "util": side["utilisation"], "peak": r["peak_used"] / 1e9,
                    "ratio": r.get("speed_ratio") if name == "lmstruct" else None,
-                   "compile": build.get("compile_s"), "rss_life": side["peak_rss_life_mib"],
-                   "rss_steps": side["peak_rss_steps_mib"],
+                   "compile": build.get("compile_s"), "rss_life": round(side["peak_rss_life_mib"]),
+                   "rss_steps": round(side["peak_rss_steps_mib"]),
                    "rss_ratio": r.get("rss_ratio_life") if name == "lmstruct" else None})
   print()
   print(common.table(rows, [("config", "config"), ("dtype", "dtype"), ("side", "side"), ("step_s", "step s (med)"),
@@ -180,6 +213,29 @@ def main() -> None:
                             ("rss_ratio", "lm/oc RSS")],
                      title=f"update throughput, {records[0]['cpu']} ({records[0]['cores']} cores), "
                            f"commit {records[0]['commit']}, {records[0]['date']}"))
+  compiles = common.iter_rows(records, "compile")
+  if compiles:
+    default = {(r["config"], r["dtype"]): r["sides"]["lmstruct"]["build"] for r in common.iter_rows(records, "pair")}
+    print()
+    print(common.table([{"config": c["config"], "dtype": c["dtype"],
+                         "default": default.get((c["config"], c["dtype"]), {}).get("compile_s"),
+                         "flags": c["compile_s"], "lower": c["lower_s"], "init": c["init_s"]} for c in compiles],
+                       [("config", "config"), ("dtype", "dtype"), ("default", "XLA compile s (default flags)"),
+                        ("flags", "XLA compile s (--compare-flags)"), ("lower", "trace+lower s"),
+                        ("init", "init s")],
+                       title=f"compile time; --compare-flags = {args.compare_flags}"))
+  for r in common.iter_rows(records, "pair"):
+    lm, oc = r["sides"]["lmstruct"].get("profile"), r["sides"].get("open_clip", {}).get("profile")
+    if lm:
+      print(f"\nprofile {r['config']} {r['dtype']}: lmstruct XLA thunk time by class (ms per update, summed over "
+            "threads)")
+      for name, c in list(lm["classes"].items())[:10]:
+        print(f"  {c['ms']:9.0f}  {100 * c['share']:5.1f}%  {name}")
+    if oc:
+      print(f"profile {r['config']} {r['dtype']}: open_clip self CPU time, matmuls {oc['matmul_ms_per_step']:.0f} of "
+            f"{oc['self_cpu_ms_per_step']:.0f} ms per update; top operations:")
+      for op in oc["top_ops"][:8]:
+        print(f"  {op['ms']:9.0f}  {op['name']}")
 
 
 if __name__ == "__main__":

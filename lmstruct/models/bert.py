@@ -10,17 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmstruct.models.layers import exact_gelu as gelu  # BERT's hidden_act='gelu' is the exact-erf GELU
+
 LAYER_NORM_EPSILON = 1e-12
 
 BERT_SIZES: dict[str, dict[str, int]] = {
     # name: width, layers, heads, mlp_dim, vocab_size
     "MiniLM-L6": dict(width=384, layers=6, heads=12, mlp_dim=1536, vocab_size=30522),
 }
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  """GELU with the exact error function (BERT's ``hidden_act='gelu'``)."""
-  return jax.nn.gelu(x, approximate=False)
 
 
 def layer_norm(name: str, dtype: jnp.dtype) -> nn.LayerNorm:

@@ -1,11 +1,164 @@
 """Transformer building blocks shared by the image and text towers (CLIP layout, pre-LayerNorm)."""
+import functools
+import string
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = jnp.dtype
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _product_f32_accumulate(spec_a: str, spec_b: str, spec_out: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """einsum(f"{spec_a},{spec_b}->{spec_out}", a, b) as one dot with float32 accumulation, rounded to a.dtype.
+
+  The operands are first put in the one layout every XLA:CPU GEMM kernel takes — lhs [batch…, free…, contracted…],
+  rhs [batch…, contracted…, free…] or [batch…, free…, contracted…] — and a transposed operand is fenced with an
+  optimization barrier so that XLA cannot fold the transpose back into the dot: a bf16×bf16→f32 dot with a
+  transposed lhs is not taken by XLA:CPU's YNNPACK kernels, and its generic dot runtime has no bf16×bf16→f32 kernel.
+  (A transposed result is fenced likewise, so that the transpose is not swapped into the operands.)
+  """
+  batch = [c for c in spec_a if c in spec_b and c in spec_out]
+  contract = [c for c in spec_a if c in spec_b and c not in spec_out]
+  free_a = [c for c in spec_a if c not in spec_b]
+  free_b = [c for c in spec_b if c not in spec_a]
+
+  def arrange(x: jax.Array, spec: str, order: list[str]) -> jax.Array:
+    if list(spec) == order:
+      return x
+    return lax.optimization_barrier(jnp.transpose(x, [spec.index(c) for c in order]))
+
+  a = arrange(a, spec_a, batch + free_a + contract)
+  b_order = batch + free_b + contract if list(spec_b) == batch + free_b + contract else batch + contract + free_b
+  b = arrange(b, spec_b, b_order)
+  nb, nf, nc = len(batch), len(free_a), len(contract)
+  b_contract = [b_order.index(c) for c in contract]
+  out = lax.dot_general(a, b, ((tuple(range(nb + nf, nb + nf + nc)), tuple(b_contract)),
+                               (tuple(range(nb)), tuple(range(nb)))), preferred_element_type=jnp.float32)
+  produced = batch + free_a + [c for c in b_order if c in free_b]
+  out = out.astype(a.dtype)
+  if produced == list(spec_out):
+    return out
+  return jnp.transpose(lax.optimization_barrier(out), [produced.index(c) for c in spec_out])
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+  inputs, out = spec.split("->")
+  spec_a, spec_b = inputs.split(",")
+  return spec_a, spec_b, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32_accumulate(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  return _product_f32_accumulate(*_split_spec(spec), a, b)
+
+
+def _einsum_f32_accumulate_fwd(spec: str, a: jax.Array, b: jax.Array):
+  return _einsum_f32_accumulate(spec, a, b), (a, b)
+
+
+def _einsum_f32_accumulate_bwd(spec: str, residuals, g: jax.Array):
+  a, b = residuals
+  spec_a, spec_b, out = _split_spec(spec)
+  return (_product_f32_accumulate(out, spec_b, spec_a, g.astype(a.dtype), b),
+          _product_f32_accumulate(spec_a, out, spec_b, a, g.astype(b.dtype)))
+
+
+_einsum_f32_accumulate.defvjp(_einsum_f32_accumulate_fwd, _einsum_f32_accumulate_bwd)
+
+
+def _use_f32_accumulate(a: jax.Array, b: jax.Array) -> bool:
+  return a.dtype == b.dtype and a.dtype in _LOW_PRECISION and jax.default_backend() == "cpu"
+
+
+def matmul_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """`jnp.einsum(spec, a, b)` for a two-operand contraction whose every input index also appears in the other
+  operand or the output (a matrix product, possibly batched).
+
+  In float32 this is exactly `jnp.einsum`. With bfloat16/float16 operands on the CPU backend, the product — and
+  both products of its gradient — is written as "low-precision inputs, float32 accumulation, one rounding to the
+  operand dtype", which is what a bf16 dot computes anyway; XLA:CPU then runs its native bf16 GEMM (AVX512-BF16 /
+  AMX) instead of converting both operands and the result of a bf16-output dot to float32 around a float32 GEMM.
+  (GPU and TPU backends already run bf16 dots natively and keep the plain form.)
+  """
+  if _use_f32_accumulate(a, b):
+    return _einsum_f32_accumulate(spec, a, b)
+  return jnp.einsum(spec, a, b)
+
+
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  return y + bias
+
+
+def _add_bias_fwd(y: jax.Array, bias: jax.Array):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, g: jax.Array):
+  # ∂bias = Σ over rows of g, as one [1, N] × [N, F] product with float32 accumulation (XLA:CPU otherwise lowers
+  # this reduction to a cascade of unfused reduce-windows with a float32 copy of g in front).
+  rows = g.reshape(-1, g.shape[-1])
+  # The barrier keeps XLA from seeing a constant operand (it would rewrite the product back into that reduction).
+  ones = lax.optimization_barrier(jnp.ones((1, rows.shape[0]), rows.dtype))
+  grad_bias = lax.dot_general(ones, rows, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return g, grad_bias[0].astype(g.dtype)  # the bias was promoted to y's dtype
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Dense(nn.Module):
+  """flax.linen.Dense (same parameters, initialisers and float32 computation), whose low-precision CPU form
+  accumulates in float32 as `matmul_einsum` does, bias gradient included (`_add_bias`)."""
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.linear.default_kernel_init, (jnp.shape(inputs)[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32) if self.use_bias else None
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    if _use_f32_accumulate(inputs, kernel):
+      letters = string.ascii_lowercase[:inputs.ndim - 1]
+      y = _einsum_f32_accumulate(f"{letters}y,yz->{letters}z", inputs, kernel)
+      return y if bias is None else _add_bias(y, bias)
+    y = lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y
+
+
+def dense(features: int, dtype: Dtype, name: str, use_bias: bool = True) -> Dense:
+  return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
+
+
+class PatchEmbedding(nn.Module):
+  """Non-overlapping p×p patches → `features`: flax.linen.Conv(features, (p, p), strides=(p, p), padding='VALID',
+  use_bias=False) — same `kernel` [p, p, C, features], initialiser and float32 computation. In low precision on CPU
+  the patches are gathered and multiplied with float32 accumulation (`matmul_einsum`), the same sum as the
+  convolution."""
+  features: int
+  patch: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    p = self.patch
+    kernel = self.param("kernel", nn.linear.default_kernel_init, (p, p, images.shape[-1], self.features),
+                        jnp.float32)
+    images, kernel = nn.dtypes.promote_dtype(images, kernel, dtype=self.dtype)
+    if _use_f32_accumulate(images, kernel):
+      b, h, w, c = images.shape
+      patches = images[:, :h - h % p, :w - w % p].reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+      patches = patches.reshape(b, h // p, w // p, p * p * c)
+      return _einsum_f32_accumulate("bhwk,kd->bhwd", patches, kernel.reshape(p * p * c, self.features))
+    return lax.conv_general_dilated(images, kernel, (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -14,8 +167,13 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 
 def exact_gelu(x: jax.Array) -> jax.Array:
-  """GELU(x) = x · Φ(x) with the exact error function (PyTorch's nn.GELU default)."""
-  return jax.nn.gelu(x, approximate=False)
+  """GELU(x) = x · Φ(x) = ½ x (1 + erf(x / √2)), with the exact error function (PyTorch's nn.GELU default).
+
+  Written with erf, as PyTorch computes it, rather than `jax.nn.gelu(approximate=False)`'s erfc form: the two
+  agree to float32 rounding (≤ 1e-6 here), and XLA:CPU evaluates erf as a short rational polynomial but erfc with
+  an exponential, which made the activation about 2× and its gradient about 1.3× slower (benchmarks/RESULTS.md).
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
@@ -41,15 +199,18 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     batch, length, width = x.shape
     head_dim = width // self.heads
-    qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(x)
+    qkv = dense(3 * width, self.dtype, "qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
+    # A split (its gradient is one concatenation) rather than three index slices (three zero-padded adds).
+    q, k, v = (part[:, :, 0] for part in jnp.split(qkv, 3, axis=2))
+    # The 1/√d_head scale is applied to Q (B·L·D values, fused into the split) rather than to the B·H·L·L logits.
+    q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+    logits = matmul_einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
-    return nn.Dense(width, dtype=self.dtype, name="out")(out)
+    out = matmul_einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+    return dense(width, self.dtype, "out")(out)
 
 
 class MlpBlock(nn.Module):
@@ -61,9 +222,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    h = nn.Dense(int(width * self.mlp_ratio), dtype=self.dtype, name="fc")(x)
+    h = dense(int(width * self.mlp_ratio), self.dtype, "fc")(x)
     h = get_activation(self.activation)(h)
-    return nn.Dense(width, dtype=self.dtype, name="proj")(h)
+    return dense(width, self.dtype, "proj")(h)
 
 
 class ResidualBlock(nn.Module):

@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmstruct.models.layers import Transformer
+from lmstruct.models.layers import PatchEmbedding, Transformer
 
 VIT_SIZES: dict[str, dict[str, int]] = {
     # name: width, layers, heads, patch
@@ -35,8 +35,7 @@ class VisionTransformer(nn.Module):
     """`train` is part of the image-tower interface (the ResNet's batch norm uses it); the ViT has no
     train-time behaviour."""
     del train
-    x = nn.Conv(self.width, (self.patch, self.patch), strides=(self.patch, self.patch), padding="VALID",
-                use_bias=False, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
+    x = PatchEmbedding(self.width, self.patch, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
     batch = x.shape[0]
     x = x.reshape(batch, -1, self.width)
     scale = self.width ** -0.5

@@ -165,13 +165,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grads, metrics, batch_stats = accumulated_gradients(loss_fn, state.params, state.batch_stats, batch, rng,
                                                         accumulation_steps, data_sharding)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = clamp_log_logit_scale(optax.apply_updates(state.params, updates))
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           batch_stats=keep(batch_stats, state.batch_stats),
-                           opt_state=keep(opt_state, state.opt_state), rng=state.rng)
+
+    # The update is applied under lax.cond rather than computed and then selected element by element: XLA can then
+    # write parameters and moments in place into the donated buffers, instead of holding a second copy of all of
+    # them and copying between the two (same values; on the ViT-B/32 update, 0.6 GB less temporary memory and
+    # ~6× less compile time, see benchmarks/RESULTS.md).
+    def apply_update(operands):
+      grads, params, opt_state, new_batch_stats, _ = operands
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return clamp_log_logit_scale(optax.apply_updates(params, updates)), opt_state, new_batch_stats
+
+    def keep_state(operands):
+      _, params, opt_state, _, old_batch_stats = operands
+      return params, opt_state, old_batch_stats
+
+    params, opt_state, batch_stats = jax.lax.cond(
+        finite, apply_update, keep_state, (grads, state.params, state.opt_state, batch_stats, state.batch_stats))
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                           rng=state.rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
     if learning_rate is not None:
