@@ -85,16 +85,21 @@ def machine() -> dict[str, Any]:
     pass
   isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
          if f in flags]
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                capture_output=True, text=True).stdout.strip())
-  except (OSError, subprocess.CalledProcessError):
-    commit, dirty = "?", False
-  return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "commit": commit + ("+dirty" if dirty else ""),
+  return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "commit": git_commit(REPO_ROOT),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "python": platform.python_version(), "loadavg": load()}
+
+
+def git_commit(checkout: str | os.PathLike) -> str:
+  """Short commit of `checkout`, with '+dirty' when tracked files differ from it; '?' outside git."""
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
+                                capture_output=True, text=True).stdout.strip())
+  except (OSError, subprocess.CalledProcessError):
+    return "?"
+  return commit + ("+dirty" if dirty else "")
 
 
 def load() -> list[float]:

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/update_throughput.py            # tiny and B/32, float32 and bfloat16 (~10 min)
     .venv/bin/python benchmarks/update_throughput.py --configs tiny --dtypes float32 --steps 5
+    git worktree add /tmp/lmstruct-old <commit> && \
+      .venv/bin/python benchmarks/update_throughput.py --baseline /tmp/lmstruct-old --no-peer   # before vs after
 
 Each (configuration, dtype) pair gets two fresh worker processes: lmstruct (this file with ``--worker``, in this
 interpreter) and the open_clip peer (benchmarks/peer_openclip.py in ``--peer-python``, its own virtual
@@ -16,6 +18,9 @@ same machine load; medians are reported. Matmul rate: an n×n matmul in jnp and 
 alternated the same way; the higher median is the "measured peak" against which both sides' model FLOP/s are
 set. Memory: each process's peak resident set over its life (build + compile + steps) and over the warm, timed
 steps alone (VmHWM, reset after warm-up), plus XLA's compiled memory analysis.
+
+``--baseline PATH`` adds a third worker: the same lmstruct update, importing lmstruct from another checkout (a git
+worktree of an older commit), interleaved with the other two, so a change is measured before/after in one run.
 
 Output: one JSON line per measurement (``kind``: machine, matmul, pair), then a table. Exit status 0.
 """
@@ -54,7 +59,7 @@ class LmstructWorker:
           independent_heads=bool(self.spec.get("independent_heads", False)), seed=self.spec.get("seed", 0))
       return {"compile_s": self.update["compile_s"], "lower_s": self.update["lower_s"], "init_s": self.update["init_s"],
               "compiled_memory": self.update["memory"], "xla_flops": self.update["xla_flops"],
-              "params": int(self.update["params"]), "jax": jax.__version__,
+              "params": int(self.update["params"]), "jax": jax.__version__, "lmstruct_from": lmstruct_checkout(),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), **common.memory_mib()}
     if cmd == "step":
       assert self.update is not None, "build first"
@@ -75,11 +80,22 @@ class LmstructWorker:
 # ----------------------------------------------------------------------------------------------------------------
 # Driver
 
-def lmstruct_env(xla_flags: str) -> dict[str, str]:
+def lmstruct_checkout() -> str:
+  """The checkout the imported lmstruct comes from, with its commit (the baseline worker imports another one)."""
+  import lmstruct
+  root = pathlib.Path(lmstruct.__file__).resolve().parent.parent
+  return f"{root} @ {common.git_commit(root)}"
+
+
+def lmstruct_env(xla_flags: str, checkout: str | None = None) -> dict[str, str]:
+  """The lmstruct worker's environment: CPU platform, `xla_flags`, and `checkout` first on PYTHONPATH if given."""
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   if xla_flags:
     env["XLA_FLAGS"] = xla_flags
+  if checkout:
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pathlib.Path(checkout).resolve()), env.get("PYTHONPATH"))
+                                        if p)
   return env
 
 
@@ -90,6 +106,9 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
   spec = {"config": config, "dtype": dtype, "batch": batch, "seed": 0}
   workers = [common.Worker("lmstruct", common.worker_argv(__file__, sys.executable, **spec),
                            env=lmstruct_env(args.xla_flags))]
+  if args.baseline:
+    workers.append(common.Worker("baseline", common.worker_argv(__file__, sys.executable, **spec),
+                                 env=lmstruct_env(args.xla_flags, args.baseline)))
   if not args.no_peer:
     workers.append(common.Worker("open_clip", common.worker_argv(HERE / "peer_openclip.py", args.peer_python,
                                                                  **spec)))
@@ -133,6 +152,10 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     record["paired_ratio_median"] = statistics.median(o["times_s"][0] / l["times_s"][0] for l, o in pairs)
     record["rss_ratio_life"] = lm["peak_rss_life_mib"] / oc["peak_rss_life_mib"]
     record["rss_ratio_steps"] = lm["peak_rss_steps_mib"] / oc["peak_rss_steps_mib"]
+  if "baseline" in record["sides"]:
+    lm, base = record["sides"]["lmstruct"], record["sides"]["baseline"]
+    record["speedup_over_baseline"] = base["median_s"] / lm["median_s"]
+    record["rss_ratio_to_baseline"] = lm["peak_rss_life_mib"] / base["peak_rss_life_mib"]
   return record
 
 
@@ -161,6 +184,9 @@ def main() -> None:
                       help="python of the open_clip virtual environment (default $LMSTRUCT_PEER_PYTHON or "
                            "../peer-venv/bin/python)")
   parser.add_argument("--no-peer", action="store_true", help="lmstruct alone (no ratio)")
+  parser.add_argument("--baseline", metavar="CHECKOUT",
+                      help="also run the update from the lmstruct in this checkout (e.g. a git worktree of an older "
+                           "commit), interleaved, and report the speed-up over it")
   parser.add_argument("--xla-flags", default=os.environ.get("XLA_FLAGS", ""),
                       help="XLA_FLAGS for the lmstruct worker (default: the environment's)")
   parser.add_argument("--compare-flags", default="--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
@@ -204,13 +230,15 @@ def main() -> None:
                    "ratio": r.get("speed_ratio") if name == "lmstruct" else None,
                    "compile": build.get("compile_s"), "rss_life": round(side["peak_rss_life_mib"]),
                    "rss_steps": round(side["peak_rss_steps_mib"]),
-                   "rss_ratio": r.get("rss_ratio_life") if name == "lmstruct" else None})
+                   "rss_ratio": r.get("rss_ratio_life") if name == "lmstruct" else None,
+                   "vs_base": r.get("speedup_over_baseline") if name == "lmstruct" else None})
   print()
   print(common.table(rows, [("config", "config"), ("dtype", "dtype"), ("side", "side"), ("step_s", "step s (med)"),
                             ("img_s", "img/s"), ("gflops", "GFLOP/s"), ("peak", "peak GFLOP/s"),
                             ("util", "of peak"), ("ratio", "lm/oc speed"), ("compile", "compile s"),
                             ("rss_life", "max RSS MiB"), ("rss_steps", "RSS steps MiB"),
-                            ("rss_ratio", "lm/oc RSS")],
+                            ("rss_ratio", "lm/oc RSS")] + ([("vs_base", "speed-up vs baseline")]
+                                                          if args.baseline else []),
                      title=f"update throughput, {records[0]['cpu']} ({records[0]['cores']} cores), "
                            f"commit {records[0]['commit']}, {records[0]['date']}"))
   compiles = common.iter_rows(records, "compile")

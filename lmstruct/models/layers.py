@@ -134,10 +134,6 @@ class Dense(nn.Module):
     return y
 
 
-def dense(features: int, dtype: Dtype, name: str, use_bias: bool = True) -> Dense:
-  return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
-
-
 class PatchEmbedding(nn.Module):
   """Non-overlapping p×p patches → `features`: flax.linen.Conv(features, (p, p), strides=(p, p), padding='VALID',
   use_bias=False) — same `kernel` [p, p, C, features], initialiser and float32 computation. In low precision on CPU
@@ -199,7 +195,7 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     batch, length, width = x.shape
     head_dim = width // self.heads
-    qkv = dense(3 * width, self.dtype, "qkv")(x)
+    qkv = Dense(3 * width, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.heads, head_dim)
     # A split (its gradient is one concatenation) rather than three index slices (three zero-padded adds).
     q, k, v = (part[:, :, 0] for part in jnp.split(qkv, 3, axis=2))
@@ -210,7 +206,7 @@ class MultiHeadAttention(nn.Module):
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = matmul_einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
-    return dense(width, self.dtype, "out")(out)
+    return Dense(width, dtype=self.dtype, name="out")(out)
 
 
 class MlpBlock(nn.Module):
@@ -222,9 +218,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    h = dense(int(width * self.mlp_ratio), self.dtype, "fc")(x)
+    h = Dense(int(width * self.mlp_ratio), dtype=self.dtype, name="fc")(x)
     h = get_activation(self.activation)(h)
-    return dense(width, self.dtype, "proj")(h)
+    return Dense(width, dtype=self.dtype, name="proj")(h)
 
 
 class ResidualBlock(nn.Module):
