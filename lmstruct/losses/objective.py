@@ -110,9 +110,30 @@ def needs_independent_features(config: Mapping[str, Any]) -> bool:
   return "separation" in active_regularizers(config)
 
 
+def _gathered_if_explicit(x: jax.Array | None) -> jax.Array | None:
+  """`x` replicated on every device when it is sharded over Explicit mesh axes (sharding in types), else `x`.
+
+  Every term here forms B×B products such as z zᵀ, whose result would be sharded on both axes, which explicit
+  sharding rejects. Gathering the [B, D] features first is what GSPMD does by itself for Auto axes. The ring
+  objective (`losses/ring.py`) is the one that avoids it.
+  """
+  if x is None:
+    return None
+  sharding = jax.typeof(x).sharding
+  explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(sharding.mesh, "axis_types", ()))
+  if explicit and any(axis is not None for axis in sharding.spec):
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+  return x
+
+
 def compute_objective(features: Features, config: Mapping[str, Any],
                       rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L = L_base + Σ_r λ_r·L_r; returns (L, metrics) with each unweighted term under `loss/<name>`."""
+  """L = L_base + Σ_r λ_r·L_r; returns (L, metrics) with each unweighted term under `loss/<name>`.
+
+  Works on features sharded over Auto mesh axes (GSPMD), over Explicit axes (gathered first) and unsharded.
+  """
+  features = Features(**{f.name: _gathered_if_explicit(getattr(features, f.name))
+                         for f in dataclasses.fields(Features)})
   base = config.get("base", "clip")
   base_value = BASE_LOSSES[base](features, config, rng)
   metrics = {f"loss/{base}": base_value}
