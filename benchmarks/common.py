@@ -237,6 +237,15 @@ class Worker:
     self.close()
 
 
+def memory_reply(command: Mapping[str, Any]) -> dict[str, Any]:
+  """A worker's answer to the 'memory' command: its resident set now and at peak, and the peak reset first when
+  the command says `reset` (both workers answer it the same way)."""
+  out = memory_mib()
+  if command.get("reset"):
+    out["reset"] = reset_peak_rss()
+  return out
+
+
 def serve(handler: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
   """The worker's loop: one JSON command per stdin line → one JSON reply line; 'exit' ends it.
 

@@ -138,10 +138,7 @@ class Peer:
     if cmd == "profile":
       return self.profile(int(command.get("steps", 2)), command["directory"])
     if cmd == "memory":
-      out = common.memory_mib()
-      if command.get("reset"):
-        out["reset"] = common.reset_peak_rss()
-      return out
+      return common.memory_reply(command)
     raise ValueError(f"unknown command {cmd!r}")
 
 

@@ -70,10 +70,7 @@ class LmstructWorker:
       assert self.update is not None, "build first"
       return common.profile_steps(self.update, int(command.get("steps", 2)), command["directory"])
     if cmd == "memory":
-      out = common.memory_mib()
-      if command.get("reset"):
-        out["reset"] = common.reset_peak_rss()
-      return out
+      return common.memory_reply(command)
     raise ValueError(f"unknown command {cmd!r}")
 
 
