@@ -83,23 +83,23 @@ CONTEXT_LENGTHS = (77, 16)
 
 
 def golden_ids(text: str, context_length: int) -> list[int]:
-    """open_clip's ids for ``text`` at ``context_length``, trailing padding removed."""
-    ids = open_clip.tokenize([text], context_length=context_length)[0].tolist()
-    while ids and ids[-1] == 0:
-        ids.pop()
-    return ids
+  """open_clip's ids for ``text`` at ``context_length``, trailing padding removed."""
+  ids = open_clip.tokenize([text], context_length=context_length)[0].tolist()
+  while ids and ids[-1] == 0:
+    ids.pop()
+  return ids
 
 
 def main() -> None:
-    """Write the golden file."""
-    cases = [{"text": text, "context_length": length, "ids": golden_ids(text, length)}
-             for length in CONTEXT_LENGTHS for text in SENTENCES]
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    rows = ",\n".join(json.dumps(case, ensure_ascii=False) for case in cases)
-    header = json.dumps(f"open_clip {open_clip.__version__} open_clip.tokenize")
-    OUTPUT.write_text(f'{{"generator": {header},\n"cases": [\n{rows}\n]}}\n', encoding="utf-8")
-    print(f"wrote {len(cases)} cases to {OUTPUT}")
+  """Write the golden file."""
+  cases = [{"text": text, "context_length": length, "ids": golden_ids(text, length)}
+           for length in CONTEXT_LENGTHS for text in SENTENCES]
+  OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+  rows = ",\n".join(json.dumps(case, ensure_ascii=False) for case in cases)
+  header = json.dumps(f"open_clip {open_clip.__version__} open_clip.tokenize")
+  OUTPUT.write_text(f'{{"generator": {header},\n"cases": [\n{rows}\n]}}\n', encoding="utf-8")
+  print(f"wrote {len(cases)} cases to {OUTPUT}")
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -18,8 +18,8 @@ SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.pare
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """Root of the read-only real sample data (COCO-mini, VL fixtures)."""
-    if not SHARED_DATA.is_dir():
-        raise FileNotFoundError(
-            f"shared test data not found at {SHARED_DATA}; set LMSTRUCT_SHARED_DATA to its location")
-    return SHARED_DATA
+  """Root of the read-only real sample data (COCO-mini, VL fixtures)."""
+  if not SHARED_DATA.is_dir():
+    raise FileNotFoundError(
+        f"shared test data not found at {SHARED_DATA}; set LMSTRUCT_SHARED_DATA to its location")
+  return SHARED_DATA

@@ -38,430 +38,430 @@ PathLike = str | os.PathLike
 
 @dataclasses.dataclass(frozen=True)
 class FileSlice:
-    """``size`` bytes at ``offset`` in ``path`` (the whole file when ``size`` is None), e.g. a tar member."""
+  """``size`` bytes at ``offset`` in ``path`` (the whole file when ``size`` is None), e.g. a tar member."""
 
-    path: pathlib.Path
-    offset: int = 0
-    size: int | None = None
+  path: pathlib.Path
+  offset: int = 0
+  size: int | None = None
 
-    def read(self) -> bytes:
-        """The bytes; ``FileNotFoundError`` (with the path) when the file does not exist."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read() if self.size is None else f.read(self.size)
-        if self.size is not None and len(data) != self.size:
-            raise OSError(f"{self.path}: expected {self.size} bytes at offset {self.offset}, file has {len(data)}")
-        return data
+  def read(self) -> bytes:
+    """The bytes; ``FileNotFoundError`` (with the path) when the file does not exist."""
+    with open(self.path, "rb") as f:
+      f.seek(self.offset)
+      data = f.read() if self.size is None else f.read(self.size)
+    if self.size is not None and len(data) != self.size:
+      raise OSError(f"{self.path}: expected {self.size} bytes at offset {self.offset}, file has {len(data)}")
+    return data
 
 
 class FileExamples:
-    """Random-access stored examples whose encoded images are read from files on access.
+  """Random-access stored examples whose encoded images are read from files on access.
 
-    Args:
-      fields: per example, every key except the images (``captions``, ``image_id``, ``label``, task keys ...).
-      images: per example, the image keys (``image_bytes``, ``image2_bytes``) and where their bytes are.
-      metadata: dataset-level facts to keep beside the records (e.g. ``classes`` of a classification set).
-    """
+  Args:
+    fields: per example, every key except the images (``captions``, ``image_id``, ``label``, task keys ...).
+    images: per example, the image keys (``image_bytes``, ``image2_bytes``) and where their bytes are.
+    metadata: dataset-level facts to keep beside the records (e.g. ``classes`` of a classification set).
+  """
 
-    def __init__(self, fields: Sequence[dict[str, Any]], images: Sequence[Mapping[str, FileSlice]],
-                 metadata: Mapping[str, Any] | None = None):
-        if len(fields) != len(images):
-            raise ValueError(f"{len(fields)} field dicts but {len(images)} image dicts")
-        self.fields = list(fields)
-        self.images = list(images)
-        self.metadata = dict(metadata or {})
+  def __init__(self, fields: Sequence[dict[str, Any]], images: Sequence[Mapping[str, FileSlice]],
+               metadata: Mapping[str, Any] | None = None):
+    if len(fields) != len(images):
+      raise ValueError(f"{len(fields)} field dicts but {len(images)} image dicts")
+    self.fields = list(fields)
+    self.images = list(images)
+    self.metadata = dict(metadata or {})
 
-    def __len__(self) -> int:
-        return len(self.fields)
+  def __len__(self) -> int:
+    return len(self.fields)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.fields[index], **{key: where.read() for key, where in self.images[index].items()}}
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {**self.fields[index], **{key: where.read() for key, where in self.images[index].items()}}
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self)))
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return (self[i] for i in range(len(self)))
 
 
 def _load_json(path: PathLike) -> Any:
-    """Parse a JSON file; a clear error naming the file when it is missing or malformed."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+  """Parse a JSON file; a clear error naming the file when it is missing or malformed."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"annotation file not found: {path}")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def _load_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number} is not valid JSON: {e}") from e
-    return rows
+  """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"annotation file not found: {path}")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number} is not valid JSON: {e}") from e
+  return rows
 
 
 def _require_dir(path: PathLike, what: str) -> pathlib.Path:
-    """``path`` as a Path, or ``FileNotFoundError`` naming what was expected there."""
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    return path
+  """``path`` as a Path, or ``FileNotFoundError`` naming what was expected there."""
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{what} not found: {path}")
+  return path
 
 
 def _require_keys(record: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
-    """Raise ``KeyError`` naming ``where`` and the available keys when ``record`` lacks one of ``keys``."""
-    missing = [k for k in keys if k not in record]
-    if missing:
-        raise KeyError(f"{where}: missing key(s) {missing}; available: {sorted(record)}")
+  """Raise ``KeyError`` naming ``where`` and the available keys when ``record`` lacks one of ``keys``."""
+  missing = [k for k in keys if k not in record]
+  if missing:
+    raise KeyError(f"{where}: missing key(s) {missing}; available: {sorted(record)}")
 
 
 def coco_captions(annotation_file: PathLike, image_dir: PathLike) -> FileExamples:
-    """COCO captions (``captions_<split>.json``): one example per image with all its captions, in file order."""
-    data = _load_json(annotation_file)
-    _require_keys(data, ["images", "annotations"], str(annotation_file))
-    image_dir = _require_dir(image_dir, "COCO image folder")
-    captions: dict[int, list[str]] = collections.defaultdict(list)
-    for ann in data["annotations"]:
-        captions[ann["image_id"]].append(ann["caption"].strip())
-    known = {img["id"] for img in data["images"]}
-    orphans = sorted(set(captions) - known)
-    if orphans:
-        raise ValueError(f"{annotation_file}: captions refer to {len(orphans)} unknown image ids, e.g. {orphans[:5]}")
-    uncaptioned = [img["id"] for img in data["images"] if not captions[img["id"]]]
-    if uncaptioned:
-        raise ValueError(f"{annotation_file}: {len(uncaptioned)} images have no caption, e.g. {uncaptioned[:5]}")
-    fields = [{"image_id": str(img["id"]), "captions": captions[img["id"]]} for img in data["images"]]
-    images = [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in data["images"]]
-    return FileExamples(fields, images)
+  """COCO captions (``captions_<split>.json``): one example per image with all its captions, in file order."""
+  data = _load_json(annotation_file)
+  _require_keys(data, ["images", "annotations"], str(annotation_file))
+  image_dir = _require_dir(image_dir, "COCO image folder")
+  captions: dict[int, list[str]] = collections.defaultdict(list)
+  for ann in data["annotations"]:
+    captions[ann["image_id"]].append(ann["caption"].strip())
+  known = {img["id"] for img in data["images"]}
+  orphans = sorted(set(captions) - known)
+  if orphans:
+    raise ValueError(f"{annotation_file}: captions refer to {len(orphans)} unknown image ids, e.g. {orphans[:5]}")
+  uncaptioned = [img["id"] for img in data["images"] if not captions[img["id"]]]
+  if uncaptioned:
+    raise ValueError(f"{annotation_file}: {len(uncaptioned)} images have no caption, e.g. {uncaptioned[:5]}")
+  fields = [{"image_id": str(img["id"]), "captions": captions[img["id"]]} for img in data["images"]]
+  images = [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in data["images"]]
+  return FileExamples(fields, images)
 
 
 def karpathy(split_file: PathLike, image_root: PathLike, splits: Sequence[str]) -> FileExamples:
-    """Karpathy split file (``dataset_coco.json`` / ``dataset_flickr30k.json``), images of the given ``splits``.
+  """Karpathy split file (``dataset_coco.json`` / ``dataset_flickr30k.json``), images of the given ``splits``.
 
-    Images are at ``image_root/<filepath>/<filename>`` (``filepath`` is absent for Flickr30k); ``image_id`` is the
-    COCO id when present (``cocoid``) and the file name's stem otherwise.
-    """
-    unknown = sorted(set(splits) - set(KARPATHY_SPLITS))
-    if unknown or not splits:
-        raise ValueError(f"Karpathy splits must be a non-empty subset of {list(KARPATHY_SPLITS)}, got {list(splits)}")
-    data = _load_json(split_file)
-    _require_keys(data, ["images"], str(split_file))
-    image_root = _require_dir(image_root, "image root")
-    chosen = [img for img in data["images"] if img["split"] in splits]
-    fields = [{"image_id": str(img.get("cocoid", pathlib.Path(img["filename"]).stem)),
-               "captions": [s["raw"].strip() for s in img["sentences"]]} for img in chosen]
-    images = [{"image_bytes": FileSlice(image_root / img.get("filepath", "") / img["filename"])} for img in chosen]
-    return FileExamples(fields, images)
+  Images are at ``image_root/<filepath>/<filename>`` (``filepath`` is absent for Flickr30k); ``image_id`` is the
+  COCO id when present (``cocoid``) and the file name's stem otherwise.
+  """
+  unknown = sorted(set(splits) - set(KARPATHY_SPLITS))
+  if unknown or not splits:
+    raise ValueError(f"Karpathy splits must be a non-empty subset of {list(KARPATHY_SPLITS)}, got {list(splits)}")
+  data = _load_json(split_file)
+  _require_keys(data, ["images"], str(split_file))
+  image_root = _require_dir(image_root, "image root")
+  chosen = [img for img in data["images"] if img["split"] in splits]
+  fields = [{"image_id": str(img.get("cocoid", pathlib.Path(img["filename"]).stem)),
+             "captions": [s["raw"].strip() for s in img["sentences"]]} for img in chosen]
+  images = [{"image_bytes": FileSlice(image_root / img.get("filepath", "") / img["filename"])} for img in chosen]
+  return FileExamples(fields, images)
 
 
 def strip_entity_markup(sentence: str) -> str:
-    """Plain text of a Flickr30k Entities sentence: ``[/EN#12/people A girl] sits`` -> ``A girl sits``."""
-    return " ".join(_ENTITY_RE.sub(r"\1", sentence).split())
+  """Plain text of a Flickr30k Entities sentence: ``[/EN#12/people A girl] sits`` -> ``A girl sits``."""
+  return " ".join(_ENTITY_RE.sub(r"\1", sentence).split())
 
 
 def flickr30k_entities(split_file: PathLike, sentences_dir: PathLike, image_dir: PathLike) -> FileExamples:
-    """Flickr30k Entities: image ids listed in ``split_file``, captions from ``sentences_dir/<id>.txt``."""
-    split_file = pathlib.Path(split_file)
-    if not split_file.is_file():
-        raise FileNotFoundError(f"split list not found: {split_file}")
-    sentences_dir = _require_dir(sentences_dir, "Flickr30k Entities sentence folder")
-    image_dir = _require_dir(image_dir, "Flickr30k image folder")
-    ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    fields = []
-    for image_id in ids:
-        path = sentences_dir / f"{image_id}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"sentence file for image {image_id} (listed in {split_file}) not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        fields.append({"image_id": image_id, "captions": [strip_entity_markup(s) for s in lines if s.strip()]})
-    return FileExamples(fields, [{"image_bytes": FileSlice(image_dir / f"{i}.jpg")} for i in ids])
+  """Flickr30k Entities: image ids listed in ``split_file``, captions from ``sentences_dir/<id>.txt``."""
+  split_file = pathlib.Path(split_file)
+  if not split_file.is_file():
+    raise FileNotFoundError(f"split list not found: {split_file}")
+  sentences_dir = _require_dir(sentences_dir, "Flickr30k Entities sentence folder")
+  image_dir = _require_dir(image_dir, "Flickr30k image folder")
+  ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+  fields = []
+  for image_id in ids:
+    path = sentences_dir / f"{image_id}.txt"
+    if not path.is_file():
+      raise FileNotFoundError(f"sentence file for image {image_id} (listed in {split_file}) not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    fields.append({"image_id": image_id, "captions": [strip_entity_markup(s) for s in lines if s.strip()]})
+  return FileExamples(fields, [{"image_bytes": FileSlice(image_dir / f"{i}.jpg")} for i in ids])
 
 
 def _table_rows(path: pathlib.Path, delimiter: str | None) -> list[dict[str, Any]]:
-    """Rows of a CSV (``,``), TSV (tab) or JSONL file, chosen by suffix unless ``delimiter`` is given."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson") and delimiter is None:
-        return _load_jsonl(path)
-    if delimiter is None:
-        delimiters = {".csv": ",", ".tsv": "\t"}
-        if suffix not in delimiters:
-            raise ValueError(f"{path}: cannot tell the table format from suffix {suffix!r}; use .csv, .tsv, .jsonl "
-                             "or pass a delimiter")
-        delimiter = delimiters[suffix]
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter=delimiter))
+  """Rows of a CSV (``,``), TSV (tab) or JSONL file, chosen by suffix unless ``delimiter`` is given."""
+  suffix = path.suffix.lower()
+  if suffix in (".jsonl", ".ndjson") and delimiter is None:
+    return _load_jsonl(path)
+  if delimiter is None:
+    delimiters = {".csv": ",", ".tsv": "\t"}
+    if suffix not in delimiters:
+      raise ValueError(f"{path}: cannot tell the table format from suffix {suffix!r}; use .csv, .tsv, .jsonl "
+                       "or pass a delimiter")
+    delimiter = delimiters[suffix]
+  with open(path, encoding="utf-8", newline="") as f:
+    return list(csv.DictReader(f, delimiter=delimiter))
 
 
 def caption_table(path: PathLike, image_root: PathLike | None = None, image_column: str = "filepath",
                   caption_column: str = "caption", delimiter: str | None = None) -> FileExamples:
-    """(image path, caption) rows from CSV/TSV/JSONL; rows naming the same image are merged into one example.
+  """(image path, caption) rows from CSV/TSV/JSONL; rows naming the same image are merged into one example.
 
-    Relative image paths are resolved against ``image_root`` (default: the table's folder); ``image_id`` is the
-    image path as written in the table.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption table not found: {path}")
-    root = pathlib.Path(image_root) if image_root is not None else path.parent
-    rows = _table_rows(path, delimiter)
-    if rows:
-        _require_keys(rows[0], [image_column, caption_column], f"{path} (image_column/caption_column)")
-    captions: dict[str, list[str]] = {}
-    for number, row in enumerate(rows, 1):
-        image, caption = row.get(image_column), row.get(caption_column)
-        if not isinstance(image, str) or not image or not isinstance(caption, str):
-            raise ValueError(f"{path}: row {number} needs a non-empty {image_column!r} and a text {caption_column!r}")
-        captions.setdefault(image, []).append(caption.strip())
-    fields = [{"image_id": image, "captions": texts} for image, texts in captions.items()]
-    return FileExamples(fields, [{"image_bytes": FileSlice(root / image)} for image in captions])
+  Relative image paths are resolved against ``image_root`` (default: the table's folder); ``image_id`` is the
+  image path as written in the table.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"caption table not found: {path}")
+  root = pathlib.Path(image_root) if image_root is not None else path.parent
+  rows = _table_rows(path, delimiter)
+  if rows:
+    _require_keys(rows[0], [image_column, caption_column], f"{path} (image_column/caption_column)")
+  captions: dict[str, list[str]] = {}
+  for number, row in enumerate(rows, 1):
+    image, caption = row.get(image_column), row.get(caption_column)
+    if not isinstance(image, str) or not image or not isinstance(caption, str):
+      raise ValueError(f"{path}: row {number} needs a non-empty {image_column!r} and a text {caption_column!r}")
+    captions.setdefault(image, []).append(caption.strip())
+  fields = [{"image_id": image, "captions": texts} for image, texts in captions.items()]
+  return FileExamples(fields, [{"image_bytes": FileSlice(root / image)} for image in captions])
 
 
 def _sample_key(member_name: str) -> tuple[str, str]:
-    """webdataset convention: ``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg`` (split at the first dot)."""
-    directory, _, base = member_name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+  """webdataset convention: ``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg`` (split at the first dot)."""
+  directory, _, base = member_name.rpartition("/")
+  stem, _, ext = base.partition(".")
+  return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
 def _tar_samples(tar_path: pathlib.Path, caption_key: str) -> dict[str, dict[str, Any]]:
-    """Index one uncompressed tar: per sample key, its image location and caption."""
-    samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
-    try:
-        archive = tarfile.open(tar_path, mode="r:")
-    except tarfile.ReadError as e:
-        raise ValueError(f"{tar_path} is not an uncompressed tar file (webdataset shards are plain .tar): {e}") from e
-    with archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, ext = _sample_key(member.name)
-            if "." + ext in IMAGE_SUFFIXES:
-                samples[key]["image"] = FileSlice(tar_path, member.offset_data, member.size)
-            elif ext == "txt":
-                samples[key]["txt"] = archive.extractfile(member).read().decode("utf-8").strip()
-            elif ext == "json":
-                meta = json.loads(archive.extractfile(member).read().decode("utf-8"))
-                if isinstance(meta.get(caption_key), str):
-                    samples[key]["json"] = meta[caption_key].strip()
-    return samples
+  """Index one uncompressed tar: per sample key, its image location and caption."""
+  samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+  try:
+    archive = tarfile.open(tar_path, mode="r:")
+  except tarfile.ReadError as e:
+    raise ValueError(f"{tar_path} is not an uncompressed tar file (webdataset shards are plain .tar): {e}") from e
+  with archive:
+    for member in archive:
+      if not member.isfile():
+        continue
+      key, ext = _sample_key(member.name)
+      if "." + ext in IMAGE_SUFFIXES:
+        samples[key]["image"] = FileSlice(tar_path, member.offset_data, member.size)
+      elif ext == "txt":
+        samples[key]["txt"] = archive.extractfile(member).read().decode("utf-8").strip()
+      elif ext == "json":
+        meta = json.loads(archive.extractfile(member).read().decode("utf-8"))
+        if isinstance(meta.get(caption_key), str):
+          samples[key]["json"] = meta[caption_key].strip()
+  return samples
 
 
 def webdataset(shards: PathLike | Sequence[PathLike], caption_key: str = "caption") -> FileExamples:
-    """img2dataset-style webdataset shards: a folder of ``*.tar`` or a list of tar files.
+  """img2dataset-style webdataset shards: a folder of ``*.tar`` or a list of tar files.
 
-    Each sample is ``<key>.<image ext>`` with its caption in ``<key>.txt`` or, failing that, the ``caption_key``
-    field of ``<key>.json``. ``image_id`` is the sample key.
-    """
-    if isinstance(shards, (str, os.PathLike)):
-        folder = pathlib.Path(shards)
-        tar_paths = sorted(folder.glob("*.tar")) if folder.is_dir() else [folder]
-    else:
-        tar_paths = [pathlib.Path(p) for p in shards]
-    missing = [str(p) for p in tar_paths if not p.is_file()]
-    if not tar_paths or missing:
-        raise FileNotFoundError(f"webdataset shards not found: {missing or shards} (give a folder of .tar files "
-                                "or a list of .tar paths)")
-    fields, images, origin = [], [], {}
-    for tar_path in tar_paths:
-        for key, sample in _tar_samples(tar_path, caption_key).items():
-            caption = sample.get("txt", sample.get("json"))
-            if "image" not in sample or caption is None:
-                raise ValueError(f"{tar_path}: sample {key!r} lacks an image ({'/'.join(IMAGE_SUFFIXES)}) or a caption "
-                                 f"(.txt, or .json with key {caption_key!r}); it has {sorted(sample)}")
-            if key in origin:
-                raise ValueError(f"sample key {key!r} occurs in both {origin[key]} and {tar_path}")
-            origin[key] = tar_path
-            fields.append({"image_id": key, "captions": [caption]})
-            images.append({"image_bytes": sample["image"]})
-    return FileExamples(fields, images)
+  Each sample is ``<key>.<image ext>`` with its caption in ``<key>.txt`` or, failing that, the ``caption_key``
+  field of ``<key>.json``. ``image_id`` is the sample key.
+  """
+  if isinstance(shards, (str, os.PathLike)):
+    folder = pathlib.Path(shards)
+    tar_paths = sorted(folder.glob("*.tar")) if folder.is_dir() else [folder]
+  else:
+    tar_paths = [pathlib.Path(p) for p in shards]
+  missing = [str(p) for p in tar_paths if not p.is_file()]
+  if not tar_paths or missing:
+    raise FileNotFoundError(f"webdataset shards not found: {missing or shards} (give a folder of .tar files "
+                            "or a list of .tar paths)")
+  fields, images, origin = [], [], {}
+  for tar_path in tar_paths:
+    for key, sample in _tar_samples(tar_path, caption_key).items():
+      caption = sample.get("txt", sample.get("json"))
+      if "image" not in sample or caption is None:
+        raise ValueError(f"{tar_path}: sample {key!r} lacks an image ({'/'.join(IMAGE_SUFFIXES)}) or a caption "
+                         f"(.txt, or .json with key {caption_key!r}); it has {sorted(sample)}")
+      if key in origin:
+        raise ValueError(f"sample key {key!r} occurs in both {origin[key]} and {tar_path}")
+      origin[key] = tar_path
+      fields.append({"image_id": key, "captions": [caption]})
+      images.append({"image_bytes": sample["image"]})
+  return FileExamples(fields, images)
 
 
 def image_folder(root: PathLike) -> FileExamples:
-    """ImageFolder classification: ``root/<class>/**/<image>``; labels index the sorted class names.
+  """ImageFolder classification: ``root/<class>/**/<image>``; labels index the sorted class names.
 
-    ``image_id`` is the path relative to ``root``; ``metadata['classes']`` lists the class names.
-    """
-    root = _require_dir(root, "ImageFolder root")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{root} has no class sub-folders (expected root/<class name>/<images>)")
-    fields, images = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in files:
-            fields.append({"image_id": path.relative_to(root).as_posix(), "label": label})
-            images.append({"image_bytes": FileSlice(path)})
-    if not fields:
-        raise ValueError(f"{root}: class folders {classes[:5]} contain no images with suffix in {IMAGE_SUFFIXES}")
-    return FileExamples(fields, images, {"classes": classes})
+  ``image_id`` is the path relative to ``root``; ``metadata['classes']`` lists the class names.
+  """
+  root = _require_dir(root, "ImageFolder root")
+  classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+  if not classes:
+    raise ValueError(f"{root} has no class sub-folders (expected root/<class name>/<images>)")
+  fields, images = [], []
+  for label, name in enumerate(classes):
+    files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in files:
+      fields.append({"image_id": path.relative_to(root).as_posix(), "label": label})
+      images.append({"image_bytes": FileSlice(path)})
+  if not fields:
+    raise ValueError(f"{root}: class folders {classes[:5]} contain no images with suffix in {IMAGE_SUFFIXES}")
+  return FileExamples(fields, images, {"classes": classes})
 
 
 def vqa_v2(questions_file: PathLike, image_dir: PathLike, annotations_file: PathLike | None = None) -> FileExamples:
-    """VQA v2: one example per question; images ``COCO_<subtype>_<12-digit id>.jpg`` in ``image_dir``.
+  """VQA v2: one example per question; images ``COCO_<subtype>_<12-digit id>.jpg`` in ``image_dir``.
 
-    With ``annotations_file`` each example also gets ``answers`` (all ten) and ``answer`` (the
-    ``multiple_choice_answer`` when present, else the most frequent answer).
-    """
-    questions = _load_json(questions_file)
-    _require_keys(questions, ["questions", "data_subtype"], str(questions_file))
-    image_dir = _require_dir(image_dir, "VQA image folder")
-    answers: dict[int, dict[str, Any]] = {}
+  With ``annotations_file`` each example also gets ``answers`` (all ten) and ``answer`` (the
+  ``multiple_choice_answer`` when present, else the most frequent answer).
+  """
+  questions = _load_json(questions_file)
+  _require_keys(questions, ["questions", "data_subtype"], str(questions_file))
+  image_dir = _require_dir(image_dir, "VQA image folder")
+  answers: dict[int, dict[str, Any]] = {}
+  if annotations_file is not None:
+    annotations = _load_json(annotations_file)
+    _require_keys(annotations, ["annotations"], str(annotations_file))
+    answers = {a["question_id"]: a for a in annotations["annotations"]}
+  fields, images = [], []
+  for q in questions["questions"]:
+    example = {"question_id": str(q["question_id"]), "image_id": str(q["image_id"]), "question": q["question"]}
     if annotations_file is not None:
-        annotations = _load_json(annotations_file)
-        _require_keys(annotations, ["annotations"], str(annotations_file))
-        answers = {a["question_id"]: a for a in annotations["annotations"]}
-    fields, images = [], []
-    for q in questions["questions"]:
-        example = {"question_id": str(q["question_id"]), "image_id": str(q["image_id"]), "question": q["question"]}
-        if annotations_file is not None:
-            if q["question_id"] not in answers:
-                raise KeyError(f"{annotations_file}: no annotation for question {q['question_id']}")
-            ann = answers[q["question_id"]]
-            example["answers"] = [a["answer"] for a in ann["answers"]]
-            example["answer"] = ann.get("multiple_choice_answer") or \
-                collections.Counter(example["answers"]).most_common(1)[0][0]
-        fields.append(example)
-        name = f"COCO_{questions['data_subtype']}_{int(q['image_id']):012d}.jpg"
-        images.append({"image_bytes": FileSlice(image_dir / name)})
-    return FileExamples(fields, images)
+      if q["question_id"] not in answers:
+        raise KeyError(f"{annotations_file}: no annotation for question {q['question_id']}")
+      ann = answers[q["question_id"]]
+      example["answers"] = [a["answer"] for a in ann["answers"]]
+      example["answer"] = ann.get("multiple_choice_answer") or \
+          collections.Counter(example["answers"]).most_common(1)[0][0]
+    fields.append(example)
+    name = f"COCO_{questions['data_subtype']}_{int(q['image_id']):012d}.jpg"
+    images.append({"image_bytes": FileSlice(image_dir / name)})
+  return FileExamples(fields, images)
 
 
 def gqa(questions: PathLike, image_dir: PathLike) -> FileExamples:
-    """GQA questions: a ``{question_id: {...}}`` JSON file or a folder of such files (read in name order)."""
-    questions = pathlib.Path(questions)
-    files = sorted(questions.glob("*.json")) if questions.is_dir() else [questions]
-    if not files:
-        raise FileNotFoundError(f"no GQA question files (*.json) in {questions}")
-    image_dir = _require_dir(image_dir, "GQA image folder")
-    fields, images = [], []
-    for path in files:
-        for question_id, q in _load_json(path).items():
-            _require_keys(q, ["imageId", "question"], f"{path}, question {question_id}")
-            example = {"question_id": question_id, "image_id": q["imageId"], "question": q["question"]}
-            if "answer" in q:
-                example["answer"] = q["answer"]
-            fields.append(example)
-            images.append({"image_bytes": FileSlice(image_dir / f"{q['imageId']}.jpg")})
-    return FileExamples(fields, images)
+  """GQA questions: a ``{question_id: {...}}`` JSON file or a folder of such files (read in name order)."""
+  questions = pathlib.Path(questions)
+  files = sorted(questions.glob("*.json")) if questions.is_dir() else [questions]
+  if not files:
+    raise FileNotFoundError(f"no GQA question files (*.json) in {questions}")
+  image_dir = _require_dir(image_dir, "GQA image folder")
+  fields, images = [], []
+  for path in files:
+    for question_id, q in _load_json(path).items():
+      _require_keys(q, ["imageId", "question"], f"{path}, question {question_id}")
+      example = {"question_id": question_id, "image_id": q["imageId"], "question": q["question"]}
+      if "answer" in q:
+        example["answer"] = q["answer"]
+      fields.append(example)
+      images.append({"image_bytes": FileSlice(image_dir / f"{q['imageId']}.jpg")})
+  return FileExamples(fields, images)
 
 
 def nlvr2(json_file: PathLike, image_dir: PathLike) -> FileExamples:
-    """NLVR²: a JSON-lines file of statements about image pairs ``<split>-<set>-<pair>-img{0,1}.png``.
+  """NLVR²: a JSON-lines file of statements about image pairs ``<split>-<set>-<pair>-img{0,1}.png``.
 
-    ``label`` is 1 when the statement is true, 0 otherwise (``metadata['classes']`` = ``["False", "True"]``);
-    ``image_id`` names the pair; ``image_bytes`` / ``image2_bytes`` are the left and right images.
-    """
-    rows = _load_jsonl(json_file)
-    image_dir = _require_dir(image_dir, "NLVR2 image folder")
-    fields, images = [], []
-    for number, row in enumerate(rows, 1):
-        _require_keys(row, ["identifier", "sentence", "label"], f"{json_file}:{number}")
-        if row["label"] not in NLVR2_LABELS:
-            raise ValueError(f"{json_file}:{number}: label {row['label']!r} is not one of {list(NLVR2_LABELS)}")
-        pair = row["identifier"].rsplit("-", 1)[0]
-        folder = image_dir / str(row["directory"]) if "directory" in row else image_dir
-        fields.append({"image_id": pair, "identifier": row["identifier"], "statement": row["sentence"],
-                       "label": NLVR2_LABELS.index(row["label"])})
-        images.append({"image_bytes": FileSlice(folder / f"{pair}-img0.png"),
-                       "image2_bytes": FileSlice(folder / f"{pair}-img1.png")})
-    return FileExamples(fields, images, {"classes": list(NLVR2_LABELS)})
+  ``label`` is 1 when the statement is true, 0 otherwise (``metadata['classes']`` = ``["False", "True"]``);
+  ``image_id`` names the pair; ``image_bytes`` / ``image2_bytes`` are the left and right images.
+  """
+  rows = _load_jsonl(json_file)
+  image_dir = _require_dir(image_dir, "NLVR2 image folder")
+  fields, images = [], []
+  for number, row in enumerate(rows, 1):
+    _require_keys(row, ["identifier", "sentence", "label"], f"{json_file}:{number}")
+    if row["label"] not in NLVR2_LABELS:
+      raise ValueError(f"{json_file}:{number}: label {row['label']!r} is not one of {list(NLVR2_LABELS)}")
+    pair = row["identifier"].rsplit("-", 1)[0]
+    folder = image_dir / str(row["directory"]) if "directory" in row else image_dir
+    fields.append({"image_id": pair, "identifier": row["identifier"], "statement": row["sentence"],
+                   "label": NLVR2_LABELS.index(row["label"])})
+    images.append({"image_bytes": FileSlice(folder / f"{pair}-img0.png"),
+                   "image2_bytes": FileSlice(folder / f"{pair}-img1.png")})
+  return FileExamples(fields, images, {"classes": list(NLVR2_LABELS)})
 
 
 def snli_ve(jsonl_file: PathLike, image_dir: PathLike) -> FileExamples:
-    """SNLI-VE: JSON lines of (Flickr30k image, hypothesis, gold label); ``label`` indexes ``SNLI_VE_LABELS``."""
-    rows = _load_jsonl(jsonl_file)
-    image_dir = _require_dir(image_dir, "SNLI-VE (Flickr30k) image folder")
-    fields, images = [], []
-    for number, row in enumerate(rows, 1):
-        _require_keys(row, ["Flickr30K_ID", "sentence2", "gold_label", "pairID"], f"{jsonl_file}:{number}")
-        if row["gold_label"] not in SNLI_VE_LABELS:
-            raise ValueError(f"{jsonl_file}:{number}: gold_label {row['gold_label']!r} is not one of "
-                             f"{list(SNLI_VE_LABELS)}")
-        fields.append({"image_id": str(row["Flickr30K_ID"]), "pair_id": row["pairID"],
-                       "hypothesis": row["sentence2"], "label": SNLI_VE_LABELS.index(row["gold_label"])})
-        images.append({"image_bytes": FileSlice(image_dir / f"{row['Flickr30K_ID']}.jpg")})
-    return FileExamples(fields, images, {"classes": list(SNLI_VE_LABELS)})
+  """SNLI-VE: JSON lines of (Flickr30k image, hypothesis, gold label); ``label`` indexes ``SNLI_VE_LABELS``."""
+  rows = _load_jsonl(jsonl_file)
+  image_dir = _require_dir(image_dir, "SNLI-VE (Flickr30k) image folder")
+  fields, images = [], []
+  for number, row in enumerate(rows, 1):
+    _require_keys(row, ["Flickr30K_ID", "sentence2", "gold_label", "pairID"], f"{jsonl_file}:{number}")
+    if row["gold_label"] not in SNLI_VE_LABELS:
+      raise ValueError(f"{jsonl_file}:{number}: gold_label {row['gold_label']!r} is not one of "
+                       f"{list(SNLI_VE_LABELS)}")
+    fields.append({"image_id": str(row["Flickr30K_ID"]), "pair_id": row["pairID"],
+                   "hypothesis": row["sentence2"], "label": SNLI_VE_LABELS.index(row["gold_label"])})
+    images.append({"image_bytes": FileSlice(image_dir / f"{row['Flickr30K_ID']}.jpg")})
+  return FileExamples(fields, images, {"classes": list(SNLI_VE_LABELS)})
 
 
 def _texts(value: Any) -> list[str]:
-    """Caption text(s) of a tfds value: a string, bytes, a list of them, or a dict with a ``text`` entry."""
-    if isinstance(value, dict):
-        value = value["text"]
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+  """Caption text(s) of a tfds value: a string, bytes, a list of them, or a dict with a ``text`` entry."""
+  if isinstance(value, dict):
+    value = value["text"]
+  values = value if isinstance(value, (list, tuple)) else [value]
+  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
 class TfdsExamples:
-    """A tfds dataset already prepared in ``array_record`` format, read as a tfds data source.
+  """A tfds dataset already prepared in ``array_record`` format, read as a tfds data source.
 
-    The dataset is opened from its prepared files (``dataset_info.json`` and the array_record shards), so neither
-    its generation code nor TensorFlow is needed.
+  The dataset is opened from its prepared files (``dataset_info.json`` and the array_record shards), so neither
+  its generation code nor TensorFlow is needed.
 
-    Keys default to what common datasets use: images from ``image``; captions from ``captions`` (a sequence with
-    ``text``, as in ``coco_captions``) or ``caption``; labels from ``label``; ids from ``image/id``, ``id`` or
-    ``image/filename`` (else ``<split>-<index>``).
+  Keys default to what common datasets use: images from ``image``; captions from ``captions`` (a sequence with
+  ``text``, as in ``coco_captions``) or ``caption``; labels from ``label``; ids from ``image/id``, ``id`` or
+  ``image/filename`` (else ``<split>-<index>``).
 
-    Args:
-      name: registered tfds name, optionally with config/version (``coco_captions``, ``cifar10:3.0.2``).
-      split: a split of the prepared dataset.
-      data_dir: tfds data directory (default: tfds's own default).
-      image_key, caption_key, label_key, id_key: feature names overriding the defaults.
-    """
+  Args:
+    name: registered tfds name, optionally with config/version (``coco_captions``, ``cifar10:3.0.2``).
+    split: a split of the prepared dataset.
+    data_dir: tfds data directory (default: tfds's own default).
+    image_key, caption_key, label_key, id_key: feature names overriding the defaults.
+  """
 
-    def __init__(self, name: str, split: str, data_dir: PathLike | None = None, image_key: str = "image",
-                 caption_key: str | None = None, label_key: str | None = None, id_key: str | None = None):
-        import tensorflow_datasets as tfds
+  def __init__(self, name: str, split: str, data_dir: PathLike | None = None, image_key: str = "image",
+               caption_key: str | None = None, label_key: str | None = None, id_key: str | None = None):
+    import tensorflow_datasets as tfds
 
-        try:
-            builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise FileNotFoundError(f"tfds dataset {name!r} is not prepared in data_dir={data_dir} (nothing is "
-                                    f"downloaded; prepare it there in array_record format first): {e}") from e
-        if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
-            raise ValueError(f"tfds dataset {name!r} in {builder.data_dir} is stored as "
-                             f"{builder.info.file_format.value}; random access needs array_record (prepare it with "
-                             "file_format='array_record')")
-        if split not in builder.info.splits:
-            raise ValueError(f"tfds dataset {name!r} has no split {split!r}; "
-                             f"valid splits: {sorted(builder.info.splits)}")
-        features = builder.info.features
-        chosen = {"image_key": image_key, "caption_key": caption_key or _first_in(features, ("captions", "caption")),
-                  "label_key": label_key or _first_in(features, ("label",)),
-                  "id_key": id_key or _first_in(features, ("image/id", "id", "image/filename"))}
-        for arg, key in chosen.items():
-            if key is not None and key not in features:
-                raise KeyError(f"tfds dataset {name!r} has no feature {key!r} ({arg}); features: {sorted(features)}")
-        self.image_key, self.caption_key, self.label_key, self.id_key = chosen.values()
-        self.split = split
-        self.source = builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
-        label_names = getattr(features[self.label_key], "names", None) if self.label_key else None
-        self.metadata = {"classes": list(label_names)} if label_names else {}
+    try:
+      builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise FileNotFoundError(f"tfds dataset {name!r} is not prepared in data_dir={data_dir} (nothing is "
+                              f"downloaded; prepare it there in array_record format first): {e}") from e
+    if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+      raise ValueError(f"tfds dataset {name!r} in {builder.data_dir} is stored as "
+                       f"{builder.info.file_format.value}; random access needs array_record (prepare it with "
+                       "file_format='array_record')")
+    if split not in builder.info.splits:
+      raise ValueError(f"tfds dataset {name!r} has no split {split!r}; "
+                       f"valid splits: {sorted(builder.info.splits)}")
+    features = builder.info.features
+    chosen = {"image_key": image_key, "caption_key": caption_key or _first_in(features, ("captions", "caption")),
+              "label_key": label_key or _first_in(features, ("label",)),
+              "id_key": id_key or _first_in(features, ("image/id", "id", "image/filename"))}
+    for arg, key in chosen.items():
+      if key is not None and key not in features:
+        raise KeyError(f"tfds dataset {name!r} has no feature {key!r} ({arg}); features: {sorted(features)}")
+    self.image_key, self.caption_key, self.label_key, self.id_key = chosen.values()
+    self.split = split
+    self.source = builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+    label_names = getattr(features[self.label_key], "names", None) if self.label_key else None
+    self.metadata = {"classes": list(label_names)} if label_names else {}
 
-    def __len__(self) -> int:
-        return len(self.source)
+  def __len__(self) -> int:
+    return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        raw = self.source[index]
-        example: dict[str, Any] = {"image_bytes": raw[self.image_key]}
-        example["image_id"] = str(_texts(raw[self.id_key])[0]) if self.id_key else f"{self.split}-{index}"
-        if self.caption_key:
-            example["captions"] = _texts(raw[self.caption_key])
-        if self.label_key:
-            example["label"] = int(raw[self.label_key])
-        return example
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    raw = self.source[index]
+    example: dict[str, Any] = {"image_bytes": raw[self.image_key]}
+    example["image_id"] = str(_texts(raw[self.id_key])[0]) if self.id_key else f"{self.split}-{index}"
+    if self.caption_key:
+      example["captions"] = _texts(raw[self.caption_key])
+    if self.label_key:
+      example["label"] = int(raw[self.label_key])
+    return example
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self)))
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return (self[i] for i in range(len(self)))
 
 
 def _first_in(features: Mapping[str, Any], candidates: Sequence[str]) -> str | None:
-    """The first of ``candidates`` that is a feature name, or None."""
-    return next((c for c in candidates if c in features), None)
+  """The first of ``candidates`` that is a feature name, or None."""
+  return next((c for c in candidates if c in features), None)

@@ -21,68 +21,68 @@ EncodeFn = Callable[[Any], Any]
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Host copy of ``x``; a ``jax.Array`` spread over several processes is all-gathered (tiled) first."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
+  """Host copy of ``x``; a ``jax.Array`` spread over several processes is all-gathered (tiled) first."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
 
 
 def iterate(source: BatchSource) -> Iterable[Batch]:
-    """The batches of ``source``: ``source()`` when it is callable, else ``source`` itself."""
-    return source() if callable(source) else source
+  """The batches of ``source``: ``source()`` when it is callable, else ``source`` itself."""
+  return source() if callable(source) else source
 
 
 def lookup(batch: Batch, key: str) -> Any:
-    """``batch[key]`` when present; otherwise a ``/`` in ``key`` indexes nested dicts (``'labels/shape'`` is
-    ``batch['labels']['shape']``)."""
-    if key in batch:
-        return batch[key]
-    value: Any = batch
-    for part in key.split("/"):
-        value = value[part]
-    return value
+  """``batch[key]`` when present; otherwise a ``/`` in ``key`` indexes nested dicts (``'labels/shape'`` is
+  ``batch['labels']['shape']``)."""
+  if key in batch:
+    return batch[key]
+  value: Any = batch
+  for part in key.split("/"):
+    value = value[part]
+  return value
 
 
 def row_mask(batch: Batch, size: int) -> np.ndarray:
-    """``batch['mask']`` as a boolean ``[size]`` array, or all-true when the batch has no mask."""
-    if "mask" not in batch:
-        return np.ones((size,), dtype=bool)
-    return to_numpy(batch["mask"]).astype(bool).reshape(size)
+  """``batch['mask']`` as a boolean ``[size]`` array, or all-true when the batch has no mask."""
+  if "mask" not in batch:
+    return np.ones((size,), dtype=bool)
+  return to_numpy(batch["mask"]).astype(bool).reshape(size)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their Euclidean norm: ``x / max(||x||_2, eps)`` along the last axis."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, eps)
+  """Rows divided by their Euclidean norm: ``x / max(||x||_2, eps)`` along the last axis."""
+  norm = np.linalg.norm(x, axis=-1, keepdims=True)
+  return x / np.maximum(norm, eps)
 
 
 def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndarray]:
-    """Runs ``encode(inputs)`` and returns ``{key: ..., key + '_ind': ...}`` as float32 host arrays.
+  """Runs ``encode(inputs)`` and returns ``{key: ..., key + '_ind': ...}`` as float32 host arrays.
 
-    ``key`` is ``'zv'`` or ``'zt'``. A bare array output is taken as ``key``; from a dict output ``key`` is required and
-    ``key + '_ind'`` is kept when present.
-    """
-    out = encode(inputs)
-    if isinstance(out, Mapping):
-        keys = [k for k in (key, key + "_ind") if k in out]
-        if key not in out:
-            raise KeyError(f"encode function output has no {key!r}; keys: {sorted(out)}")
-        return {k: to_numpy(out[k]).astype(np.float32) for k in keys}
-    return {key: to_numpy(out).astype(np.float32)}
+  ``key`` is ``'zv'`` or ``'zt'``. A bare array output is taken as ``key``; from a dict output ``key`` is required and
+  ``key + '_ind'`` is kept when present.
+  """
+  out = encode(inputs)
+  if isinstance(out, Mapping):
+    keys = [k for k in (key, key + "_ind") if k in out]
+    if key not in out:
+      raise KeyError(f"encode function output has no {key!r}; keys: {sorted(out)}")
+    return {k: to_numpy(out[k]).astype(np.float32) for k in keys}
+  return {key: to_numpy(out).astype(np.float32)}
 
 
 def gather(source: BatchSource, fn: Callable[[Batch], Mapping[str, np.ndarray]],
            size_key: str = "image") -> dict[str, np.ndarray]:
-    """Concatenates ``fn(batch)`` over all batches, keeping only rows with a true ``mask``.
+  """Concatenates ``fn(batch)`` over all batches, keeping only rows with a true ``mask``.
 
-    ``fn`` returns arrays whose leading axis is the batch axis; the batch size is read from ``batch[size_key]``.
-    """
-    parts: dict[str, list[np.ndarray]] = {}
-    for batch in iterate(source):
-        size = int(np.shape(batch[size_key])[0])
-        keep = row_mask(batch, size)
-        for name, value in fn(batch).items():
-            parts.setdefault(name, []).append(np.asarray(value)[keep])
-    if not parts:
-        raise ValueError("the batch source yielded no batches")
-    return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+  ``fn`` returns arrays whose leading axis is the batch axis; the batch size is read from ``batch[size_key]``.
+  """
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in iterate(source):
+    size = int(np.shape(batch[size_key])[0])
+    keep = row_mask(batch, size)
+    for name, value in fn(batch).items():
+      parts.setdefault(name, []).append(np.asarray(value)[keep])
+  if not parts:
+    raise ValueError("the batch source yielded no batches")
+  return {name: np.concatenate(values, axis=0) for name, values in parts.items()}

@@ -19,42 +19,42 @@ from typing import Any
 
 
 def eval_dir(workdir: str | pathlib.Path, name: str) -> pathlib.Path:
-    """``<workdir>/eval/<name>``."""
-    return pathlib.Path(workdir) / "eval" / name
+  """``<workdir>/eval/<name>``."""
+  return pathlib.Path(workdir) / "eval" / name
 
 
 def metrics_path(workdir: str | pathlib.Path, name: str, step: int) -> pathlib.Path:
-    """``<workdir>/eval/<name>/step_<step>.json``."""
-    return eval_dir(workdir, name) / f"step_{int(step)}.json"
+  """``<workdir>/eval/<name>/step_<step>.json``."""
+  return eval_dir(workdir, name) / f"step_{int(step)}.json"
 
 
 def _finite_or_none(value: float) -> float | None:
-    """``float(value)``, or ``None`` when it is NaN or infinite."""
-    value = float(value)
-    return value if math.isfinite(value) else None
+  """``float(value)``, or ``None`` when it is NaN or infinite."""
+  value = float(value)
+  return value if math.isfinite(value) else None
 
 
 def write_metrics(workdir: str | pathlib.Path, name: str, step: int, metrics: Mapping[str, float],
                   extra: Mapping[str, Any] | None = None) -> pathlib.Path:
-    """Writes the record for ``(name, step)`` atomically and returns its path (layout in the module docstring)."""
-    path = metrics_path(workdir, name, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"evaluator": name, "step": int(step),
-              "metrics": {str(k): _finite_or_none(v) for k, v in metrics.items()},
-              "extra": dict(extra or {})}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x") as f:
-            json.dump(record, f, indent=2, sort_keys=True, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+  """Writes the record for ``(name, step)`` atomically and returns its path (layout in the module docstring)."""
+  path = metrics_path(workdir, name, step)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  record = {"evaluator": name, "step": int(step),
+            "metrics": {str(k): _finite_or_none(v) for k, v in metrics.items()},
+            "extra": dict(extra or {})}
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+  try:
+    with open(tmp, "x") as f:
+      json.dump(record, f, indent=2, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
 
 
 def read_metrics(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads a record written by ``write_metrics``; ``null`` metric values come back as ``nan``."""
-    record = json.loads(pathlib.Path(path).read_text())
-    record["metrics"] = {k: math.nan if v is None else float(v) for k, v in record["metrics"].items()}
-    return record
+  """Reads a record written by ``write_metrics``; ``null`` metric values come back as ``nan``."""
+  record = json.loads(pathlib.Path(path).read_text())
+  record["metrics"] = {k: math.nan if v is None else float(v) for k, v in record["metrics"].items()}
+  return record

@@ -29,110 +29,110 @@ REFINE_STEPS: tuple[float, ...] = (1.0, 0.5)
 
 def logreg_objective(params: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.Array, weights: jax.Array,
                      l2: jax.Array) -> jax.Array:
-    """Weighted mean softmax cross-entropy plus ``l2 * ||W||_F^2`` (module docstring).
+  """Weighted mean softmax cross-entropy plus ``l2 * ||W||_F^2`` (module docstring).
 
-    ``params = (W [D, C], b [C])``.
-    """
-    w, b = params
-    logits = x @ w + b
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
-    return jnp.sum(weights * nll) / jnp.sum(weights) + l2 * jnp.sum(w * w)
+  ``params = (W [D, C], b [C])``.
+  """
+  w, b = params
+  logits = x @ w + b
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+  return jnp.sum(weights * nll) / jnp.sum(weights) + l2 * jnp.sum(w * w)
 
 
 @jax.jit
 def _fit(x, y, weights, l2, tol, max_iter, init):
-    """L-BFGS (``optax.lbfgs``) from ``init`` while ``count == 0`` or (``count < max_iter`` and ``||grad|| >= tol``)."""
-    def fun(params):
-        return logreg_objective(params, x, y, weights, l2)
+  """L-BFGS (``optax.lbfgs``) from ``init`` while ``count == 0`` or (``count < max_iter`` and ``||grad|| >= tol``)."""
+  def fun(params):
+    return logreg_objective(params, x, y, weights, l2)
 
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(fun)
 
-    def body(carry):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(params, updates), state
+  def body(carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+    return optax.apply_updates(params, updates), state
 
-    def cond(carry):
-        _, state = carry
-        count = optax.tree.get(state, "count")
-        grad = optax.tree.get(state, "grad")
-        return (count == 0) | ((count < max_iter) & (optax.tree.norm(grad) >= tol))
+  def cond(carry):
+    _, state = carry
+    count = optax.tree.get(state, "count")
+    grad = optax.tree.get(state, "grad")
+    return (count == 0) | ((count < max_iter) & (optax.tree.norm(grad) >= tol))
 
-    params, _ = jax.lax.while_loop(cond, body, (init, solver.init(init)))
-    return params
+  params, _ = jax.lax.while_loop(cond, body, (init, solver.init(init)))
+  return params
 
 
 def padded_rows(num: int) -> int:
-    """Row count the solver is compiled for: the next power of two >= ``max(num, 256)``."""
-    return 1 << max(num - 1, 255).bit_length()
+  """Row count the solver is compiled for: the next power of two >= ``max(num, 256)``."""
+  return 1 << max(num - 1, 255).bit_length()
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, weights: np.ndarray | None = None,
                max_iter: int = 1000, tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
-    """Minimiser ``(W [D, C], b [C])`` of the weighted, L2-penalised multinomial logistic loss (module docstring).
+  """Minimiser ``(W [D, C], b [C])`` of the weighted, L2-penalised multinomial logistic loss (module docstring).
 
-    Rows are zero-weight padded to ``padded_rows(N)`` (which leaves the objective unchanged), so problems of
-    similar size share one compiled solver.
-    """
-    x = np.asarray(x, np.float32)
-    num = x.shape[0]
-    weights = np.ones(num, np.float32) if weights is None else np.asarray(weights, np.float32)
-    pad = padded_rows(num) - num
-    x = np.pad(x, ((0, pad), (0, 0)))
-    y = np.pad(np.asarray(y, np.int32), (0, pad))
-    weights = np.pad(weights, (0, pad))
-    init = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
-    w, b = _fit(x, y, weights, jnp.float32(l2), jnp.float32(tol), jnp.int32(max_iter), init)
-    return np.asarray(w), np.asarray(b)
+  Rows are zero-weight padded to ``padded_rows(N)`` (which leaves the objective unchanged), so problems of
+  similar size share one compiled solver.
+  """
+  x = np.asarray(x, np.float32)
+  num = x.shape[0]
+  weights = np.ones(num, np.float32) if weights is None else np.asarray(weights, np.float32)
+  pad = padded_rows(num) - num
+  x = np.pad(x, ((0, pad), (0, 0)))
+  y = np.pad(np.asarray(y, np.int32), (0, pad))
+  weights = np.pad(weights, (0, pad))
+  init = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
+  w, b = _fit(x, y, weights, jnp.float32(l2), jnp.float32(tol), jnp.int32(max_iter), init)
+  return np.asarray(w), np.asarray(b)
 
 
 def predict(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Predicted class ``argmax_c (x W + b)_c`` (lowest index on ties)."""
-    return np.argmax(np.asarray(x, np.float32) @ w + b, axis=1)
+  """Predicted class ``argmax_c (x W + b)_c`` (lowest index on ties)."""
+  return np.argmax(np.asarray(x, np.float32) @ w + b, axis=1)
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy ``mean_i [prediction_i = y_i]`` in [0, 1]."""
-    return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+  """Top-1 accuracy ``mean_i [prediction_i = y_i]`` in [0, 1]."""
+  return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
 def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int, *,
               coarse_exponents: Sequence[float] = COARSE_EXPONENTS, refine_steps: Sequence[float] = REFINE_STEPS,
               max_iter: int = 1000, tol: float = 1e-5) -> tuple[float, dict[float, float]]:
-    """L2 strength chosen by the sweep of the module docstring.
+  """L2 strength chosen by the sweep of the module docstring.
 
-    Rows with ``is_val`` true form the validation part, the others the train part. Returns ``(10^e*, scores)`` where
-    ``scores`` maps every tried exponent ``e`` to the validation top-1 accuracy.
-    """
-    is_val = np.asarray(is_val, bool)
-    train_weights = (~is_val).astype(np.float32)
-    scores: dict[float, float] = {}
+  Rows with ``is_val`` true form the validation part, the others the train part. Returns ``(10^e*, scores)`` where
+  ``scores`` maps every tried exponent ``e`` to the validation top-1 accuracy.
+  """
+  is_val = np.asarray(is_val, bool)
+  train_weights = (~is_val).astype(np.float32)
+  scores: dict[float, float] = {}
 
-    def score(exponent: float) -> float:
-        if exponent not in scores:
-            w, b = fit_logreg(x, y, num_classes, 10.0 ** exponent, weights=train_weights, max_iter=max_iter, tol=tol)
-            scores[exponent] = accuracy(predict(w, b, x[is_val]), y[is_val])
-        return scores[exponent]
+  def score(exponent: float) -> float:
+    if exponent not in scores:
+      w, b = fit_logreg(x, y, num_classes, 10.0 ** exponent, weights=train_weights, max_iter=max_iter, tol=tol)
+      scores[exponent] = accuracy(predict(w, b, x[is_val]), y[is_val])
+    return scores[exponent]
 
-    def best(exponents: Sequence[float]) -> float:
-        return max(exponents, key=lambda e: (score(e), e))
+  def best(exponents: Sequence[float]) -> float:
+    return max(exponents, key=lambda e: (score(e), e))
 
-    low, high = min(coarse_exponents), max(coarse_exponents)
-    exponent = best(list(coarse_exponents))
-    for step in refine_steps:
-        exponent = best([e for e in (exponent - step, exponent, exponent + step) if low <= e <= high])
-    return 10.0 ** exponent, scores
+  low, high = min(coarse_exponents), max(coarse_exponents)
+  exponent = best(list(coarse_exponents))
+  for step in refine_steps:
+    exponent = best([e for e in (exponent - step, exponent, exponent + step) if low <= e <= high])
+  return 10.0 ** exponent, scores
 
 
 def validation_split(num: int, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask marking ``round(fraction * num)`` rows (at least 1, at most ``num - 1``), chosen uniformly at
-    random with ``numpy.random.default_rng(seed)``, as validation rows."""
-    num_val = min(max(1, round(fraction * num)), num - 1)
-    mask = np.zeros(num, dtype=bool)
-    mask[np.random.default_rng(seed).permutation(num)[:num_val]] = True
-    return mask
+  """Boolean mask marking ``round(fraction * num)`` rows (at least 1, at most ``num - 1``), chosen uniformly at
+  random with ``numpy.random.default_rng(seed)``, as validation rows."""
+  num_val = min(max(1, round(fraction * num)), num - 1)
+  mask = np.zeros(num, dtype=bool)
+  mask[np.random.default_rng(seed).permutation(num)[:num_val]] = True
+  return mask
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
@@ -140,63 +140,63 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  val_fraction: float = 0.2, seed: int = 0, coarse_exponents: Sequence[float] = COARSE_EXPONENTS,
                  refine_steps: Sequence[float] = REFINE_STEPS, max_iter: int = 1000,
                  tol: float = 1e-5) -> dict[str, float]:
-    """Linear probe top-1 on the test set after the L2 sweep (module docstring).
+  """Linear probe top-1 on the test set after the L2 sweep (module docstring).
 
-    The validation part is ``(val_x, val_y)`` when given, else a ``val_fraction`` random split of the train set
-    (``validation_split``). Returns ``acc1`` (test), ``val_acc1`` (best validation accuracy) and ``l2``.
-    """
-    if (val_x is None) != (val_y is None):
-        raise ValueError("give both val_x and val_y, or neither")
-    train_y = np.asarray(train_y)
-    if val_x is None:
-        x, y = np.asarray(train_x), train_y
-        is_val = validation_split(len(y), val_fraction, seed)
-    else:
-        x = np.concatenate([train_x, val_x])
-        y = np.concatenate([train_y, np.asarray(val_y)])
-        is_val = np.arange(len(y)) >= len(train_y)
-    if num_classes is None:
-        num_classes = int(max(y.max(), np.max(test_y))) + 1
-    l2, scores = select_l2(x, y, is_val, num_classes, coarse_exponents=coarse_exponents,
-                           refine_steps=refine_steps, max_iter=max_iter, tol=tol)
-    w, b = fit_logreg(x, y, num_classes, l2, max_iter=max_iter, tol=tol)
-    return {"acc1": accuracy(predict(w, b, test_x), test_y), "val_acc1": max(scores.values()), "l2": l2}
+  The validation part is ``(val_x, val_y)`` when given, else a ``val_fraction`` random split of the train set
+  (``validation_split``). Returns ``acc1`` (test), ``val_acc1`` (best validation accuracy) and ``l2``.
+  """
+  if (val_x is None) != (val_y is None):
+    raise ValueError("give both val_x and val_y, or neither")
+  train_y = np.asarray(train_y)
+  if val_x is None:
+    x, y = np.asarray(train_x), train_y
+    is_val = validation_split(len(y), val_fraction, seed)
+  else:
+    x = np.concatenate([train_x, val_x])
+    y = np.concatenate([train_y, np.asarray(val_y)])
+    is_val = np.arange(len(y)) >= len(train_y)
+  if num_classes is None:
+    num_classes = int(max(y.max(), np.max(test_y))) + 1
+  l2, scores = select_l2(x, y, is_val, num_classes, coarse_exponents=coarse_exponents,
+                         refine_steps=refine_steps, max_iter=max_iter, tol=tol)
+  w, b = fit_logreg(x, y, num_classes, l2, max_iter=max_iter, tol=tol)
+  return {"acc1": accuracy(predict(w, b, test_x), test_y), "val_acc1": max(scores.values()), "l2": l2}
 
 
 def sample_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``shots`` examples of every class present in ``labels``, drawn without replacement with
-    ``numpy.random.default_rng(seed)`` (classes visited in increasing order). Raises if a class has fewer."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if members.size < shots:
-            raise ValueError(f"class {c} has {members.size} examples, fewer than {shots} shots")
-        chosen.append(rng.choice(members, size=shots, replace=False))
-    return np.sort(np.concatenate(chosen))
+  """Sorted indices of ``shots`` examples of every class present in ``labels``, drawn without replacement with
+  ``numpy.random.default_rng(seed)`` (classes visited in increasing order). Raises if a class has fewer."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    if members.size < shots:
+      raise ValueError(f"class {c} has {members.size} examples, fewer than {shots} shots")
+    chosen.append(rng.choice(members, size=shots, replace=False))
+  return np.sort(np.concatenate(chosen))
 
 
 def few_shot_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                    shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (0, 1, 2), l2: float = 1e-3,
                    num_classes: int | None = None, max_iter: int = 1000, tol: float = 1e-5) -> dict[str, float]:
-    """k-shot linear probes with a fixed L2 strength ``l2``.
+  """k-shot linear probes with a fixed L2 strength ``l2``.
 
-    For every ``k`` in ``shots`` and every seed, a probe is fitted on ``sample_few_shot(train_y, k, seed)`` and scored
-    (top-1) on the full test set. Returns ``{k}shot_acc1_mean`` and ``{k}shot_acc1_std`` (population standard
-    deviation, ``ddof = 0``) over the seeds.
-    """
-    train_x = np.asarray(train_x, np.float32)
-    train_y = np.asarray(train_y)
-    if num_classes is None:
-        num_classes = int(max(train_y.max(), np.max(test_y))) + 1
-    metrics: dict[str, float] = {}
-    for k in shots:
-        accs = []
-        for seed in seeds:
-            index = sample_few_shot(train_y, k, seed)
-            w, b = fit_logreg(train_x[index], train_y[index], num_classes, l2, max_iter=max_iter, tol=tol)
-            accs.append(accuracy(predict(w, b, test_x), test_y))
-        metrics[f"{k}shot_acc1_mean"] = float(np.mean(accs))
-        metrics[f"{k}shot_acc1_std"] = float(np.std(accs))
-    return metrics
+  For every ``k`` in ``shots`` and every seed, a probe is fitted on ``sample_few_shot(train_y, k, seed)`` and scored
+  (top-1) on the full test set. Returns ``{k}shot_acc1_mean`` and ``{k}shot_acc1_std`` (population standard
+  deviation, ``ddof = 0``) over the seeds.
+  """
+  train_x = np.asarray(train_x, np.float32)
+  train_y = np.asarray(train_y)
+  if num_classes is None:
+    num_classes = int(max(train_y.max(), np.max(test_y))) + 1
+  metrics: dict[str, float] = {}
+  for k in shots:
+    accs = []
+    for seed in seeds:
+      index = sample_few_shot(train_y, k, seed)
+      w, b = fit_logreg(train_x[index], train_y[index], num_classes, l2, max_iter=max_iter, tol=tol)
+      accs.append(accuracy(predict(w, b, test_x), test_y))
+    metrics[f"{k}shot_acc1_mean"] = float(np.mean(accs))
+    metrics[f"{k}shot_acc1_std"] = float(np.std(accs))
+  return metrics

@@ -20,26 +20,26 @@ TIES: tuple[str, ...] = ("pessimistic", "optimistic")
 
 
 def check_ties(ties: str) -> None:
-    """Raises ``ValueError`` unless ``ties`` is one of ``TIES``."""
-    if ties not in TIES:
-        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+  """Raises ``ValueError`` unless ``ties`` is one of ``TIES``."""
+  if ties not in TIES:
+    raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
 
 
 def ranks_from_scores(scores: np.ndarray, positive: np.ndarray, ties: Ties = "pessimistic") -> np.ndarray:
-    """Per-row rank (module docstring) of the best positive, from a dense ``[Q, M]`` score matrix.
+  """Per-row rank (module docstring) of the best positive, from a dense ``[Q, M]`` score matrix.
 
-    ``positive`` is a boolean ``[Q, M]`` matrix with at least one true entry per row. Returns int64 ``[Q]``.
-    """
-    check_ties(ties)
-    scores = np.asarray(scores)
-    positive = np.asarray(positive, dtype=bool)
-    if not positive.any(axis=1).all():
-        raise ValueError("every query needs at least one positive candidate")
-    best = np.max(np.where(positive, scores, -np.inf), axis=1, keepdims=True)
-    ahead = scores >= best if ties == "pessimistic" else scores > best
-    return 1 + np.sum(ahead & ~positive, axis=1)
+  ``positive`` is a boolean ``[Q, M]`` matrix with at least one true entry per row. Returns int64 ``[Q]``.
+  """
+  check_ties(ties)
+  scores = np.asarray(scores)
+  positive = np.asarray(positive, dtype=bool)
+  if not positive.any(axis=1).all():
+    raise ValueError("every query needs at least one positive candidate")
+  best = np.max(np.where(positive, scores, -np.inf), axis=1, keepdims=True)
+  ahead = scores >= best if ties == "pessimistic" else scores > best
+  return 1 + np.sum(ahead & ~positive, axis=1)
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
-    """Fraction of queries whose rank is at most ``k``: ``mean_q [rank_q <= k]``, in [0, 1]."""
-    return float(np.mean(np.asarray(ranks) <= k))
+  """Fraction of queries whose rank is at most ``k``: ``mean_q [rank_q <= k]``, in [0, 1]."""
+  return float(np.mean(np.asarray(ranks) <= k))

@@ -117,45 +117,45 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def get_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """Returns a named template set (a key of ``TEMPLATE_SETS``) or validates an explicit list of templates.
+  """Returns a named template set (a key of ``TEMPLATE_SETS``) or validates an explicit list of templates.
 
-    Every template must contain ``{}`` exactly once; unknown set names raise ``KeyError`` listing the valid ones.
-    """
-    if isinstance(templates, str):
-        if templates not in TEMPLATE_SETS:
-            raise KeyError(f"unknown template set {templates!r}; valid names: {sorted(TEMPLATE_SETS)}")
-        return TEMPLATE_SETS[templates]
-    result = tuple(templates)
-    if not result:
-        raise ValueError("at least one template is required")
-    for template in result:
-        if template.count("{}") != 1:
-            raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
-    return result
+  Every template must contain ``{}`` exactly once; unknown set names raise ``KeyError`` listing the valid ones.
+  """
+  if isinstance(templates, str):
+    if templates not in TEMPLATE_SETS:
+      raise KeyError(f"unknown template set {templates!r}; valid names: {sorted(TEMPLATE_SETS)}")
+    return TEMPLATE_SETS[templates]
+  result = tuple(templates)
+  if not result:
+    raise ValueError("at least one template is required")
+  for template in result:
+    if template.count("{}") != 1:
+      raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
+  return result
 
 
 def normalize_text(text: str, *, lowercase: bool = True, strip: bool = True,
                    underscores_to_spaces: bool = True) -> str:
-    """Normalises one prompt or class name.
+  """Normalises one prompt or class name.
 
-    Applied in this order, each step only when its flag is set:
-    ``underscores_to_spaces``: every ``_`` becomes a space (tfds/ImageFolder names such as ``golden_retriever``);
-    ``strip``: leading/trailing whitespace removed and every inner whitespace run collapsed to one space;
-    ``lowercase``: ``str.lower()``.
-    """
-    if underscores_to_spaces:
-        text = text.replace("_", " ")
-    if strip:
-        text = _WHITESPACE.sub(" ", text).strip()
-    if lowercase:
-        text = text.lower()
-    return text
+  Applied in this order, each step only when its flag is set:
+  ``underscores_to_spaces``: every ``_`` becomes a space (tfds/ImageFolder names such as ``golden_retriever``);
+  ``strip``: leading/trailing whitespace removed and every inner whitespace run collapsed to one space;
+  ``lowercase``: ``str.lower()``.
+  """
+  if underscores_to_spaces:
+    text = text.replace("_", " ")
+  if strip:
+    text = _WHITESPACE.sub(" ", text).strip()
+  if lowercase:
+    text = text.lower()
+  return text
 
 
 def build_prompts(class_names: Sequence[str], templates: str | Sequence[str], *, lowercase: bool = True,
                   strip: bool = True, underscores_to_spaces: bool = True) -> list[list[str]]:
-    """Prompt grid ``prompts[c][t] = normalize_text(templates[t] with {} replaced by class_names[c])``."""
-    resolved = get_templates(templates)
-    return [[normalize_text(t.replace("{}", name), lowercase=lowercase, strip=strip,
-                            underscores_to_spaces=underscores_to_spaces) for t in resolved]
-            for name in class_names]
+  """Prompt grid ``prompts[c][t] = normalize_text(templates[t] with {} replaced by class_names[c])``."""
+  resolved = get_templates(templates)
+  return [[normalize_text(t.replace("{}", name), lowercase=lowercase, strip=strip,
+                          underscores_to_spaces=underscores_to_spaces) for t in resolved]
+          for name in class_names]
