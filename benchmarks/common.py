@@ -118,6 +118,12 @@ def emit(record: Mapping[str, Any]) -> None:
   print(json.dumps(record, sort_keys=False, default=float), flush=True)
 
 
+def write_json_lines(path: str | os.PathLike | None, records: Iterable[Mapping[str, Any]]) -> None:
+  """The records as JSON lines in `path` (the `--json-out` file), the same lines `emit` prints; no-op without one."""
+  if path:
+    pathlib.Path(path).write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+
+
 def summary(seconds: Sequence[float]) -> dict[str, float]:
   """median, min, max and count of step times in seconds."""
   values = sorted(float(s) for s in seconds)

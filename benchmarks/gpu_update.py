@@ -23,7 +23,6 @@ Output: JSON lines (``kind``: machine, device, matmul, candidate, gpu_update), t
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -195,8 +194,7 @@ def main() -> None:
             "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"), "loss": float(metrics["loss/total"])}
   common.emit(record)
   records.append(record)
-  if args.json_out:
-    pathlib.Path(args.json_out).write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+  common.write_json_lines(args.json_out, records)
   print()
   print(common.table([{"batch": batch, "step": s["median_s"], "img_s": record["images_per_s"],
                        "tflops": record["model_flops_per_s"] / 1e12, "mm": matmul["flops"] / 1e12,

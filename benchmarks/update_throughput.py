@@ -214,8 +214,7 @@ def main() -> None:
         record = compile_only(config, dtype, " ".join(f for f in (args.xla_flags, args.compare_flags) if f))
         common.emit(record)
         records.append(record)
-  if args.json_out:
-    pathlib.Path(args.json_out).write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+  common.write_json_lines(args.json_out, records)
 
   rows = []
   for r in common.iter_rows(records, "pair"):
