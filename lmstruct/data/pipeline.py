@@ -335,7 +335,7 @@ def train_pipeline(source: DataSource, *, tokenize: Tokenize, global_batch_size:
     seed: shuffling and augmentation seed; equal seeds give equal batches.
     image_size: output side ``S``.
     augment_config: image augmentation stages (:func:`augment.augmentation_from_config`); ``None`` gives
-      :func:`augment.default_augment_config`.
+      :func:`augment.caption_safe_augment_config`.
     eda_config: EDA rates (:func:`eda.eda_from_config`); ``None`` gives the defaults (0.1 each).
     mesh, data_axes: when ``mesh`` is given, batches are global ``jax.Array``s sharded on the leading axis over
       ``data_axes``; otherwise numpy host batches.
@@ -350,7 +350,7 @@ def train_pipeline(source: DataSource, *, tokenize: Tokenize, global_batch_size:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
   index, count = _shard(shard_index, shard_count)
   batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
-  config = augment.default_augment_config() if augment_config is None else augment_config
+  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
   transform = TrainTransform(source=source, tokenize=tokenize, image_size=image_size,
                              augmentation=augment.augmentation_from_config(config),
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
