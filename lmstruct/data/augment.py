@@ -47,7 +47,8 @@ def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     raise ValueError(f"expected a uint8 [H, W, 3] image, got {array.dtype} {array.shape}")
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  return Image.fromarray(array).convert("RGB")
+  image = Image.fromarray(array)
+  return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def normalize(image: np.ndarray | Image.Image) -> np.ndarray:

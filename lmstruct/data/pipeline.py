@@ -83,6 +83,36 @@ def _image_id(example: Mapping[str, Any]) -> str:
   return str(example.get("image_id", "?"))
 
 
+def _image_array(example: Mapping[str, Any]) -> np.ndarray | None:
+  """The example's ``image`` when it is an array (checked: uint8 ``[H, W, 3]`` or ``[H, W]``), else None."""
+  if "image" not in example or isinstance(example["image"], (bytes, bytearray)):
+    return None
+  array = np.asarray(example["image"])
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) \
+          or 0 in array.shape:
+    raise CorruptImageError(f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got "
+                            f"{array.dtype} {array.shape}")
+  return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array
+
+
+def decode_pil(example: Mapping[str, Any]) -> Image.Image:
+  """The example's image as an RGB PIL image: encoded bytes decoded once, an array wrapped (see
+  :func:`decode_image` for the keys read and the errors raised)."""
+  array = _image_array(example)
+  if array is not None:
+    return Image.fromarray(array)
+  data = example["image"] if "image" in example else example.get("image_bytes")
+  if data is None:
+    raise KeyError(f"example {_image_id(example)!r} has neither 'image' nor 'image_bytes'")
+  try:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise CorruptImageError(f"example {_image_id(example)!r}: cannot decode image "
+                            f"({len(data)} bytes): {error}") from error
+
+
 def decode_image(example: Mapping[str, Any]) -> np.ndarray:
   """Returns the example's image as RGB ``uint8 [H, W, 3]``.
 
@@ -90,22 +120,8 @@ def decode_image(example: Mapping[str, Any]) -> np.ndarray:
   PNG/JPEG). Raises :class:`CorruptImageError` for undecodable bytes or a malformed array, ``KeyError`` when
   the example has no image at all.
   """
-  if "image" in example and not isinstance(example["image"], (bytes, bytearray)):
-    array = np.asarray(example["image"])
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) \
-            or 0 in array.shape:
-      raise CorruptImageError(f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got "
-                              f"{array.dtype} {array.shape}")
-    return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array
-  data = example["image"] if "image" in example else example.get("image_bytes")
-  if data is None:
-    raise KeyError(f"example {_image_id(example)!r} has neither 'image' nor 'image_bytes'")
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise CorruptImageError(f"example {_image_id(example)!r}: cannot decode image "
-                            f"({len(data)} bytes): {error}") from error
+  array = _image_array(example)
+  return array if array is not None else np.asarray(decode_pil(example), dtype=np.uint8)
 
 
 def _tokens(tokenize: Tokenize, texts: Sequence[str]) -> np.ndarray:
@@ -125,7 +141,7 @@ class TrainTransform:
   def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """Builds the training example; a corrupt image gives ``{CORRUPT: True}`` instead."""
     try:
-      image = decode_image(example)
+      image = decode_pil(example)
     except CorruptImageError as error:
       log.warning("skipping corrupt image: %s", error)
       return {CORRUPT: np.True_}

@@ -129,7 +129,7 @@ class StreamDataset(grain.IterDataset):
 
   def __iter__(self) -> grain.DatasetIterator:
     if len(self._readers) != 1:
-      raise ValueError(f"a stream of {len(self._readers)} readers needs one grain worker or thread per reader")
+      return _UnslicedIterator(self._readers)
     reader, position = self._readers[0]
     return _ReaderIterator(self._stream, reader, position, self._seed, self._num_epochs)
 
@@ -197,6 +197,24 @@ class _ReaderIterator(grain.DatasetIterator):
     """Continues after the element a :meth:`get_state` was taken at."""
     self._position = plan_lib.Position.from_json(state["position"])
     self._elements = self._read(self._position)
+
+
+class _UnslicedIterator(grain.DatasetIterator):
+  """The iterator of a stream of several readers before grain slices it: it has a state (grain's prefetch asks for
+  one in the parent process) but no elements."""
+
+  def __init__(self, readers: Sequence[tuple[int, plan_lib.Position]]):
+    super().__init__()
+    self._readers = list(readers)
+
+  def __next__(self) -> dict[str, Any]:
+    raise ValueError(f"a stream of {len(self._readers)} readers is read by one grain worker or thread per reader")
+
+  def get_state(self) -> dict[str, Any]:
+    return {"positions": [p.to_json() for _, p in self._readers]}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._readers = [(r, plan_lib.Position.from_json(p)) for (r, _), p in zip(self._readers, state["positions"])]
 
 
 def _log_skips(shard: str, skips: skips_lib.Skips) -> None:
