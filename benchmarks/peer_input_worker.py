@@ -33,7 +33,7 @@ def _eda():
 
 
 class OpenClipSide:
-  """webdataset → decode → (eval view, train view, tokens) → batched → WebLoader(num_workers=0), one torch thread."""
+  """webdataset → decode → (eval view, train view, tokens) → batched → WebLoader(num_workers=0); one thread."""
 
   def __init__(self, spec: dict[str, Any]):
     import numpy as np

@@ -4,7 +4,7 @@
     {'kind': 'scenes', 'split': 'test', 'knobs': {'grey_fraction': .3}, 'split_sizes': {'train': 5000, 'test': 500}}
     {'kind': 'coco', 'annotations': '.../captions_val2017.json', 'images': '.../val2017'}
     {'kind': 'karpathy', 'split_file': 'dataset_coco.json', 'image_root': 'coco', 'splits': ['test']}
-    {'kind': 'table', 'path': 'pairs.tsv', 'image_root': 'imgs', 'image_column': 'filepath', 'caption_column': 'caption'}
+    {'kind': 'table', 'path': 'pairs.tsv', 'image_root': 'imgs', 'caption_column': 'caption'}
     {'kind': 'webdataset', 'shards': 'gs://bucket/cc3m/{00000..00331}.tar', 'streaming': True}
     {'kind': 'imagefolder', 'root': 'imagenet/val'}
     {'kind': 'vqav2', 'questions': 'v2_OpenEnded_mscoco_val2014_questions.json', 'images': 'val2014'}
