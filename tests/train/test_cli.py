@@ -109,7 +109,13 @@ def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
   for name in one:
     # Each process reads its own shard, so the global batch holds the same examples in another order; the loss
     # is permutation invariant, and only float summation order differs.
-    np.testing.assert_allclose(two[name], one[name], rtol=2e-4, atol=2e-6, err_msg=name)
+    a, b = two[name], one[name]
+    if name.endswith("attn/qkv/bias"):
+      # The key bias adds a constant to every logit of a query and cancels in the softmax: its gradient is
+      # rounding noise, which Adam scales to ±lr, so only the query and value biases are compared.
+      width = a.shape[-1] // 3
+      a, b = np.delete(a, np.s_[width:2 * width], -1), np.delete(b, np.s_[width:2 * width], -1)
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
 
 
 STREAM_CONFIG = '''
