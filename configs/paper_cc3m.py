@@ -3,9 +3,17 @@ trained from scratch on CC3M (img2dataset webdataset shards), batch 128 per devi
 0.1, 10k warm-up steps, cosine decay, 64 epochs, in-modal base loss plus one regulariser.
 
     lmstruct train --config configs/paper_cc3m.py:shards=/data/cc3m,devices=8,reg=gc --workdir runs/cc3m_gc
+    lmstruct train --config 'configs/paper_cc3m.py:shards=gs://bucket/cc3m/{00000..00331}.tar' \
+                   --workdir gs://bucket/runs/cc3m_gc                               # from a bucket (docs/launch.md)
+
+The shards are streamed (`{'kind': 'webdataset', 'streaming': True}`): each process reads its own shards through
+an in-shard shuffle buffer, so start-up and memory do not grow with the dataset, and the iterator position is
+checkpointed (lmstruct/data/streaming.py).
 
 Arguments:
-  shards     folder of CC3M `*.tar` shards (or a converted `records` prefix with records=1)
+  shards     CC3M `*.tar` shards: a folder, a glob, a brace pattern or a bucket URL (or a converted `records` prefix
+             with records=1)
+  buffer     samples in each reader's in-shard shuffle buffer
   reg        regulariser: sep, br, gc (the paper's OURS_Sep/Br/GC), all, none (in-modal base only) or cyclip
   devices    number of data-parallel devices (the global batch is 128 × devices)
   examples   training examples per epoch (CC3M as downloaded: about 2.9M)
@@ -23,8 +31,8 @@ MODELS = {"paper": {"preset": "RN50"}, "test": {"preset": "test-rn"}}
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, shards="", records=0, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
-                  variant="paper")
+  arg = parse_arg(arg, shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64,
+                  imagenet="", variant="paper")
   if arg.reg not in REGULARIZERS:
     raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
   if arg.variant not in MODELS:
@@ -41,7 +49,7 @@ def get_config(arg: str | None = None):
   config.optimizer.eps = 1e-8
   config.optimizer.warmup_steps = min(10_000, steps // 10)
   config.data.train = ({"kind": "records", "path": arg.shards} if arg.records else
-                       {"kind": "webdataset", "shards": arg.shards})
+                       {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer})
   config.data.global_batch_size = batch
   config.data.worker_count = 8
   # CyCLIP's augmentation: AutoAugment-style policy on images, EDA on captions.

@@ -54,13 +54,21 @@ def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     raise ValueError(f"expected a uint8 [H, W, 3] image, got {array.dtype} {array.shape}")
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  return Image.fromarray(array).convert("RGB")
+  image = Image.fromarray(array)
+  return image if image.mode == "RGB" else image.convert("RGB")
+
+
+_NORMALIZE_SCALE = (1.0 / (255.0 * CLIP_STD)).astype(np.float32)
+_NORMALIZE_OFFSET = (CLIP_MEAN / CLIP_STD).astype(np.float32)
 
 
 def normalize(image: np.ndarray | Image.Image) -> np.ndarray:
-  """Maps uint8 RGB pixels to float32 ``(pixel / 255 - CLIP_MEAN) / CLIP_STD``, channel-last."""
-  pixels = np.asarray(to_pil(image), dtype=np.float32) / 255.0
-  return (pixels - CLIP_MEAN) / CLIP_STD
+  """Maps uint8 RGB pixels to float32 ``(pixel / 255 - CLIP_MEAN) / CLIP_STD``, channel-last (computed in place as
+  ``pixel * (1 / (255 CLIP_STD)) - CLIP_MEAN / CLIP_STD``)."""
+  pixels = np.asarray(to_pil(image), dtype=np.float32)
+  pixels *= _NORMALIZE_SCALE
+  pixels -= _NORMALIZE_OFFSET
+  return pixels
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:

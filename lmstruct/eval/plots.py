@@ -9,6 +9,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from lmstruct import paths
+
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Projection of ``x [N, D]`` onto its first two principal components.
@@ -28,11 +30,12 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _save(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
-  """Writes ``fig`` as PNG to ``path`` (parents created) and returns the path."""
-  path = pathlib.Path(path)
+  """Writes ``fig`` as PNG to ``path`` (local or an object-store URL; parents created) and returns the path."""
+  path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, format="png", dpi=100)
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   return path
 
 

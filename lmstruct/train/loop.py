@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lmstruct import paths
 from lmstruct.config import validate_config
 from lmstruct.data import pipeline, sources
 from lmstruct.data.tokenize import get_tokenizer
@@ -116,7 +117,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     validate_config(config)
     self.config = config
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = paths.absolute(workdir)
     self.mesh = make_mesh(config.mesh.shape.to_dict())
     self.data_axes = (self.mesh.axis_names[0],)
     self.model_config = config.model.to_dict()
@@ -232,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()})
       if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
         flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
-        checkpoint.save(trainer.manager, trainer.state, batches.get_state(), config.to_dict(),
+        checkpoint.save(trainer.manager, trainer.state, batches.global_state(), config.to_dict(),
                         flat if cfg.best_metric in flat else None)
       if stop.signal is not None:
         break

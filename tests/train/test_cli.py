@@ -109,4 +109,98 @@ def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
   for name in one:
     # Each process reads its own shard, so the global batch holds the same examples in another order; the loss
     # is permutation invariant, and only float summation order differs.
-    np.testing.assert_allclose(two[name], one[name], rtol=2e-4, atol=2e-6, err_msg=name)
+    a, b = two[name], one[name]
+    if name.endswith("attn/qkv/bias"):
+      # The key bias adds a constant to every logit of a query and cancels in the softmax: its gradient is
+      # rounding noise, which Adam scales to ±lr, so only the query and value biases are compared.
+      width = a.shape[-1] // 3
+      a, b = np.delete(a, np.s_[width:2 * width], -1), np.delete(b, np.s_[width:2 * width], -1)
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
+
+
+STREAM_CONFIG = '''
+import importlib.util
+spec = importlib.util.spec_from_file_location("clip_scenes", "{repo}/configs/clip_scenes.py")
+clip_scenes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(clip_scenes)
+
+
+def get_config(arg=None):
+  config = clip_scenes.get_config(arg)
+  config.data.train = {{"kind": "webdataset", "shards": "{shards}", "streaming": True, "shuffle_buffer": 4}}
+  config.evals = {{}}
+  return config
+'''
+
+
+def _write_numbered_shards(shared_data, folder, sizes=(13, 11, 14, 12, 10)):
+  """Shards of coco-mini photos captioned 'a photo number <i>' (i unique across shards)."""
+  import io
+  import tarfile
+  photos = sorted((shared_data / "coco-mini" / "train2017").glob("*.jpg"))
+  folder.mkdir()
+  number = 0
+  for shard, size in enumerate(sizes):
+    with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+      for _ in range(size):
+        for name, data in ((f"{number:04d}.jpg", photos[number % len(photos)].read_bytes()),
+                           (f"{number:04d}.txt", f"a photo number {number}".encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+        number += 1
+  return number
+
+
+def _data_state(workdir, step):
+  return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text()) \
+      if (workdir / "checkpoints" / str(step) / "data" / "metadata").exists() else \
+      json.loads(next((workdir / "checkpoints" / str(step) / "data").glob("*")).read_text())
+
+
+def test_streaming_run_of_two_processes_on_eight_devices_resumes_on_one_process_with_two(shared_data, tmp_path):
+  from lmstruct.data import pipeline, streaming
+  total = _write_numbered_shards(shared_data, tmp_path / "shards")
+  config = tmp_path / "stream_config.py"
+  config.write_text(STREAM_CONFIG.format(repo=REPO, shards=tmp_path / "shards"))
+  workdir, port = tmp_path / "run", _free_port()
+  common = ("--config.train.checkpoint_every=3", "--config.train.log_every=3", "--config.data.global_batch_size=8")
+  processes = [subprocess.Popen(
+      cli_command("train", workdir, tmp_path / "data", 3, *common, f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}", config=config),
+      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  saved = _data_state(workdir, 3)
+  assert [p["process_index"] for p in saved["processes"]] == [0, 1]
+  run_cli("train", workdir, tmp_path / "data", 6, *common, devices=2, config=config)
+  resumed = _data_state(workdir, 6)
+  assert len(resumed["processes"]) == 1
+
+  # The same plan offline: what the two processes read in 3 steps of 4 examples each, then what one process reads
+  # in 3 steps of 8 after the remap; the positions match the CLI's checkpoints and, all within the first epoch of
+  # 60 examples, no example comes twice.
+  def ids(batch):
+    return [int(t) for t in np.asarray(batch["text"])[:, 4]]
+
+  def tokenize(texts):
+    out = np.zeros((len(texts), 8), np.int32)
+    for row, text in enumerate(texts):
+      out[row, :len(text.split()) + 1] = [1] + [int(w) if w.isdigit() else 3 for w in text.split()]
+    return out
+
+  def offline(index, count):
+    return pipeline.train_pipeline(streaming.WebDatasetStream(tmp_path / "shards", shuffle_buffer=4),
+                                   tokenize=tokenize, global_batch_size=8, seed=0, image_size=32,
+                                   shard_index=index, shard_count=count, synonyms=lambda word: ())
+
+  first = [offline(k, 2) for k in range(2)]
+  seen = [i for it in first for _ in range(3) for i in ids(next(it))]
+  assert [it.get_state()["readers"] for it in first] == [p["readers"] for p in saved["processes"]]
+  after = offline(0, 1)
+  after.set_state(pipeline.combine_states([it.get_state() for it in first]))
+  seen += [i for _ in range(3) for i in ids(next(after))]
+  assert after.get_state()["readers"] == resumed["processes"][0]["readers"]
+  assert total == 60 and len(seen) == len(set(seen)) == 48
