@@ -90,7 +90,7 @@ def test_loss_of_batch_split_over_eight_devices_equals_one_device_loss():
   mesh = make_mesh()
   eight = jax.jit(objective)(jax.device_put(arrays, batch_sharding(mesh)))
   for key in one:
-    np.testing.assert_allclose(eight[key], one[key], rtol=1e-6)
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-5)
   # A loss computed per device (8 local batches of 4) differs: the test would catch that bug.
   local = np.mean([objective({k: v[i * 4:(i + 1) * 4] for k, v in arrays.items()})["loss/inmodal"]
                    for i in range(8)])
