@@ -9,19 +9,49 @@ wrong type (naming the key and the expected type). Open-ended sections are valid
 `evals` by `lmstruct.eval.registry`.
 """
 import ast
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from lmstruct.choices import did_you_mean
+
 OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda")
 
 
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """'a=1,b=x' → ConfigDict(a=1, b='x') over `defaults`; values are Python literals or bare strings.
+BOOLEAN_WORDS = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
 
-  Unknown names are an error listing the valid ones; a value is cast to the type of its default.
+
+def parse_arg_value(key: str, text: str, default: Any) -> Any:
+  """The value of config argument `key` written as `text`, of the type of its default.
+
+  bool: one of true/false/True/False/1/0. int: an integer literal. float: a number. str: the text itself (quotes
+  optional). None: any Python literal, else the text. Other types (tuples, lists): a literal of that type. Anything
+  else is a ValueError naming the argument and what it accepts.
+  """
+  try:
+    literal = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    literal = text
+  if isinstance(default, bool):
+    if text not in BOOLEAN_WORDS:
+      raise ValueError(f"config argument {key!r} is a bool: use one of {list(BOOLEAN_WORDS)}, got {text!r}")
+    return BOOLEAN_WORDS[text]
+  if isinstance(default, str):
+    return literal if isinstance(literal, str) else text
+  if default is None:
+    return literal
+  if isinstance(default, float) and isinstance(literal, int) and not isinstance(literal, bool):
+    return float(literal)
+  if isinstance(literal, type(default)) and not isinstance(literal, bool):
+    return literal
+  raise ValueError(f"config argument {key!r} must be of type {type(default).__name__} like its default "
+                   f"{default!r}, got {text!r}")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """'a=1,b=x' → ConfigDict(a=1, b='x') over `defaults`; each value is parsed to its default's type by
+  `parse_arg_value`. Unknown names are an error listing the valid ones and the closest match.
   """
   result = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
@@ -29,13 +59,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {item!r} is not of the form key=value")
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid arguments: {sorted(defaults)}")
-    try:
-      parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed = value
-    default = defaults[key]
-    result[key] = type(default)(parsed) if default is not None and not isinstance(parsed, type(default)) else parsed
+      raise ValueError(f"unknown config argument {key!r}{did_you_mean(key, defaults)}; "
+                       f"valid arguments: {sorted(defaults)}")
+    result[key] = parse_arg_value(key, value, defaults[key])
   return result
 
 
@@ -63,11 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
   })
 
 
-def _suggest(key: str, valid: list[str]) -> str:
-  close = difflib.get_close_matches(key, valid, n=1)
-  return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _is_open(path: str) -> bool:
   return any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS)
 
@@ -81,7 +102,7 @@ def _check(value: Any, schema: Any, path: str) -> None:
     valid = sorted(schema)
     for key in value:
       if key not in schema:
-        raise ValueError(f"unknown config key {path + '.' + key if path else key!r}{_suggest(key, valid)}; "
+        raise ValueError(f"unknown config key {path + '.' + key if path else key!r}{did_you_mean(key, valid)}; "
                          f"valid keys{' in ' + repr(path) if path else ''}: {valid}")
       _check(value[key], schema[key], f"{path}.{key}" if path else key)
     return
