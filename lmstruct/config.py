@@ -5,8 +5,8 @@ A config file (`configs/*.py`) defines `get_config(arg: str | None)`; `arg` is a
 from `base_config()`, the one place where each training key, its default and its type are defined;
 `validate_config` rejects unknown keys (naming the key and the valid keys, with a close match) and values of the
 wrong type (naming the key and the expected type). Open-ended sections are validated by their owners: `model` by
-`lmstruct.models.factory`, `objective` by `lmstruct.losses.objective`, data sources by `lmstruct.data.sources`,
-`evals` by `lmstruct.eval.registry`.
+`lmstruct.models.factory`, `objective` by its schema `lmstruct.losses.objective.ObjectiveConfig` (which also holds
+its defaults), data sources by `lmstruct.data.sources`, `evals` by `lmstruct.eval.registry`.
 """
 import ast
 from collections.abc import Mapping
@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 
 from lmstruct.choices import did_you_mean
+from lmstruct.losses.objective import ObjectiveConfig
+from lmstruct.models import build_model
 
 OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda")
 
@@ -70,8 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "seed": 0,
       "model": {"preset": "tiny"},
-      "objective": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0},
-                    "bridge_t": 0.25, "impl": "auto"},
+      "objective": ObjectiveConfig().to_dict(),
       "optimizer": {"learning_rate": 5e-4, "end_learning_rate": 0.0, "warmup_steps": 0, "total_steps": 0,
                     "weight_decay": 0.1, "b1": 0.9, "b2": 0.98, "eps": 1e-6, "grad_clip_norm": 1.0,
                     "trainable": ()},
@@ -117,12 +118,27 @@ def _check(value: Any, schema: Any, path: str) -> None:
     raise TypeError(f"config key {path!r} expects {expected.__name__}, got {value!r} ({type(value).__name__})")
 
 
+def check_objective_fits_model(objective: ObjectiveConfig, model_config: Mapping[str, Any]) -> None:
+  """Raises a ValueError naming both keys when an active term reads independent features that the model, with
+  `model.independent_heads` off, does not produce."""
+  if not objective.needs_independent_features or build_model(model_config).independent_heads:
+    return
+  term = next(t for t in objective.terms if t.reads_independent_features)
+  key, value = (("objective.base", term.name) if term.role == "base" else
+                (f"objective.weights.{term.name}", objective.weights[term.name]))
+  raise ValueError(f"{key} = {value!r} needs model.independent_heads = True (it is False): {term.name!r} reads "
+                   "the features of the independent heads")
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
-  """Raises on unknown keys (naming key, valid keys, close match) and wrong value types (naming the type)."""
-  _check(config.to_dict() if hasattr(config, "to_dict") else config, base_config().to_dict(), "")
+  """Raises on unknown keys (naming key, valid keys, close match), wrong value types (naming the type), an invalid
+  objective section (`ObjectiveConfig`) and an objective that reads features the model does not produce."""
+  plain = config.to_dict() if hasattr(config, "to_dict") else config
+  _check(plain, base_config().to_dict(), "")
   choices = {"train.nonfinite": ("stop", "skip"), "train.best_mode": ("max", "min"),
              "train.progress_bar": ("auto", "on", "off")}
   for path, valid in choices.items():
     section, key = path.split(".")
     if config[section][key] not in valid:
       raise ValueError(f"config key {path!r} must be one of {list(valid)}, got {config[section][key]!r}")
+  check_objective_fits_model(ObjectiveConfig.from_dict(plain["objective"]), plain["model"])

@@ -110,6 +110,19 @@ def test_config_arguments_are_parsed_strictly_to_their_defaults_type():
     parse_arg("steps=true", steps=1)
 
 
+def test_an_objective_reading_independent_features_needs_the_independent_heads():
+  config = base_config()
+  config.model = {"preset": "test", "independent_heads": False}
+  with pytest.raises(ValueError, match=r"^objective.weights.separation = 1.0 needs model.independent_heads = True "
+                                       r"\(it is False\): 'separation' reads the features of the independent heads$"):
+    validate_config(config)
+  config.objective.weights.separation = 0.0
+  validate_config(config)
+  config.objective.base = "inmodl"
+  with pytest.raises(ValueError, match=r"^unknown objective.base 'inmodl' \(did you mean 'inmodal'\?\)"):
+    validate_config(config)
+
+
 def test_nonfinite_loss_stops_with_the_step_or_is_skipped_and_counted(tmp_path):
   config = quick(load_config("clip_scenes", "variant=test,objective=clip,train_size=32,eval_size=16,batch=16"),
                  tmp_path / "data", steps=3)
@@ -130,7 +143,7 @@ def _state(mesh, rules, model_config=None):
   model_config = model_config or {"preset": "test"}
   model, tx = build_model(model_config), make_optimizer({"learning_rate": 1e-3, "total_steps": 10})
   shape, length = input_shapes(model_config)
-  return init_train_state(model, tx, shape, length, mesh, rules, seed=0)
+  return init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules, seed=0)
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
