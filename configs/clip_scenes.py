@@ -14,6 +14,7 @@ Arguments:
   train_size number of training examples rendered (the dataset is built on first use)
 """
 from lmstruct.config import base_config, parse_arg
+from lmstruct.losses.objective import ObjectiveConfig
 
 VARIANTS = {
     "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
@@ -24,13 +25,13 @@ VARIANTS = {
 }
 
 OBJECTIVES = {
-    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
-    "clip": {"base": "clip", "weights": {}},
-    "inmodal": {"base": "inmodal", "weights": {}},
-    "cyclip": {"base": "clip", "weights": {"cyclip": 1.0}},
-    "sep": {"base": "inmodal", "weights": {"separation": 1.0}},
-    "br": {"base": "inmodal", "weights": {"bridge": 1.0}},
-    "gc": {"base": "inmodal", "weights": {"geometric": 1.0}},
+    "full": ObjectiveConfig(base="inmodal", weights={"separation": 1.0, "bridge": 1.0, "geometric": 1.0}),
+    "clip": ObjectiveConfig(base="clip", weights={}),
+    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
+    "cyclip": ObjectiveConfig(base="clip", weights={"cyclip": 1.0}),
+    "sep": ObjectiveConfig(base="inmodal", weights={"separation": 1.0}),
+    "br": ObjectiveConfig(base="inmodal", weights={"bridge": 1.0}),
+    "gc": ObjectiveConfig(base="inmodal", weights={"geometric": 1.0}),
 }
 
 LABELS = ("shape", "colour", "size", "count")
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
   config = base_config()
   config.model = VARIANTS[arg.variant]["model"]
-  config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}
+  config.objective = OBJECTIVES[arg.objective].to_dict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = max(1, arg.steps // 10)
   config.optimizer.weight_decay = 0.1

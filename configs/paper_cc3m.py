@@ -22,6 +22,7 @@ Arguments:
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
 from lmstruct.config import base_config, parse_arg
+from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
     "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
@@ -39,8 +40,8 @@ def get_config(arg: str | None = None):
     raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
   config = base_config()
   config.model = MODELS[arg.variant]
-  config.objective = {"base": "clip" if arg.reg == "cyclip" else "inmodal", "weights": REGULARIZERS[arg.reg],
-                      "bridge_t": 0.25, "impl": "auto"}
+  config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",
+                                     weights=REGULARIZERS[arg.reg]).to_dict()
   batch = 128 * arg.devices
   steps = arg.examples * arg.epochs // batch
   config.optimizer.learning_rate = 5e-4

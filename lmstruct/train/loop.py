@@ -1,10 +1,8 @@
 """The training driver: config → sharded state → pipeline → jitted updates, with logging, evaluation,
 checkpointing, resumption, preemption handling and profiling. `train_and_evaluate` is what `lmstruct train` runs.
 """
-import functools
 import json
 import logging
-import math
 import pathlib
 import signal
 import threading
@@ -19,7 +17,7 @@ from lmstruct import paths
 from lmstruct.config import validate_config
 from lmstruct.data import pipeline, sources
 from lmstruct.data.tokenize import get_tokenizer
-from lmstruct.losses.objective import compute_objective, validate_objective_config
+from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import checkpoint
 from lmstruct.train.evaluation import build_evaluators, make_encoders
@@ -69,27 +67,6 @@ def sharding_rules(rules: Any) -> tuple:
   return tuple((pattern, tuple(spec) if isinstance(spec, list) else spec) for pattern, spec in rules)
 
 
-def objective_function(objective: Mapping[str, Any], mesh: Any, data_axes: tuple[str, ...]):
-  """The objective implementation: 'global' (GSPMD over the whole batch) or 'ring' (lmstruct.losses.ring);
-  'auto' takes the ring when the data axis spans more than one device."""
-  impl = objective.get("impl", "auto")
-  if impl not in ("auto", "global", "ring"):
-    raise ValueError(f"objective.impl must be 'auto', 'global' or 'ring', got {impl!r}")
-  devices = math.prod(mesh.shape[a] for a in data_axes)
-  if impl == "global" or (impl == "auto" and devices == 1):
-    return compute_objective
-  from lmstruct.losses.ring import compute_objective_ring
-  return functools.partial(compute_objective_ring, mesh=mesh, data_axis=data_axes[0])
-
-
-def objective_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The objective section as a plain dict without the implementation switch (which the losses do not read)."""
-  objective = config.objective.to_dict()
-  objective.pop("impl", None)
-  validate_objective_config(objective)
-  return objective
-
-
 def _resolved_optimizer(config: ml_collections.ConfigDict) -> dict[str, Any]:
   optimizer = config.optimizer.to_dict()
   optimizer["total_steps"] = optimizer["total_steps"] or config.train.steps
@@ -122,15 +99,15 @@ class Trainer:
     self.data_axes = (self.mesh.axis_names[0],)
     self.model_config = config.model.to_dict()
     self.model = build_model(self.model_config)
-    self.objective = objective_config(config)
+    self.objective = ObjectiveConfig.from_dict(config.objective)
     self.optimizer_config = _resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.image_shape, self.context_length = input_shapes(self.model_config)
     tokenizer_args = {"path": config.data.tokenizer_path} if config.data.tokenizer_path else {}
     self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length, **tokenizer_args)
     self.state, self.shardings = init_train_state(
-        self.model, self.tx, self.image_shape, self.context_length, self.mesh, sharding_rules(config.sharding.rules),
-        config.seed, self.data_axes)
+        self.model, self.tx, image_shape=self.image_shape, context_length=self.context_length, mesh=self.mesh,
+        rules=sharding_rules(config.sharding.rules), seed=config.seed, data_axes=self.data_axes)
     if config.init.pretrained or config.init.towers:
       self._load_pretrained()
     self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
@@ -194,10 +171,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = make_train_step(trainer.model, trainer.tx, trainer.objective, trainer.mesh, trainer.shardings,
-                            learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
-                            objective_function(config.objective, trainer.mesh, trainer.data_axes),
-                            cfg.accumulation_steps, trainer.optimizer_config["trainable"])
+  step_fn = make_train_step(trainer.model, trainer.tx, objective=trainer.objective, mesh=trainer.mesh,
+                            state_shardings=trainer.shardings,
+                            learning_rate=learning_rate_schedule(trainer.optimizer_config),
+                            data_axes=trainer.data_axes, accumulation_steps=cfg.accumulation_steps,
+                            trainable=trainer.optimizer_config["trainable"])
   evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
