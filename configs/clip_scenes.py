@@ -13,7 +13,7 @@ Arguments:
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
 """
-from lmstruct.config import base_config, parse_arg
+from lmstruct.config import base_config, choice_error, parse_arg
 
 VARIANTS = {
     "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
@@ -48,9 +48,9 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, variant="small", objective="full", steps=250, batch=64, scenes="default", train_size=6000,
                   eval_size=500)
   if arg.variant not in VARIANTS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
+    raise choice_error("variant", arg.variant, VARIANTS)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise choice_error("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = VARIANTS[arg.variant]["model"]
   config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}

@@ -13,7 +13,7 @@ Arguments:
   imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
-from lmstruct.config import base_config, parse_arg
+from lmstruct.config import base_config, choice_error, parse_arg
 
 REGULARIZERS = {
     "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
@@ -26,9 +26,9 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, shards="", records=0, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
                   variant="paper")
   if arg.reg not in REGULARIZERS:
-    raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
+    raise choice_error("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
+    raise choice_error("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
   config.objective = {"base": "clip" if arg.reg == "cyclip" else "inmodal", "weights": REGULARIZERS[arg.reg],

@@ -10,7 +10,7 @@ wrong type (naming the key and the expected type). Open-ended sections are valid
 """
 import ast
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -29,7 +29,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {item!r} is not of the form key=value")
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid arguments: {sorted(defaults)}")
+      raise choice_error("config argument", key, defaults)
     try:
       parsed = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -66,6 +66,14 @@ def base_config() -> ml_collections.ConfigDict:
 def _suggest(key: str, valid: list[str]) -> str:
   close = difflib.get_close_matches(key, valid, n=1)
   return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def choice_error(what: str, value: Any, choices: Iterable[str], alternatives: str = "") -> ValueError:
+  """The one-line error for a `value` that is none of `choices`, naming the closest match (difflib):
+  "unknown WHAT 'valu' (did you mean 'value'?); valid choices: [...] ALTERNATIVES"."""
+  valid = sorted(choices)
+  return ValueError(f"unknown {what} {value!r}{_suggest(str(value), valid)}; valid choices: {valid}"
+                    + (f" {alternatives}" if alternatives else ""))
 
 
 def _is_open(path: str) -> bool:

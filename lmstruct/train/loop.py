@@ -24,12 +24,9 @@ from lmstruct.train import checkpoint
 from lmstruct.train.evaluation import build_evaluators, make_encoders
 from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
-from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, make_mesh
+from lmstruct.train.sharding import make_mesh, sharding_rules
 from lmstruct.train.step import init_train_state, make_train_step
 from lmstruct.eval.registry import run_evaluators
-
-NAMED_RULES = {"replicate": DEFAULT_RULES, "fsdp": FSDP_RULES}
-
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or gradient with `train.nonfinite = 'stop'`."""
@@ -56,16 +53,6 @@ class StopRequest:
   def __exit__(self, *exc: Any) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def sharding_rules(rules: Any) -> tuple:
-  """'replicate' | 'fsdp' | a list of (regex, spec) pairs."""
-  if isinstance(rules, str):
-    if rules not in NAMED_RULES:
-      raise ValueError(f"unknown sharding.rules {rules!r}; valid names: {sorted(NAMED_RULES)} or a list of "
-                       "(regex, spec) pairs")
-    return NAMED_RULES[rules]
-  return tuple((pattern, tuple(spec) if isinstance(spec, list) else spec) for pattern, spec in rules)
 
 
 def objective_function(objective: Mapping[str, Any], mesh: Any, data_axes: tuple[str, ...]):
