@@ -7,9 +7,15 @@ from `base_config()`, the one place where each training key, its default and its
 wrong type (naming the key and the expected type). Open-ended sections are validated by their owners: `model` by
 `lmstruct.models.factory`, `objective` by `lmstruct.losses.objective`, data sources by `lmstruct.data.sources`,
 `evals` by `lmstruct.eval.registry`.
+
+`load_config` is what the CLI runs: a config file (or a run's saved `config.json`), then `--config.KEY=VALUE`
+overrides (`apply_overrides`), then `validate_config`.
 """
 import ast
 import difflib
+import importlib.util
+import json
+import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,10 +24,28 @@ import ml_collections
 OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda")
 
 
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """'a=1,b=x' → ConfigDict(a=1, b='x') over `defaults`; values are Python literals or bare strings.
+def parse_value(text: str, default: Any = None) -> Any:
+  """The value `text` stands for, next to a `default` of some type: for a string default the string itself (quotes
+  removed); `true`/`false` in any case → bool; otherwise the Python literal (`ast.literal_eval`, e.g. `3`, `5e-4`,
+  `(1, 2)`, `{}`), or the bare text when it is none; an int becomes a float next to a float default."""
+  text = text.strip()
+  try:
+    literal = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    literal = text
+  if isinstance(default, str):
+    return literal if isinstance(literal, str) else text
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  if isinstance(default, float) and isinstance(literal, int) and not isinstance(literal, bool):
+    return float(literal)
+  return literal
 
-  Unknown names are an error listing the valid ones; a value is cast to the type of its default.
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """'a=1,b=x' → ConfigDict(a=1, b='x') over `defaults`; each value by `parse_value` next to its default.
+
+  Unknown names are an error naming the valid ones and the closest match.
   """
   result = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
@@ -30,12 +54,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in defaults:
       raise choice_error("config argument", key, defaults)
-    try:
-      parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed = value
-    default = defaults[key]
-    result[key] = type(default)(parsed) if default is not None and not isinstance(parsed, type(default)) else parsed
+    result[key] = parse_value(value, defaults[key])
   return result
 
 
@@ -113,3 +132,51 @@ def validate_config(config: Mapping[str, Any]) -> None:
     section, key = path.split(".")
     if config[section][key] not in valid:
       raise ValueError(f"config key {path!r} must be one of {list(valid)}, got {config[section][key]!r}")
+
+
+def _get_config(path: pathlib.Path, arg: str | None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` (or `get_config()` without an argument) of the config file at `path`."""
+  spec = importlib.util.spec_from_file_location(f"lmstruct_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"config file {path} defines no get_config(arg)")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
+  """`config` with every `'a.b.c': 'text'` override set to `parse_value(text, current value)`; missing keys are
+  created, for `validate_config` to name if they are not in the schema."""
+  config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  for path, text in overrides.items():
+    *parents, key = path.split(".")
+    node = config
+    for i, name in enumerate(parents):
+      if name not in node:
+        node[name] = {}
+      node = node[name]
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"cannot override config key {path!r}: {'.'.join(parents[:i + 1])!r} is not a mapping")
+    node[key] = parse_value(text, node.get(key))
+  return config
+
+
+def load_config(spec: str, overrides: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
+  """The validated, locked config of `spec` with `overrides` applied (`apply_overrides`).
+
+  `spec` is a config file with an optional argument, `configs/clip_scenes.py:variant=tiny` (its
+  `get_config(arg)`), or a run's saved `config.json`.
+  """
+  path_text, _, arg = spec.partition(":")
+  path = pathlib.Path(path_text)
+  if not path.is_file():
+    siblings = sorted(str(p) for p in path.parent.glob("*.py")) if path.parent.is_dir() else []
+    raise FileNotFoundError(f"config file {path} not found{_suggest(str(path), siblings)}")
+  if path.suffix == ".json":
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  else:
+    config = _get_config(path, arg if ":" in spec else None)
+  config = apply_overrides(config, overrides or {})
+  validate_config(config)
+  config.lock()
+  return config

@@ -75,10 +75,13 @@ def validate_source_config(cfg: Mapping[str, Any], where: str = "data") -> None:
 
 
 def build_source(cfg: Mapping[str, Any], data_dir: str = "data", where: str = "data") -> Any:
-  """The random-access source described by `cfg` (see the module docstring)."""
+  """The random-access source described by `cfg` (see the module docstring); one without examples is an error."""
   cfg = dict(cfg)
   validate_source_config(cfg, where)
-  return BUILDERS[cfg["kind"]][0](cfg, data_dir)
+  source = BUILDERS[cfg["kind"]][0](cfg, data_dir)
+  if len(source) == 0:
+    raise ValueError(f"{where} ({cfg['kind']!r} source) has no examples")
+  return source
 
 
 def class_names(source: Any, label: str | None = None) -> Sequence[str]:
