@@ -13,6 +13,7 @@ Multi-host: on TPU pods and SLURM/Kubernetes clusters JAX finds its peers itself
 """
 import argparse
 import logging
+import os
 import pathlib
 import sys
 import traceback
@@ -27,9 +28,9 @@ USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 # Library log records that say nothing a user can act on, hidden unless --debug.
 LIBRARY_CHATTER = (
     "Using custom data configuration",  # tfds, for every opening of a scenes dataset built from knobs
-    "OpenCV is not installed",          # tfds image decoding falls back to PIL, which lmstruct uses anyway
+    "OpenCV is not installed",          # tfds decodes the scenes' PNGs with PIL instead, to the same pixels
 )
-_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent) + os.sep
 
 
 class UsageError(Exception):
@@ -163,13 +164,13 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
   config = _config(args, overrides)
+  _initialize_distributed(args)
   from lmstruct.train.loop import finished_step, results_table, train_and_evaluate
   done = finished_step(args.workdir, config.train.steps)
   if done is not None:
     print(f"{args.workdir} has finished: step {done} of {config.train.steps} and its final evaluation "
           f"({pathlib.Path(args.workdir) / 'results.md'}); nothing to do")
     return 0
-  _initialize_distributed(args)
   results = train_and_evaluate(config, args.workdir)
   if results:
     print(results_table(results))

@@ -166,6 +166,7 @@ class TrainingLog:
     self.averages, self.skipped = IntervalAverages(), 0
 
   def record(self, step: int, metrics: Mapping[str, Any], skipped: bool) -> None:
+    """Adds update `step`'s metrics (`skipped`: the update was rejected) and writes the interval when due."""
     self.skipped += skipped
     self.averages.add(metrics)
     if step % self.log_every == 0 or step == self.total_steps:
@@ -275,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return json.loads((pathlib.Path(workdir) / "results.json").read_text())["results"]
   source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
   trainer = Trainer(config, workdir)
+  evaluators = trainer.evaluators()
   is_main = jax.process_index() == 0
   writer = MetricWriter(trainer.workdir, enabled=is_main)
   writer.write_config(config.to_dict())
@@ -291,7 +293,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                             learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
                             objective_function(config.objective, trainer.mesh, trainer.data_axes),
                             cfg.accumulation_steps, trainer.optimizer_config["trainable"])
-  evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
   log = TrainingLog(writer, progress, cfg.log_every, cfg.steps)
