@@ -13,6 +13,7 @@ Arguments:
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.losses.objective import ObjectiveConfig
 
@@ -49,9 +50,9 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, variant="small", objective="full", steps=250, batch=64, scenes="default", train_size=6000,
                   eval_size=500)
   if arg.variant not in VARIANTS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
+    raise unknown_choice("variant", arg.variant, VARIANTS)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise unknown_choice("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = VARIANTS[arg.variant]["model"]
   config.objective = OBJECTIVES[arg.objective].to_dict()

@@ -19,6 +19,7 @@ Arguments:
 import os
 import pathlib
 
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.pretrained import assets
@@ -43,7 +44,7 @@ def coco_split(root: str, split: str) -> dict:
 def get_config(arg: str | None = None):
   arg = parse_arg(arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", steps=300, batch=32)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise unknown_choice("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = {"preset": "LiT-EfficientNetLite0-MiniLM"}
   config.init.towers = TOWERS

@@ -21,6 +21,7 @@ Arguments:
   imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.losses.objective import ObjectiveConfig
 
@@ -35,9 +36,9 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64,
                   imagenet="", variant="paper")
   if arg.reg not in REGULARIZERS:
-    raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
+    raise unknown_choice("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
+    raise unknown_choice("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
   config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",

@@ -9,7 +9,8 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
   return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def unknown_choice(what: str, name: str, valid: Iterable[str]) -> ValueError:
-  """ValueError("unknown <what> 'name' (did you mean 'x'?); valid choices: [...]")."""
+def unknown_choice(what: str, name: str, valid: Iterable[str], alternatives: str = "") -> ValueError:
+  """ValueError("unknown <what> 'name' (did you mean 'x'?); valid choices: [...] <alternatives>")."""
   valid = sorted(valid)
-  return ValueError(f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid choices: {valid}")
+  return ValueError(f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid choices: {valid}"
+                    + (f" {alternatives}" if alternatives else ""))

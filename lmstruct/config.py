@@ -7,14 +7,20 @@ from `base_config()`, the one place where each training key, its default and its
 wrong type (naming the key and the expected type). Open-ended sections are validated by their owners: `model` by
 `lmstruct.models.factory`, `objective` by its schema `lmstruct.losses.objective.ObjectiveConfig` (which also holds
 its defaults), data sources by `lmstruct.data.sources`, `evals` by `lmstruct.eval.registry`.
+
+`load_config` is what the CLI runs: a config file (or a run's saved `config.json`), then `--config.KEY=VALUE`
+overrides (`apply_overrides`), then `validate_config`.
 """
 import ast
+import importlib.util
+import json
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from lmstruct.choices import did_you_mean
+from lmstruct.choices import did_you_mean, unknown_choice
 from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.models import build_model
 
@@ -28,8 +34,8 @@ def parse_arg_value(key: str, text: str, default: Any) -> Any:
   """The value of config argument `key` written as `text`, of the type of its default.
 
   bool: one of true/false/True/False/1/0. int: an integer literal. float: a number. str: the text itself (quotes
-  optional). None: any Python literal, else the text. Other types (tuples, lists): a literal of that type. Anything
-  else is a ValueError naming the argument and what it accepts.
+  optional). None: any Python literal, else the text. Mappings: a dict literal. Tuples and lists: either literal.
+  Other types: a literal of that type. Anything else is a ValueError naming the argument and what it accepts.
   """
   try:
     literal = ast.literal_eval(text)
@@ -45,6 +51,10 @@ def parse_arg_value(key: str, text: str, default: Any) -> Any:
     return literal
   if isinstance(default, float) and isinstance(literal, int) and not isinstance(literal, bool):
     return float(literal)
+  if isinstance(default, Mapping) and isinstance(literal, Mapping):
+    return dict(literal)
+  if isinstance(default, (list, tuple)) and isinstance(literal, (list, tuple)):
+    return type(default)(literal)
   if isinstance(literal, type(default)) and not isinstance(literal, bool):
     return literal
   raise ValueError(f"config argument {key!r} must be of type {type(default).__name__} like its default "
@@ -61,8 +71,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {item!r} is not of the form key=value")
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}{did_you_mean(key, defaults)}; "
-                       f"valid arguments: {sorted(defaults)}")
+      raise unknown_choice("config argument", key, defaults)
     result[key] = parse_arg_value(key, value, defaults[key])
   return result
 
@@ -142,3 +151,51 @@ def validate_config(config: Mapping[str, Any]) -> None:
     if config[section][key] not in valid:
       raise ValueError(f"config key {path!r} must be one of {list(valid)}, got {config[section][key]!r}")
   check_objective_fits_model(ObjectiveConfig.from_dict(plain["objective"]), plain["model"])
+
+
+def _get_config(path: pathlib.Path, arg: str | None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` (or `get_config()` without an argument) of the config file at `path`."""
+  spec = importlib.util.spec_from_file_location(f"lmstruct_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"config file {path} defines no get_config(arg)")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
+  """`config` with every `'a.b.c': 'text'` override set to `parse_arg_value` of the text next to the current
+  value; missing keys are created, for `validate_config` to name if they are not in the schema."""
+  config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  for path, text in overrides.items():
+    *parents, key = path.split(".")
+    node = config
+    for i, name in enumerate(parents):
+      if name not in node:
+        node[name] = {}
+      node = node[name]
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"cannot override config key {path!r}: {'.'.join(parents[:i + 1])!r} is not a mapping")
+    node[key] = parse_arg_value(path, text, node.get(key))
+  return config
+
+
+def load_config(spec: str, overrides: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
+  """The validated, locked config of `spec` with `overrides` applied (`apply_overrides`).
+
+  `spec` is a config file with an optional argument, `configs/clip_scenes.py:variant=tiny` (its
+  `get_config(arg)`), or a run's saved `config.json`.
+  """
+  path_text, _, arg = spec.partition(":")
+  path = pathlib.Path(path_text)
+  if not path.is_file():
+    siblings = sorted(str(p) for p in path.parent.glob("*.py")) if path.parent.is_dir() else []
+    raise FileNotFoundError(f"config file {path} not found{did_you_mean(str(path), siblings)}")
+  if path.suffix == ".json":
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  else:
+    config = _get_config(path, arg if ":" in spec else None)
+  config = apply_overrides(config, overrides or {})
+  validate_config(config)
+  config.lock()
+  return config

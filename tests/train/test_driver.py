@@ -87,7 +87,7 @@ def test_unknown_keys_and_wrong_types_are_named():
   with pytest.raises(TypeError, match=r"config key 'train.steps' expects int, got 'many'"):
     validate_config(config)
   with pytest.raises(ValueError, match=r"unknown config argument 'varaint' \(did you mean 'variant'\?\); "
-                                       r"valid arguments: \['steps', 'variant'\]"):
+                                       r"valid choices: \['steps', 'variant'\]"):
     parse_arg("varaint=small", variant="tiny", steps=3)
   config = base_config()
   config.train.nonfinite = "ignore"
