@@ -404,6 +404,12 @@ def augmentation_from_config(config: Mapping[str, Any] | Any | None) -> ImageAug
   return ImageAugmentation(**{name: _build_stage(name, settings) for name, settings in config.items()})
 
 
+def training_augmentation(section: Mapping[str, Any] | Any | None) -> ImageAugmentation:
+  """The augmentation a run's ``data.augment`` section gives its training views: the configured stages, or
+  :func:`default_augment_config` when the section is empty or ``None`` (as the training driver reads it)."""
+  return augmentation_from_config(_plain(section) or default_augment_config())
+
+
 def default_augment_config() -> dict[str, Any]:
   """The default training-view config: random resized crop (scale 0.5-1), flip, colour jitter (p = 0.8)."""
   return {
