@@ -23,12 +23,17 @@ def eval_dir(workdir: str | pathlib.Path, name: str) -> pathlib.Path:
   return pathlib.Path(workdir) / "eval" / name
 
 
+def feature_cache_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+  """``<workdir>/feature_cache``: encoded features kept between evaluators (``features.FeatureCache``)."""
+  return pathlib.Path(workdir) / "feature_cache"
+
+
 def metrics_path(workdir: str | pathlib.Path, name: str, step: int) -> pathlib.Path:
   """``<workdir>/eval/<name>/step_<step>.json``."""
   return eval_dir(workdir, name) / f"step_{int(step)}.json"
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
   """``float(value)``, or ``None`` when it is NaN or infinite."""
   value = float(value)
   return value if math.isfinite(value) else None
@@ -40,7 +45,7 @@ def write_metrics(workdir: str | pathlib.Path, name: str, step: int, metrics: Ma
   path = metrics_path(workdir, name, step)
   path.parent.mkdir(parents=True, exist_ok=True)
   record = {"evaluator": name, "step": int(step),
-            "metrics": {str(k): _finite_or_none(v) for k, v in metrics.items()},
+            "metrics": {str(k): finite_or_none(v) for k, v in metrics.items()},
             "extra": dict(extra or {})}
   tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
   try:
