@@ -10,7 +10,8 @@ Arguments:
   devices    number of data-parallel devices (the global batch is 128 × devices)
   examples   training examples per epoch (CC3M as downloaded: about 2.9M)
   epochs     epochs (64 in CyCLIP)
-  imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
+  imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5 (its WordNet-id folders
+             get CLIP's class names); configs/paper_eval.py runs the paper's whole evaluation suite
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
 from lmstruct.config import base_config, parse_arg

@@ -372,11 +372,11 @@ class StructureEvaluator(Evaluator):
   embedding-shift curve.
 
   Pairs are (``image``, ``text``); with ``[B, C, L]`` captions the first caption is paired. ``image_aug`` (key
-  ``aug_key``; the eval pipeline's deterministic augmented view) enables ``bridge_residual``; encode functions returning dicts with ``zv_ind``/``zt_ind`` enable the
-  orthogonality metrics. The shift curve re-evaluates ``shift_metric(zv', zt')`` at every ``lambda`` in
-  ``shift_lambdas`` (default metric: ``mean_recall@1`` of one-caption-per-image retrieval, ranks on ``mesh``); it
-  is stored under ``extra['shift_curve']`` and, with ``write_plots``, drawn to ``step_<k>_gap_shift.png`` beside
-  a joint PCA of both modalities, ``step_<k>_pca.png``.
+  ``aug_key``; the eval pipeline's deterministic augmented view) enables ``bridge_residual``; encode functions
+  returning dicts with ``zv_ind``/``zt_ind`` enable the orthogonality metrics. The shift curve re-evaluates
+  ``shift_metric(zv', zt')`` at every ``lambda`` in ``shift_lambdas`` (default metric: ``mean_recall@1`` of
+  one-caption-per-image retrieval, ranks on ``mesh``); it is stored under ``extra['shift_curve']`` and, with
+  ``write_plots``, drawn to ``step_<k>_gap_shift.png`` beside a joint PCA of both modalities, ``step_<k>_pca.png``.
   """
 
   kind: ClassVar[str] = "structure"

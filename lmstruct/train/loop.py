@@ -26,6 +26,7 @@ from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
 from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, make_mesh
 from lmstruct.train.step import init_train_state, make_train_step
+from lmstruct.eval import tables
 from lmstruct.eval.registry import run_evaluators
 
 NAMED_RULES = {"replicate": DEFAULT_RULES, "fsdp": FSDP_RULES}
@@ -166,7 +167,8 @@ class Trainer:
   def evaluators(self) -> list:
     return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
                             batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
-                            tokenize=self.tokenize, mesh=self.mesh)
+                            tokenize=self.tokenize, mesh=self.mesh, augment_config=self.config.data.augment.to_dict(),
+                            seed=self.config.seed)
 
   def encoders(self):
     variables = {"params": self.state.params}
@@ -246,6 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if is_main:
       (trainer.workdir / "results.json").write_text(json.dumps({"step": step, "results": results}, indent=2))
       (trainer.workdir / "results.md").write_text(results_table(results) + "\n")
+      tables.write_run_tables(trainer.workdir, results)
   writer.close()
   trainer.manager.close()
   return results
@@ -262,5 +265,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
   results = run_evaluators(trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir,
                            only_due=False)
+  if jax.process_index() == 0:
+    tables.write_run_tables(trainer.workdir, results)
   trainer.manager.close()
   return results
