@@ -3,9 +3,17 @@ trained from scratch on CC3M (img2dataset webdataset shards), batch 128 per devi
 0.1, 10k warm-up steps, cosine decay, 64 epochs, in-modal base loss plus one regulariser.
 
     lmstruct train --config configs/paper_cc3m.py:shards=/data/cc3m,devices=8,reg=gc --workdir runs/cc3m_gc
+    lmstruct train --config 'configs/paper_cc3m.py:shards=gs://bucket/cc3m/{00000..00331}.tar' \
+                   --workdir gs://bucket/runs/cc3m_gc                               # from a bucket (docs/launch.md)
+
+The shards are streamed (`{'kind': 'webdataset', 'streaming': True}`): each process reads its own shards through
+an in-shard shuffle buffer, so start-up and memory do not grow with the dataset, and the iterator position is
+checkpointed (lmstruct/data/streaming.py).
 
 Arguments:
-  shards     folder of CC3M `*.tar` shards (or a converted `records` prefix with records=1)
+  shards     CC3M `*.tar` shards: a folder, a glob, a brace pattern or a bucket URL (or a converted `records` prefix
+             with records=1)
+  buffer     samples in each reader's in-shard shuffle buffer
   reg        regulariser: sep, br, gc (the paper's OURS_Sep/Br/GC), all, none (in-modal base only) or cyclip
   devices    number of data-parallel devices (the global batch is 128 × devices)
   examples   training examples per epoch (CC3M as downloaded: about 2.9M)
@@ -14,26 +22,34 @@ Arguments:
              get CLIP's class names); configs/paper_eval.py runs the paper's whole evaluation suite
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
+from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
     "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
     "all": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "cyclip": {"cyclip": 1.0},
 }
 MODELS = {"paper": {"preset": "RN50"}, "test": {"preset": "test-rn"}}
+ARGS = dict(shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
+            variant="paper")
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, shards="", records=0, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
-                  variant="paper")
+  return config_from_args(parse_arg(arg, **ARGS))
+
+
+def config_from_args(arg):
+  """The config of parsed arguments `arg` (ARGS's keys; configs/paper_eval.py adds its own)."""
   if arg.reg not in REGULARIZERS:
-    raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
+    raise unknown_choice("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
+    raise unknown_choice("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
-  config.objective = {"base": "clip" if arg.reg == "cyclip" else "inmodal", "weights": REGULARIZERS[arg.reg],
-                      "bridge_t": 0.25, "impl": "auto"}
+  config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",
+                                     weights=REGULARIZERS[arg.reg]).to_dict()
   batch = 128 * arg.devices
   steps = arg.examples * arg.epochs // batch
   config.optimizer.learning_rate = 5e-4
@@ -42,16 +58,23 @@ def get_config(arg: str | None = None):
   config.optimizer.eps = 1e-8
   config.optimizer.warmup_steps = min(10_000, steps // 10)
   config.data.train = ({"kind": "records", "path": arg.shards} if arg.records else
-                       {"kind": "webdataset", "shards": arg.shards})
+                       {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer})
   config.data.global_batch_size = batch
   config.data.worker_count = 8
-  # CyCLIP's augmentation: AutoAugment-style policy on images, EDA on captions.
-  config.data.augment = {"rand_augment": {"num_ops": 2, "magnitude": 9}}
+  # CyCLIP's augmented views (a RandAugment-style policy on images, EDA on captions), restricted to what cannot
+  # contradict a caption (`augment.caption_contradictions` checks it): CC3M captions name colours, sides and
+  # objects, so the image policy draws only photometric ops that keep hues (brightness, contrast, sharpness) after a
+  # zoom-out that keeps every object whole; no flip, crop, translation, rotation, shear or colour op. EDA replaces
+  # words by WordNet synonyms, inserts synonyms and deletes words, at rate 0.1: it adds no object, colour or side
+  # that the image could contradict; random swap, which could exchange two colours or objects, is off.
+  config.data.augment = {"random_zoom_out": {"scale": (0.8, 1.0)},
+                         "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = steps
   config.train.log_every = 100
   config.train.checkpoint_every = 2000
   config.train.keep_checkpoints = 3
-  if arg.imagenet:
+  if arg.get("imagenet"):  # configs/paper_eval.py has no `imagenet`: its suite has ImageNet
     imagenet = {"kind": "imagefolder", "root": arg.imagenet}
     config.evals = {"zeroshot_imagenet": {"kind": "zeroshot", "data": imagenet, "templates": "paper",
                                           "every_steps": 10_000}}

@@ -8,8 +8,8 @@ zero-shot top-1/3/5 on CIFAR-10/100, ImageNet-1K, -V2, -Sketch, -A, -R and linea
 The datasets are read offline, as prepared by docs/evaluation.md; a missing one is reported with the command that
 prepares it and skipped. Results go to <workdir>/eval/<evaluator>/step_<k>.json and <workdir>/paper_tables.md.
 
-Arguments (every other argument is passed to configs/paper_cc3m.py: shards, reg, devices, examples, epochs,
-variant, ...):
+Arguments (besides those of configs/paper_cc3m.py, which set up training: shards, reg, devices, variant, ...; its
+`imagenet` is the suite's ImageNet here, read from tfds_dir or, with use_folders=imagenet, from folders):
   tfds_dir     tfds data directory with the prepared array_record datasets
   folders      root of the ImageFolder datasets (<folders>/<dataset>/<split>/<class>/<image>)
   prompts      'paper' ("a photo of the {}.") or 'clip' (CLIP's prompts for each dataset)
@@ -20,6 +20,7 @@ variant, ...):
   batch        evaluation batch size (a multiple of the devices)
 """
 import importlib.util
+import os
 import pathlib
 
 from lmstruct.config import parse_arg
@@ -29,12 +30,12 @@ SUITE_ARGS = dict(tfds_dir="~/tensorflow_datasets", folders="~/lmstruct_eval", p
                   every=0, use_folders="", only="", batch=256)
 
 
-def paper_cc3m_config(arg: str):
-  """configs/paper_cc3m.py's config for `arg` (loaded from beside this file)."""
+def _paper_cc3m():
+  """configs/paper_cc3m.py, loaded from beside this file (config files are not a package)."""
   spec = importlib.util.spec_from_file_location("paper_cc3m", pathlib.Path(__file__).with_name("paper_cc3m.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
 
 
 def _datasets(value: str) -> tuple[str, ...]:
@@ -43,17 +44,14 @@ def _datasets(value: str) -> tuple[str, ...]:
 
 
 def get_config(arg: str | None = None):
-  items = [item for item in (arg or "").split(",") if item]
-  ours = [item for item in items if item.split("=", 1)[0].strip() in SUITE_ARGS]
-  theirs = [item for item in items if item not in ours]
-  arg = parse_arg(",".join(ours), **SUITE_ARGS)
-  try:
-    config = paper_cc3m_config(",".join(theirs))
-  except ValueError as error:
-    raise ValueError(f"{error}; or one of the suite's arguments {sorted(SUITE_ARGS)}") from None
+  paper_cc3m = _paper_cc3m()
+  # paper_cc3m's `imagenet` (one ImageFolder for zero-shot) is the suite's `imagenet` dataset here.
+  training_args = {key: value for key, value in paper_cc3m.ARGS.items() if key != "imagenet"}
+  arg = parse_arg(arg, **training_args, **SUITE_ARGS)
+  config = paper_cc3m.config_from_args(arg)
   config.data.eval_batch_size = arg.batch
-  config.evals = suite_evals(tfds_dir=str(pathlib.Path(arg.tfds_dir).expanduser()),
-                             folders=str(pathlib.Path(arg.folders).expanduser()), prompts=arg.prompts,
+  config.evals = suite_evals(tfds_dir=os.path.expanduser(arg.tfds_dir), folders=os.path.expanduser(arg.folders),
+                             prompts=arg.prompts,
                              every_steps=arg.every, features=arg.features, use_folders=_datasets(arg.use_folders),
                              only=_datasets(arg.only))
   return config

@@ -7,14 +7,21 @@ worker process.
 * :func:`clip_preprocess` is CLIP's evaluation transform: resize the shorter side to ``S`` (bicubic), take the
   central ``S x S`` crop, scale to [0, 1] and normalise with CLIP's channel mean and standard deviation.
 * :class:`ImageAugmentation` produces the augmented training view. Its stages run in a fixed order, each one
-  optional: random resized crop (else CLIP's resize + centre crop), horizontal flip, colour jitter and a
-  RandAugment-style policy (``num_ops`` operations of magnitude ``magnitude`` on a 0-10 scale, drawn from a named
-  op list). :func:`augmentation_from_config` builds one from a dict or ``ml_collections`` config, for example::
+  optional: random resized crop (else CLIP's resize + centre crop), random zoom-out, horizontal flip, colour jitter
+  and a RandAugment-style policy (``num_ops`` operations of magnitude ``magnitude`` on a 0-10 scale, drawn from a
+  named op list). :func:`augmentation_from_config` builds one from a dict or ``ml_collections`` config, for
+  example::
 
       {"random_resized_crop": {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3)},
        "horizontal_flip": {"p": 0.5},
        "color_jitter": {"p": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
        "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ("rotate", "shear_x", "color")}}
+
+Augmentations and captions: a view must not contradict the caption it is trained against. A horizontal flip swaps
+"left" and "right"; hue, saturation and the colour-changing RandAugment ops (solarize, color, autocontrast,
+equalize) change named colours; crops, translations, rotations and shears can cut a named object out of the
+frame. :func:`caption_safe_augment_config` (the default) applies only what keeps every object whole, in place
+relative to the others and in its colour: a random zoom-out and brightness/contrast jitter.
 
 The single-image operations take and return RGB ``PIL.Image`` objects (uint8); the final view is a float32
 ``[S, S, 3]`` array in CLIP-normalised units.
@@ -47,13 +54,21 @@ def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     raise ValueError(f"expected a uint8 [H, W, 3] image, got {array.dtype} {array.shape}")
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  return Image.fromarray(array).convert("RGB")
+  image = Image.fromarray(array)
+  return image if image.mode == "RGB" else image.convert("RGB")
+
+
+_NORMALIZE_SCALE = (1.0 / (255.0 * CLIP_STD)).astype(np.float32)
+_NORMALIZE_OFFSET = (CLIP_MEAN / CLIP_STD).astype(np.float32)
 
 
 def normalize(image: np.ndarray | Image.Image) -> np.ndarray:
-  """Maps uint8 RGB pixels to float32 ``(pixel / 255 - CLIP_MEAN) / CLIP_STD``, channel-last."""
-  pixels = np.asarray(to_pil(image), dtype=np.float32) / 255.0
-  return (pixels - CLIP_MEAN) / CLIP_STD
+  """Maps uint8 RGB pixels to float32 ``(pixel / 255 - CLIP_MEAN) / CLIP_STD``, channel-last (computed in place as
+  ``pixel * (1 / (255 CLIP_STD)) - CLIP_MEAN / CLIP_STD``)."""
+  pixels = np.asarray(to_pil(image), dtype=np.float32)
+  pixels *= _NORMALIZE_SCALE
+  pixels -= _NORMALIZE_OFFSET
+  return pixels
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
@@ -112,6 +127,24 @@ def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: int,
       crop_w, crop_h = width, height
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
   return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
+
+
+def random_zoom_out(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float]) -> Image.Image:
+  """Shrinks the image by a factor s ~ U(scale) (bicubic) and pastes it at a uniformly drawn position on a canvas of
+  the original size, filled with the image's mean colour.
+
+  Every object stays whole and keeps its left-to-right and top-to-bottom order and its size relative to the others;
+  absolute sizes scale by s.
+  """
+  width, height = image.size
+  factor = rng.uniform(scale[0], scale[1])
+  new_w, new_h = max(1, int(round(width * factor))), max(1, int(round(height * factor)))
+  left = int(rng.integers(0, width - new_w + 1))
+  top = int(rng.integers(0, height - new_h + 1))
+  fill = tuple(int(round(c)) for c in np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0))
+  canvas = Image.new("RGB", (width, height), fill)
+  canvas.paste(image.resize((new_w, new_h), Image.Resampling.BICUBIC), (left, top))
+  return canvas
 
 
 def horizontal_flip(image: Image.Image) -> Image.Image:
@@ -225,6 +258,10 @@ RANDAUGMENT_OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], I
 }
 
 
+#: RandAugment ops that keep every object whole, in place and in its colour (see the module docstring).
+CAPTION_SAFE_OPS: tuple[str, ...] = ("identity", "brightness", "contrast", "sharpness")
+
+
 def _check_ops(ops: Sequence[str]) -> tuple[str, ...]:
   """Returns ``ops`` as a tuple after checking every name is a RandAugment op."""
   for name in ops:
@@ -270,6 +307,20 @@ class RandomResizedCrop:
       raise ValueError(f"random_resized_crop.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
     if not 0.0 < self.ratio[0] <= self.ratio[1]:
       raise ValueError(f"random_resized_crop.ratio must satisfy 0 < low <= high, got {self.ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomZoomOut:
+  """With probability ``p``, shrink by a factor drawn from ``scale`` and paste at a random position."""
+  scale: tuple[float, float] = (0.8, 1.0)
+  p: float = 1.0
+
+  def __post_init__(self):
+    """Validates the range and the probability."""
+    low, high = self.scale
+    if not 0.0 < low <= high <= 1.0:
+      raise ValueError(f"random_zoom_out.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+    _check_probability("random_zoom_out.p", self.p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +380,7 @@ class ImageAugmentation:
   Without ``random_resized_crop`` the geometry is CLIP's evaluation resize + centre crop.
   """
   random_resized_crop: RandomResizedCrop | None = None
+  random_zoom_out: RandomZoomOut | None = None
   horizontal_flip: HorizontalFlip | None = None
   color_jitter: ColorJitter | None = None
   rand_augment: RandAugment | None = None
@@ -341,6 +393,8 @@ class ImageAugmentation:
       image = random_resized_crop(image, rng, size, crop.scale, crop.ratio)
     else:
       image = center_crop(resize_shorter_side(image, size), size)
+    if self.random_zoom_out is not None and rng.random() < self.random_zoom_out.p:
+      image = random_zoom_out(image, rng, self.random_zoom_out.scale)
     if self.horizontal_flip is not None and rng.random() < self.horizontal_flip.p:
       image = horizontal_flip(image)
     if self.color_jitter is not None and rng.random() < self.color_jitter.p:
@@ -356,8 +410,29 @@ class ImageAugmentation:
     return normalize(self.view(image, rng, size))
 
 
+def caption_contradictions(augmentation: ImageAugmentation) -> list[str]:
+  """The stages of `augmentation` that can make a view contradict its caption (module docstring), each with the
+  reason; empty when every stage is caption-safe. A random resized crop counts when its area range goes below 1."""
+  reasons = []
+  if augmentation.random_resized_crop is not None and augmentation.random_resized_crop.scale[0] < 1.0:
+    reasons.append("random_resized_crop can cut a named object out of the frame")
+  if augmentation.horizontal_flip is not None and augmentation.horizontal_flip.p > 0:
+    reasons.append("horizontal_flip swaps 'left' and 'right'")
+  jitter = augmentation.color_jitter
+  if jitter is not None and jitter.p > 0 and (jitter.hue > 0 or jitter.saturation > 0):
+    reasons.append("color_jitter with hue or saturation changes named colours")
+  policy = augmentation.rand_augment
+  if policy is not None and policy.num_ops > 0:
+    unsafe = sorted(set(policy.ops) - set(CAPTION_SAFE_OPS))
+    if unsafe:
+      reasons.append(f"rand_augment ops {unsafe} move, cut or recolour objects (caption-safe ops: "
+                     f"{list(CAPTION_SAFE_OPS)})")
+  return reasons
+
+
 _STAGES: dict[str, type] = {
     "random_resized_crop": RandomResizedCrop,
+    "random_zoom_out": RandomZoomOut,
     "horizontal_flip": HorizontalFlip,
     "color_jitter": ColorJitter,
     "rand_augment": RandAugment,
@@ -391,7 +466,8 @@ def _build_stage(name: str, settings: Any) -> Any:
 def augmentation_from_config(config: Mapping[str, Any] | Any | None) -> ImageAugmentation:
   """Builds an :class:`ImageAugmentation` from ``{stage name: settings}`` (dict or ml_collections config).
 
-  Valid stage names are ``random_resized_crop``, ``horizontal_flip``, ``color_jitter`` and ``rand_augment``;
+  Valid stage names are ``random_resized_crop``, ``random_zoom_out``, ``horizontal_flip``, ``color_jitter`` and
+  ``rand_augment``;
   a stage set to ``None``/``False`` (or absent) is off, ``True`` uses its defaults. ``None`` gives no
   augmentation at all (the view equals :func:`clip_preprocess`).
   """
@@ -406,14 +482,16 @@ def augmentation_from_config(config: Mapping[str, Any] | Any | None) -> ImageAug
 
 def training_augmentation(section: Mapping[str, Any] | Any | None) -> ImageAugmentation:
   """The augmentation a run's ``data.augment`` section gives its training views: the configured stages, or
-  :func:`default_augment_config` when the section is empty or ``None`` (as the training driver reads it)."""
-  return augmentation_from_config(_plain(section) or default_augment_config())
+  :func:`caption_safe_augment_config` when the section is empty or ``None`` (as the training driver reads it)."""
+  return augmentation_from_config(_plain(section) or caption_safe_augment_config())
 
 
-def default_augment_config() -> dict[str, Any]:
-  """The default training-view config: random resized crop (scale 0.5-1), flip, colour jitter (p = 0.8)."""
+def caption_safe_augment_config(zoom_out: tuple[float, float] = (0.8, 1.0), brightness: float = 0.3,
+                                contrast: float = 0.3) -> dict[str, Any]:
+  """The default training view, which cannot contradict a caption (module docstring): a random zoom-out by a factor
+  in ``zoom_out`` and, with probability 0.8, brightness and contrast factors in [1 − x, 1 + x] (no hue or
+  saturation change, no flip, no crop)."""
   return {
-      "random_resized_crop": {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3)},
-      "horizontal_flip": {"p": 0.5},
-      "color_jitter": {"p": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+      "random_zoom_out": {"scale": tuple(zoom_out)},
+      "color_jitter": {"p": 0.8, "brightness": brightness, "contrast": contrast, "saturation": 0.0, "hue": 0.0},
   }

@@ -25,6 +25,8 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from lmstruct.choices import did_you_mean, unknown_choice
+
 DATA_FILE = pathlib.Path(__file__).with_name("class_names.json")
 WNID = re.compile(r"^n\d{8}$")
 NUMBER = re.compile(r"^\d+$")
@@ -50,7 +52,7 @@ def imagenet_names() -> tuple[str, ...]:
 def subset_wnids(subset: str) -> tuple[str, ...]:
   """The WordNet ids of a 200-class ImageNet subset, ``'imagenet_a'`` or ``'imagenet_r'``, sorted."""
   if subset not in SUBSETS:
-    raise ValueError(f"unknown ImageNet subset {subset!r}; valid subsets: {list(SUBSETS)}")
+    raise unknown_choice("ImageNet subset", subset, SUBSETS)
   return tuple(_registry()[f"{subset}_wnids"])
 
 
@@ -132,8 +134,8 @@ def load_class_names(spec: str | Sequence[str]) -> list[str]:
   else:
     path = pathlib.Path(spec).expanduser()
     if not path.is_file():
-      raise FileNotFoundError(f"class_names {spec!r} is neither a registered list ({sorted(named_lists())}) nor a "
-                              "file of names")
+      raise FileNotFoundError(f"class_names {spec!r} is neither a registered list{did_you_mean(spec, named_lists())} "
+                              f"({sorted(named_lists())}) nor a file of names")
     text = path.read_text(encoding="utf-8")
     names = json.loads(text) if path.suffix == ".json" else [line.strip() for line in text.splitlines()
                                                              if line.strip()]

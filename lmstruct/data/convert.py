@@ -5,10 +5,16 @@
 writes ``OUT_PREFIX-00000-of-0000N.array_record`` ... and ``OUT_PREFIX.manifest.json`` (read them back with
 ``lmstruct.data.records.RecordDataSource(dirname(OUT_PREFIX), basename(OUT_PREFIX))``).
 
-Every image is decoded once during conversion: a corrupt or unreadable image, or a missing image file, is skipped
-and counted, and a summary lists the counts and the first few offenders. Shards are written atomically and recorded
-in the manifest as they complete, so an interrupted conversion, run again with the same arguments, resumes at the
-first unfinished shard and ends with the same records as an uninterrupted run.
+The formats and their flags come from the one format table, :data:`lmstruct.data.sources.FORMATS`
+(``python -m lmstruct.data.convert FORMAT --help`` lists a format's flags).
+
+Nothing damaged stops a conversion. Records the reader leaves out while indexing (no caption, a bad annotation
+row, a truncated tar, an unsafe tar member path, …; :mod:`lmstruct.data.skips`) and images that are missing,
+unreadable or corrupt (every image is decoded once here) are skipped and counted; the conversion exits 0 with a
+summary of the counts and the first few offenders of each reason. ``--strict`` turns the first skip into a
+one-line error (exit 2). Shards are written atomically and recorded in the manifest as they complete, so an
+interrupted conversion, run again with the same arguments, resumes at the first unfinished shard and ends with the
+same records as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -24,45 +30,30 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import tqdm
 
-from lmstruct.data import formats, records
+from lmstruct.data import records, sources
+from lmstruct.data import skips as skips_lib
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 SHOW_FIRST = 5
 Source = Sequence[Mapping[str, Any]]
 
 
 @dataclasses.dataclass
-class ShardResult:
-  """Outcome of one shard: examples written and the skipped ones, by reason."""
-
-  written: int = 0
-  missing: list[str] = dataclasses.field(default_factory=list)
-  unreadable: list[str] = dataclasses.field(default_factory=list)
-  corrupt: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class ConversionSummary:
-  """Totals over all shards of a finished conversion."""
+  """Totals over all shards of a finished conversion: examples written and every skip, by reason."""
 
   out: pathlib.Path
   shards: list[pathlib.Path]
   written: int
-  missing: list[str]
-  unreadable: list[str]
-  corrupt: list[str]
+  skipped: skips_lib.Skips
   resumed_shards: int
 
   def report(self) -> str:
-    """Human-readable summary with counts and the first few skipped items of each kind."""
+    """Human-readable summary with counts and the first few skipped items of each reason."""
     lines = [f"wrote {self.written} examples in {len(self.shards)} shards to {self.out}-*"
              f"{records.SHARD_SUFFIX}" + (f" ({self.resumed_shards} shards kept from an earlier run)"
                                           if self.resumed_shards else "")]
-    for kind, items in (("missing files", self.missing), ("unreadable files", self.unreadable),
-                        ("corrupt images", self.corrupt)):
-      if items:
-        lines.append(f"skipped {len(items)} examples with {kind}, first: {items[:SHOW_FIRST]}")
-    return "\n".join(lines)
+    return "\n".join(lines + self.skipped.lines())
 
 
 def manifest_path(out: pathlib.Path) -> pathlib.Path:
@@ -94,64 +85,63 @@ def _load_or_start_manifest(out: pathlib.Path, settings: Mapping[str, Any]) -> d
 def load_example(source: Source, index: int) -> tuple[Mapping[str, Any] | None, str, str]:
   """Example ``index`` with its images checked by decoding: ``(example, "", "")`` or ``(None, reason, detail)``.
 
-  ``reason`` is ``missing`` (file not found), ``unreadable`` (other I/O error) or ``corrupt`` (not decodable).
+  ``reason`` is ``missing file``, ``unreadable file`` (another I/O error) or ``corrupt image`` (not decodable).
   """
   try:
     example = source[index]
   except FileNotFoundError as e:
-    return None, "missing", str(e.filename or e)
+    return None, skips_lib.MISSING_FILE, str(e.filename or e)
   except OSError as e:
-    return None, "unreadable", f"{e.filename or ''} {e}".strip()
+    return None, skips_lib.UNREADABLE_FILE, f"{e.filename or ''} {e}".strip()
   for key in records.IMAGE_FIELDS:
     if key in example:
       try:
         records.decode_image(example[key])
       except records.ImageDecodeError as e:
-        return None, "corrupt", f"{example.get('image_id', index)} ({key}): {e}"
+        return None, skips_lib.CORRUPT_IMAGE, f"{example.get('image_id', index)} ({key}): {e}"
   return example, "", ""
 
 
-def _checked_examples(source: Source, indices: range, workers: int, result: ShardResult,
+def _checked_examples(source: Source, indices: range, workers: int, skipped: skips_lib.Skips,
                       on_example: Callable[[], None]) -> Iterator[Mapping[str, Any]]:
   """Yield the usable examples among ``indices`` in order, loaded by ``workers`` threads.
 
-  Skipped examples are recorded in ``result``; ``on_example`` is called once per index.
+  Skipped examples are counted in ``skipped`` (which raises under ``strict``); ``on_example`` is called once per
+  index.
   """
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
   try:
     for example, reason, detail in pool.map(functools.partial(load_example, source), indices):
       on_example()
       if example is None:
-        getattr(result, reason).append(detail)
+        skipped.add(reason, detail)
       else:
         yield example
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert_shard(source: Source, indices: range, path: pathlib.Path, workers: int,
-                  on_example: Callable[[], None]) -> ShardResult:
-  """Load, check and write the examples ``indices`` of ``source`` into the shard ``path`` (atomically)."""
-  result = ShardResult()
-  result.written = records.write_shard(path, _checked_examples(source, indices, workers, result, on_example))
-  return result
-
-
 def convert(source: Source, out: str | os.PathLike, shard_size: int = 1000,
             settings: Mapping[str, Any] | None = None, workers: int | None = None,
-            progress: bool = True) -> ConversionSummary:
+            progress: bool = True, strict: bool = False) -> ConversionSummary:
   """Convert ``source`` (random-access stored examples) into shards ``<out>-NNNNN-of-NNNNN.array_record``.
 
   Args:
-    source: ``len(source)`` and ``source[i]`` -> stored-example dict (e.g. a reader from ``formats``).
+    source: ``len(source)`` and ``source[i]`` -> stored-example dict (e.g. a reader from ``formats``); records
+      it skipped while indexing (its ``skipped`` tally) are part of the summary.
     out: output prefix; its folder is created.
     shard_size: examples per shard (before skipping).
     settings: what identifies this conversion (format and arguments); a restart must use the same.
     workers: threads loading and checking images (default: CPU count).
     progress: show a tqdm progress bar.
+    strict: raise :class:`lmstruct.data.skips.SkipError` at the first skipped record instead of counting it.
   """
   if shard_size < 1:
     raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+  indexed = getattr(source, "skipped", skips_lib.Skips())
+  if strict and indexed.total:
+    reason = min(indexed.counts)
+    raise skips_lib.SkipError(f"{reason}: {indexed.details[reason][0]}")
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   num_shards = max(1, -(-len(source) // shard_size))
@@ -168,75 +158,58 @@ def convert(source: Source, out: str | os.PathLike, shard_size: int = 1000,
       if shard in done:
         continue
       indices = range(shard * shard_size, min(len(source), (shard + 1) * shard_size))
-      result = convert_shard(source, indices, paths[shard], workers or os.cpu_count() or 1, bar.update)
-      manifest["shards"][str(shard)] = dataclasses.asdict(result)
+      skipped = skips_lib.Skips(strict=strict)
+      written = records.write_shard(paths[shard], _checked_examples(
+          source, indices, workers or os.cpu_count() or 1, skipped, bar.update))
+      manifest["shards"][str(shard)] = {"written": written, "skipped": skipped.to_json()}
       _write_json_atomically(manifest_path(out), manifest)
-      bar.set_postfix(skipped=sum(len(s["missing"]) + len(s["unreadable"]) + len(s["corrupt"])
+      bar.set_postfix(skipped=sum(skips_lib.Skips.from_json(s["skipped"]).total
                                   for s in manifest["shards"].values()))
-  shards = [manifest["shards"][str(i)] for i in range(num_shards)]
-  return ConversionSummary(out=out, shards=paths, written=sum(s["written"] for s in shards),
-                           missing=[m for s in shards for m in s["missing"]],
-                           unreadable=[m for s in shards for m in s["unreadable"]],
-                           corrupt=[m for s in shards for m in s["corrupt"]], resumed_shards=resumed)
-
-
-FORMATS: dict[str, tuple[tuple[str, ...], Callable[[argparse.Namespace], Source]]] = {
-    "coco": (("images",), lambda a: formats.coco_captions(a.src, a.images)),
-    "karpathy": (("images", "split"), lambda a: formats.karpathy(a.src, a.images, a.split.split(","))),
-    "flickr30k-entities": (("images", "sentences"),
-                           lambda a: formats.flickr30k_entities(a.src, a.sentences, a.images)),
-    "table": ((), lambda a: formats.caption_table(a.src, a.images, a.image_column, a.caption_column)),
-    "webdataset": ((), lambda a: formats.webdataset(a.src, a.caption_key or "caption")),
-    "imagefolder": ((), lambda a: formats.image_folder(a.src)),
-    "vqav2": (("images",), lambda a: formats.vqa_v2(a.src, a.images, a.annotations)),
-    "gqa": (("images",), lambda a: formats.gqa(a.src, a.images)),
-    "nlvr2": (("images",), lambda a: formats.nlvr2(a.src, a.images)),
-    "snli-ve": (("images",), lambda a: formats.snli_ve(a.src, a.images)),
-    "tfds": (("split",), lambda a: formats.TfdsExamples(a.src, a.split, a.data_dir, a.image_key, a.caption_key,
-                                                        a.label_key, a.id_key)),
-}
-"""Per format: the options it requires, and how to build its reader from the parsed arguments."""
-
-SRC_HELP = ("coco: captions_<split>.json; karpathy: dataset_coco.json / dataset_flickr30k.json; "
-            "flickr30k-entities: split list (test.txt); table: .csv/.tsv/.jsonl; webdataset: folder of .tar or one "
-            ".tar; imagefolder: class-folder root; vqav2: questions JSON; gqa: questions JSON or folder; "
-            "nlvr2: JSON lines; snli-ve: JSON lines; tfds: dataset name")
+  total = skips_lib.Skips()
+  total.update(indexed)
+  for i in range(num_shards):
+    total.update(manifest["shards"][str(i)]["skipped"])
+  return ConversionSummary(out=out, shards=paths, written=sum(manifest["shards"][str(i)]["written"]
+                                                              for i in range(num_shards)),
+                           skipped=total, resumed_shards=resumed)
 
 
 def build_parser() -> argparse.ArgumentParser:
-  """Argument parser of the conversion command."""
-  parser = argparse.ArgumentParser(prog="python -m lmstruct.data.convert", description=__doc__.splitlines()[0])
-  parser.add_argument("format", choices=sorted(FORMATS), help="input format")
-  parser.add_argument("--src", required=True, help=SRC_HELP)
-  parser.add_argument("--out", required=True, help="output prefix, e.g. data/coco/train")
-  parser.add_argument("--images", help="image folder (root for karpathy and relative table paths)")
-  parser.add_argument("--split", help="karpathy: comma-separated splits (train,restval); tfds: split name")
-  parser.add_argument("--sentences", help="flickr30k-entities: folder of <id>.txt sentence files")
-  parser.add_argument("--annotations", help="vqav2: annotations JSON (answers)")
-  parser.add_argument("--image-column", default="filepath", help="table: image path column / key")
-  parser.add_argument("--caption-column", default="caption", help="table: caption column / key")
-  parser.add_argument("--caption-key", help="webdataset: caption key in .json (default caption); tfds: feature")
-  parser.add_argument("--image-key", default="image", help="tfds: image feature")
-  parser.add_argument("--label-key", help="tfds: label feature (default label when present)")
-  parser.add_argument("--id-key", help="tfds: id feature (default image/id, id or image/filename when present)")
-  parser.add_argument("--data-dir", help="tfds: data directory")
-  parser.add_argument("--shard-size", type=int, default=1000, help="examples per shard")
-  parser.add_argument("--workers", type=int, default=None, help="image loading threads (default: CPU count)")
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  """Argument parser of the conversion command: one sub-command per format of the format table."""
+  parser = argparse.ArgumentParser(prog="lmstruct convert data", description=__doc__.splitlines()[0])
+  commands = parser.add_subparsers(dest="format", required=True, metavar="FORMAT",
+                                   help=", ".join(sorted(sources.FORMATS)))
+  for name, fmt in sorted(sources.FORMATS.items()):
+    command = commands.add_parser(name, help=fmt.help, description=f"{name}: {fmt.help}")
+    for param in fmt.params:
+      default = f" (default {param.default})" if param.default is not None else ""
+      command.add_argument(param.cli_flag, dest=param.key, required=param.required, type=param.parse,
+                           default=None, help=param.help + default)
+    command.add_argument("--out", required=True, help="output prefix, e.g. data/coco/train")
+    command.add_argument("--shard-size", type=int, default=1000, help="examples per shard")
+    command.add_argument("--workers", type=int, default=None, help="image loading threads (default: CPU count)")
+    command.add_argument("--strict", action="store_true", help="fail (exit 2) at the first skipped record")
+    command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Run the conversion command; returns the exit status (1 when no example at all could be converted)."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  required, build = FORMATS[args.format]
-  missing = ["--" + name.replace("_", "-") for name in required if getattr(args, name) is None]
-  if missing:
-    parser.error(f"format {args.format!r} needs {' and '.join(missing)}")
-  source = build(args)
-  settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "workers", "no_progress")}
-  summary = convert(source, args.out, args.shard_size, settings, args.workers, not args.no_progress)
+  """Run the conversion command; returns the exit status (2 for a user error or a skip under ``--strict``, 1 when
+  no example at all could be converted)."""
+  args = build_parser().parse_args(argv)
+  fmt = sources.FORMATS[args.format]
+  arguments = sources.reader_arguments(fmt, vars(args))
+  settings = {"format": args.format, **arguments}
+  try:
+    source = fmt.reader(**arguments)
+    summary = convert(source, args.out, args.shard_size, settings, args.workers, not args.no_progress,
+                      strict=args.strict)
+  except skips_lib.SkipError as e:
+    print(f"error: skipped record under --strict: {e}", file=sys.stderr)
+    return 2
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(summary.report())
   if len(source) and not summary.written:
     print(f"error: none of the {len(source)} examples could be converted; check --src/--images", file=sys.stderr)

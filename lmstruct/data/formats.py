@@ -2,7 +2,10 @@
 
 A reader indexes its annotation files up front (cheap) and reads an example's encoded image bytes only when that
 example is accessed, so ``len(reader)`` and ``reader[i]`` work on large datasets and a missing image surfaces as a
-``FileNotFoundError`` naming its path at access time (the converter counts and reports those).
+``FileNotFoundError`` naming its path at access time (the converter counts and reports those). A record the index
+cannot use (no caption, a bad annotation row, a damaged tar member) is left out and counted in the reader's
+``skipped`` tally (:mod:`lmstruct.data.skips`). Paths may be local or object-store URLs (:mod:`lmstruct.paths`).
+Each reader's parameter names are its source-config keys (:data:`lmstruct.data.sources.FORMATS`).
 
 Supported formats:
 
@@ -20,14 +23,19 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import json
 import os
-import pathlib
 import re
-import tarfile
 from typing import Any, Iterator, Mapping, Sequence
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+from etils import epath
+
+from lmstruct import paths
+from lmstruct.data import skips as skips_lib
+from lmstruct.data import tars
+from lmstruct.data.tars import IMAGE_SUFFIXES
+
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 SNLI_VE_LABELS = ("entailment", "neutral", "contradiction")
 NLVR2_LABELS = ("False", "True")
@@ -38,16 +46,20 @@ PathLike = str | os.PathLike
 
 @dataclasses.dataclass(frozen=True)
 class FileSlice:
-  """``size`` bytes at ``offset`` in ``path`` (the whole file when ``size`` is None), e.g. a tar member."""
+  """``size`` bytes at ``offset`` in ``path`` (the whole file when ``size`` is None), e.g. a tar member.
 
-  path: pathlib.Path
+  ``path`` is local or an object-store URL (:mod:`lmstruct.paths`).
+  """
+
+  path: epath.Path
   offset: int = 0
   size: int | None = None
 
   def read(self) -> bytes:
     """The bytes; ``FileNotFoundError`` (with the path) when the file does not exist."""
-    with open(self.path, "rb") as f:
-      f.seek(self.offset)
+    with self.path.open("rb") as f:
+      if self.offset:
+        f.seek(self.offset)
       data = f.read() if self.size is None else f.read(self.size)
     if self.size is not None and len(data) != self.size:
       raise OSError(f"{self.path}: expected {self.size} bytes at offset {self.offset}, file has {len(data)}")
@@ -61,15 +73,17 @@ class FileExamples:
     fields: per example, every key except the images (``captions``, ``image_id``, ``label``, task keys ...).
     images: per example, the image keys (``image_bytes``, ``image2_bytes``) and where their bytes are.
     metadata: dataset-level facts to keep beside the records (e.g. ``classes`` of a classification set).
+    skipped: the records the reader left out while indexing (:mod:`lmstruct.data.skips`).
   """
 
   def __init__(self, fields: Sequence[dict[str, Any]], images: Sequence[Mapping[str, FileSlice]],
-               metadata: Mapping[str, Any] | None = None):
+               metadata: Mapping[str, Any] | None = None, skipped: skips_lib.Skips | None = None):
     if len(fields) != len(images):
       raise ValueError(f"{len(fields)} field dicts but {len(images)} image dicts")
     self.fields = list(fields)
     self.images = list(images)
     self.metadata = dict(metadata or {})
+    self.skipped = skipped or skips_lib.Skips()
 
   def __len__(self) -> int:
     return len(self.fields)
@@ -81,11 +95,25 @@ class FileExamples:
     return (self[i] for i in range(len(self)))
 
 
+def _require_file(path: PathLike, what: str) -> epath.Path:
+  """``path`` as an ``epath.Path``, or ``FileNotFoundError`` naming what was expected there."""
+  path = paths.as_path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what} not found: {path}")
+  return path
+
+
+def _require_dir(path: PathLike, what: str) -> epath.Path:
+  """``path`` as an ``epath.Path``, or ``FileNotFoundError`` naming what was expected there."""
+  path = paths.as_path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{what} not found: {path}")
+  return path
+
+
 def _load_json(path: PathLike) -> Any:
   """Parse a JSON file; a clear error naming the file when it is missing or malformed."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"annotation file not found: {path}")
+  path = _require_file(path, "annotation file")
   try:
     return json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
@@ -94,26 +122,15 @@ def _load_json(path: PathLike) -> Any:
 
 def _load_jsonl(path: PathLike) -> list[dict[str, Any]]:
   """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"annotation file not found: {path}")
+  path = _require_file(path, "annotation file")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{number} is not valid JSON: {e}") from e
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    if line.strip():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number} is not valid JSON: {e}") from e
   return rows
-
-
-def _require_dir(path: PathLike, what: str) -> pathlib.Path:
-  """``path`` as a Path, or ``FileNotFoundError`` naming what was expected there."""
-  path = pathlib.Path(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"{what} not found: {path}")
-  return path
 
 
 def _require_keys(record: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
@@ -123,43 +140,68 @@ def _require_keys(record: Mapping[str, Any], keys: Sequence[str], where: str) ->
     raise KeyError(f"{where}: missing key(s) {missing}; available: {sorted(record)}")
 
 
-def coco_captions(annotation_file: PathLike, image_dir: PathLike) -> FileExamples:
-  """COCO captions (``captions_<split>.json``): one example per image with all its captions, in file order."""
-  data = _load_json(annotation_file)
-  _require_keys(data, ["images", "annotations"], str(annotation_file))
-  image_dir = _require_dir(image_dir, "COCO image folder")
+def _has_keys(record: Any, keys: Sequence[str], where: str, skipped: skips_lib.Skips) -> bool:
+  """True when ``record`` is a dict with every one of ``keys``; otherwise the record is counted as skipped."""
+  missing = [k for k in keys if k not in record] if isinstance(record, Mapping) else list(keys)
+  if missing:
+    skipped.add(skips_lib.BAD_RECORD, f"{where}: missing key(s) {missing}")
+  return not missing
+
+
+def coco_captions(annotations: PathLike, images: PathLike) -> FileExamples:
+  """COCO captions (``captions_<split>.json``): one example per image with all its captions, in file order.
+
+  Captions of unknown image ids and images without a caption are skipped and counted.
+  """
+  data = _load_json(annotations)
+  _require_keys(data, ["images", "annotations"], str(annotations))
+  image_dir = _require_dir(images, "COCO image folder")
+  skipped = skips_lib.Skips()
+  known = {img["id"] for img in data["images"]}
   captions: dict[int, list[str]] = collections.defaultdict(list)
   for ann in data["annotations"]:
-    captions[ann["image_id"]].append(ann["caption"].strip())
-  known = {img["id"] for img in data["images"]}
-  orphans = sorted(set(captions) - known)
-  if orphans:
-    raise ValueError(f"{annotation_file}: captions refer to {len(orphans)} unknown image ids, e.g. {orphans[:5]}")
-  uncaptioned = [img["id"] for img in data["images"] if not captions[img["id"]]]
-  if uncaptioned:
-    raise ValueError(f"{annotation_file}: {len(uncaptioned)} images have no caption, e.g. {uncaptioned[:5]}")
-  fields = [{"image_id": str(img["id"]), "captions": captions[img["id"]]} for img in data["images"]]
-  images = [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in data["images"]]
-  return FileExamples(fields, images)
+    if ann.get("image_id") in known and isinstance(ann.get("caption"), str):
+      captions[ann["image_id"]].append(ann["caption"].strip())
+    else:
+      skipped.add(skips_lib.BAD_RECORD, f"{annotations}: caption {ann.get('id')} of unknown image "
+                                        f"{ann.get('image_id')!r} or without text")
+  chosen = []
+  for img in data["images"]:
+    if captions[img["id"]]:
+      chosen.append(img)
+    else:
+      skipped.add(skips_lib.NO_CAPTION, f"{annotations}: image {img['id']}")
+  fields = [{"image_id": str(img["id"]), "captions": captions[img["id"]]} for img in chosen]
+  return FileExamples(fields, [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in chosen],
+                      skipped=skipped)
 
 
 def karpathy(split_file: PathLike, image_root: PathLike, splits: Sequence[str]) -> FileExamples:
   """Karpathy split file (``dataset_coco.json`` / ``dataset_flickr30k.json``), images of the given ``splits``.
 
   Images are at ``image_root/<filepath>/<filename>`` (``filepath`` is absent for Flickr30k); ``image_id`` is the
-  COCO id when present (``cocoid``) and the file name's stem otherwise.
+  COCO id when present (``cocoid``) and the file name's stem otherwise. Images without a sentence are skipped and
+  counted.
   """
+  splits = [splits] if isinstance(splits, str) else list(splits)
   unknown = sorted(set(splits) - set(KARPATHY_SPLITS))
   if unknown or not splits:
     raise ValueError(f"Karpathy splits must be a non-empty subset of {list(KARPATHY_SPLITS)}, got {list(splits)}")
   data = _load_json(split_file)
   _require_keys(data, ["images"], str(split_file))
   image_root = _require_dir(image_root, "image root")
-  chosen = [img for img in data["images"] if img["split"] in splits]
-  fields = [{"image_id": str(img.get("cocoid", pathlib.Path(img["filename"]).stem)),
-             "captions": [s["raw"].strip() for s in img["sentences"]]} for img in chosen]
-  images = [{"image_bytes": FileSlice(image_root / img.get("filepath", "") / img["filename"])} for img in chosen]
-  return FileExamples(fields, images)
+  skipped = skips_lib.Skips()
+  fields, images = [], []
+  for img in data["images"]:
+    if img.get("split") not in splits:
+      continue
+    captions = [s["raw"].strip() for s in img.get("sentences", []) if isinstance(s.get("raw"), str)]
+    if not captions:
+      skipped.add(skips_lib.NO_CAPTION, f"{split_file}: {img.get('filename')}")
+      continue
+    fields.append({"image_id": str(img.get("cocoid", os.path.splitext(img["filename"])[0])), "captions": captions})
+    images.append({"image_bytes": FileSlice(image_root / img.get("filepath", "") / img["filename"])})
+  return FileExamples(fields, images, skipped=skipped)
 
 
 def strip_entity_markup(sentence: str) -> str:
@@ -167,25 +209,33 @@ def strip_entity_markup(sentence: str) -> str:
   return " ".join(_ENTITY_RE.sub(r"\1", sentence).split())
 
 
-def flickr30k_entities(split_file: PathLike, sentences_dir: PathLike, image_dir: PathLike) -> FileExamples:
-  """Flickr30k Entities: image ids listed in ``split_file``, captions from ``sentences_dir/<id>.txt``."""
-  split_file = pathlib.Path(split_file)
-  if not split_file.is_file():
-    raise FileNotFoundError(f"split list not found: {split_file}")
-  sentences_dir = _require_dir(sentences_dir, "Flickr30k Entities sentence folder")
-  image_dir = _require_dir(image_dir, "Flickr30k image folder")
-  ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-  fields = []
-  for image_id in ids:
+def flickr30k_entities(split_file: PathLike, sentences: PathLike, images: PathLike) -> FileExamples:
+  """Flickr30k Entities: image ids listed in ``split_file``, captions from ``sentences/<id>.txt``.
+
+  An id whose sentence file is missing or empty is skipped and counted.
+  """
+  split_file = _require_file(split_file, "split list")
+  sentences_dir = _require_dir(sentences, "Flickr30k Entities sentence folder")
+  image_dir = _require_dir(images, "Flickr30k image folder")
+  skipped = skips_lib.Skips()
+  fields, slices = [], []
+  for image_id in (line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()):
+    if not image_id:
+      continue
     path = sentences_dir / f"{image_id}.txt"
     if not path.is_file():
-      raise FileNotFoundError(f"sentence file for image {image_id} (listed in {split_file}) not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    fields.append({"image_id": image_id, "captions": [strip_entity_markup(s) for s in lines if s.strip()]})
-  return FileExamples(fields, [{"image_bytes": FileSlice(image_dir / f"{i}.jpg")} for i in ids])
+      skipped.add(skips_lib.MISSING_FILE, str(path))
+      continue
+    captions = [strip_entity_markup(s) for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    if not captions:
+      skipped.add(skips_lib.NO_CAPTION, str(path))
+      continue
+    fields.append({"image_id": image_id, "captions": captions})
+    slices.append({"image_bytes": FileSlice(image_dir / f"{image_id}.jpg")})
+  return FileExamples(fields, slices, skipped=skipped)
 
 
-def _table_rows(path: pathlib.Path, delimiter: str | None) -> list[dict[str, Any]]:
+def _table_rows(path: epath.Path, delimiter: str | None) -> list[dict[str, Any]]:
   """Rows of a CSV (``,``), TSV (tab) or JSONL file, chosen by suffix unless ``delimiter`` is given."""
   suffix = path.suffix.lower()
   if suffix in (".jsonl", ".ndjson") and delimiter is None:
@@ -196,8 +246,7 @@ def _table_rows(path: pathlib.Path, delimiter: str | None) -> list[dict[str, Any
       raise ValueError(f"{path}: cannot tell the table format from suffix {suffix!r}; use .csv, .tsv, .jsonl "
                        "or pass a delimiter")
     delimiter = delimiters[suffix]
-  with open(path, encoding="utf-8", newline="") as f:
-    return list(csv.DictReader(f, delimiter=delimiter))
+  return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""), delimiter=delimiter))
 
 
 def caption_table(path: PathLike, image_root: PathLike | None = None, image_column: str = "filepath",
@@ -205,83 +254,53 @@ def caption_table(path: PathLike, image_root: PathLike | None = None, image_colu
   """(image path, caption) rows from CSV/TSV/JSONL; rows naming the same image are merged into one example.
 
   Relative image paths are resolved against ``image_root`` (default: the table's folder); ``image_id`` is the
-  image path as written in the table.
+  image path as written in the table. A row without an image path or caption text is skipped and counted.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"caption table not found: {path}")
-  root = pathlib.Path(image_root) if image_root is not None else path.parent
+  path = _require_file(path, "caption table")
+  root = paths.as_path(image_root) if image_root is not None else path.parent
   rows = _table_rows(path, delimiter)
   if rows:
     _require_keys(rows[0], [image_column, caption_column], f"{path} (image_column/caption_column)")
+  skipped = skips_lib.Skips()
   captions: dict[str, list[str]] = {}
   for number, row in enumerate(rows, 1):
     image, caption = row.get(image_column), row.get(caption_column)
-    if not isinstance(image, str) or not image or not isinstance(caption, str):
-      raise ValueError(f"{path}: row {number} needs a non-empty {image_column!r} and a text {caption_column!r}")
+    if not isinstance(image, str) or not image or not isinstance(caption, str) or not caption.strip():
+      skipped.add(skips_lib.BAD_RECORD, f"{path}: row {number} lacks a {image_column!r} or {caption_column!r}")
+      continue
     captions.setdefault(image, []).append(caption.strip())
   fields = [{"image_id": image, "captions": texts} for image, texts in captions.items()]
-  return FileExamples(fields, [{"image_bytes": FileSlice(root / image)} for image in captions])
-
-
-def _sample_key(member_name: str) -> tuple[str, str]:
-  """webdataset convention: ``dir/0001.jpg`` -> key ``dir/0001``, extension ``jpg`` (split at the first dot)."""
-  directory, _, base = member_name.rpartition("/")
-  stem, _, ext = base.partition(".")
-  return (f"{directory}/{stem}" if directory else stem), ext.lower()
-
-
-def _tar_samples(tar_path: pathlib.Path, caption_key: str) -> dict[str, dict[str, Any]]:
-  """Index one uncompressed tar: per sample key, its image location and caption."""
-  samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
-  try:
-    archive = tarfile.open(tar_path, mode="r:")
-  except tarfile.ReadError as e:
-    raise ValueError(f"{tar_path} is not an uncompressed tar file (webdataset shards are plain .tar): {e}") from e
-  with archive:
-    for member in archive:
-      if not member.isfile():
-        continue
-      key, ext = _sample_key(member.name)
-      if "." + ext in IMAGE_SUFFIXES:
-        samples[key]["image"] = FileSlice(tar_path, member.offset_data, member.size)
-      elif ext == "txt":
-        samples[key]["txt"] = archive.extractfile(member).read().decode("utf-8").strip()
-      elif ext == "json":
-        meta = json.loads(archive.extractfile(member).read().decode("utf-8"))
-        if isinstance(meta.get(caption_key), str):
-          samples[key]["json"] = meta[caption_key].strip()
-  return samples
+  return FileExamples(fields, [{"image_bytes": FileSlice(root / image)} for image in captions], skipped=skipped)
 
 
 def webdataset(shards: PathLike | Sequence[PathLike], caption_key: str = "caption") -> FileExamples:
-  """img2dataset-style webdataset shards: a folder of ``*.tar`` or a list of tar files.
+  """img2dataset-style webdataset shards, indexed for random access (every member header, every caption).
 
-  Each sample is ``<key>.<image ext>`` with its caption in ``<key>.txt`` or, failing that, the ``caption_key``
-  field of ``<key>.json``. ``image_id`` is the sample key.
+  ``shards``: a folder of ``*.tar``, a glob, a brace pattern or a list (:func:`lmstruct.paths.list_shards`). Each
+  sample is ``<key>.<image ext>`` with its caption in ``<key>.txt`` or, failing that, the ``caption_key`` field of
+  ``<key>.json``; ``image_id`` is the sample key. Damaged shards and samples are skipped and counted
+  (:mod:`lmstruct.data.tars`), and so is a key met again in a later shard. Indexing reads the whole dataset's
+  headers on every process: for training at scale use the streaming source (``streaming: True``).
   """
-  if isinstance(shards, (str, os.PathLike)):
-    folder = pathlib.Path(shards)
-    tar_paths = sorted(folder.glob("*.tar")) if folder.is_dir() else [folder]
-  else:
-    tar_paths = [pathlib.Path(p) for p in shards]
-  missing = [str(p) for p in tar_paths if not p.is_file()]
-  if not tar_paths or missing:
-    raise FileNotFoundError(f"webdataset shards not found: {missing or shards} (give a folder of .tar files "
-                            "or a list of .tar paths)")
+  skipped = skips_lib.Skips()
   fields, images, origin = [], [], {}
-  for tar_path in tar_paths:
-    for key, sample in _tar_samples(tar_path, caption_key).items():
-      caption = sample.get("txt", sample.get("json"))
-      if "image" not in sample or caption is None:
-        raise ValueError(f"{tar_path}: sample {key!r} lacks an image ({'/'.join(IMAGE_SUFFIXES)}) or a caption "
-                         f"(.txt, or .json with key {caption_key!r}); it has {sorted(sample)}")
-      if key in origin:
-        raise ValueError(f"sample key {key!r} occurs in both {origin[key]} and {tar_path}")
-      origin[key] = tar_path
-      fields.append({"image_id": key, "captions": [caption]})
-      images.append({"image_bytes": sample["image"]})
-  return FileExamples(fields, images)
+  for shard in paths.list_shards(shards):
+    try:
+      size = shard.stat().length
+      with shard.open("rb") as f:
+        located = list(tars.iter_samples(f, str(shard), caption_key, skipped, size=size,
+                                         locate=lambda m, s=shard: FileSlice(s, m.offset_data, m.size)))
+    except FileNotFoundError as error:
+      skipped.add(skips_lib.UNREADABLE_SHARD, f"{shard}: {error}")
+      continue
+    for sample in located:
+      if sample.key in origin:
+        skipped.add(skips_lib.DUPLICATE_KEY, f"{sample.key!r} in {shard}, first in {origin[sample.key]}")
+        continue
+      origin[sample.key] = shard
+      fields.append({"image_id": sample.key, "captions": [sample.caption]})
+      images.append({"image_bytes": sample.image})
+  return FileExamples(fields, images, skipped=skipped)
 
 
 def image_folder(root: PathLike) -> FileExamples:
@@ -295,7 +314,8 @@ def image_folder(root: PathLike) -> FileExamples:
     raise ValueError(f"{root} has no class sub-folders (expected root/<class name>/<images>)")
   fields, images = [], []
   for label, name in enumerate(classes):
-    files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted((folder / file for folder, _, names in (root / name).walk() for file in names
+                    if os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES), key=os.fspath)
     for path in files:
       fields.append({"image_id": path.relative_to(root).as_posix(), "label": label})
       images.append({"image_bytes": FileSlice(path)})
@@ -304,91 +324,109 @@ def image_folder(root: PathLike) -> FileExamples:
   return FileExamples(fields, images, {"classes": classes})
 
 
-def vqa_v2(questions_file: PathLike, image_dir: PathLike, annotations_file: PathLike | None = None) -> FileExamples:
-  """VQA v2: one example per question; images ``COCO_<subtype>_<12-digit id>.jpg`` in ``image_dir``.
+def vqa_v2(questions: PathLike, images: PathLike, annotations: PathLike | None = None) -> FileExamples:
+  """VQA v2: one example per question; images ``COCO_<subtype>_<12-digit id>.jpg`` in ``images``.
 
-  With ``annotations_file`` each example also gets ``answers`` (all ten) and ``answer`` (the
-  ``multiple_choice_answer`` when present, else the most frequent answer).
+  With ``annotations`` each example also gets ``answers`` (all ten) and ``answer`` (the
+  ``multiple_choice_answer`` when present, else the most frequent answer); a question without an annotation is
+  then skipped and counted.
   """
-  questions = _load_json(questions_file)
-  _require_keys(questions, ["questions", "data_subtype"], str(questions_file))
-  image_dir = _require_dir(image_dir, "VQA image folder")
+  data = _load_json(questions)
+  _require_keys(data, ["questions", "data_subtype"], str(questions))
+  image_dir = _require_dir(images, "VQA image folder")
+  skipped = skips_lib.Skips()
   answers: dict[int, dict[str, Any]] = {}
-  if annotations_file is not None:
-    annotations = _load_json(annotations_file)
-    _require_keys(annotations, ["annotations"], str(annotations_file))
-    answers = {a["question_id"]: a for a in annotations["annotations"]}
-  fields, images = [], []
-  for q in questions["questions"]:
+  if annotations is not None:
+    annotation_data = _load_json(annotations)
+    _require_keys(annotation_data, ["annotations"], str(annotations))
+    answers = {a["question_id"]: a for a in annotation_data["annotations"]}
+  fields, slices = [], []
+  for q in data["questions"]:
+    if not _has_keys(q, ["question_id", "image_id", "question"], str(questions), skipped):
+      continue
     example = {"question_id": str(q["question_id"]), "image_id": str(q["image_id"]), "question": q["question"]}
-    if annotations_file is not None:
+    if annotations is not None:
       if q["question_id"] not in answers:
-        raise KeyError(f"{annotations_file}: no annotation for question {q['question_id']}")
+        skipped.add(skips_lib.BAD_RECORD, f"{annotations}: no annotation for question {q['question_id']}")
+        continue
       ann = answers[q["question_id"]]
       example["answers"] = [a["answer"] for a in ann["answers"]]
       example["answer"] = ann.get("multiple_choice_answer") or \
           collections.Counter(example["answers"]).most_common(1)[0][0]
     fields.append(example)
-    name = f"COCO_{questions['data_subtype']}_{int(q['image_id']):012d}.jpg"
-    images.append({"image_bytes": FileSlice(image_dir / name)})
-  return FileExamples(fields, images)
+    name = f"COCO_{data['data_subtype']}_{int(q['image_id']):012d}.jpg"
+    slices.append({"image_bytes": FileSlice(image_dir / name)})
+  return FileExamples(fields, slices, skipped=skipped)
 
 
-def gqa(questions: PathLike, image_dir: PathLike) -> FileExamples:
+def gqa(questions: PathLike, images: PathLike) -> FileExamples:
   """GQA questions: a ``{question_id: {...}}`` JSON file or a folder of such files (read in name order)."""
-  questions = pathlib.Path(questions)
-  files = sorted(questions.glob("*.json")) if questions.is_dir() else [questions]
+  folder = paths.as_path(questions)
+  files = sorted(folder.glob("*.json"), key=os.fspath) if folder.is_dir() else [folder]
   if not files:
     raise FileNotFoundError(f"no GQA question files (*.json) in {questions}")
-  image_dir = _require_dir(image_dir, "GQA image folder")
-  fields, images = [], []
+  image_dir = _require_dir(images, "GQA image folder")
+  skipped = skips_lib.Skips()
+  fields, slices = [], []
   for path in files:
     for question_id, q in _load_json(path).items():
-      _require_keys(q, ["imageId", "question"], f"{path}, question {question_id}")
+      if not _has_keys(q, ["imageId", "question"], f"{path}, question {question_id}", skipped):
+        continue
       example = {"question_id": question_id, "image_id": q["imageId"], "question": q["question"]}
       if "answer" in q:
         example["answer"] = q["answer"]
       fields.append(example)
-      images.append({"image_bytes": FileSlice(image_dir / f"{q['imageId']}.jpg")})
-  return FileExamples(fields, images)
+      slices.append({"image_bytes": FileSlice(image_dir / f"{q['imageId']}.jpg")})
+  return FileExamples(fields, slices, skipped=skipped)
 
 
-def nlvr2(json_file: PathLike, image_dir: PathLike) -> FileExamples:
+def nlvr2(path: PathLike, images: PathLike) -> FileExamples:
   """NLVR²: a JSON-lines file of statements about image pairs ``<split>-<set>-<pair>-img{0,1}.png``.
 
   ``label`` is 1 when the statement is true, 0 otherwise (``metadata['classes']`` = ``["False", "True"]``);
-  ``image_id`` names the pair; ``image_bytes`` / ``image2_bytes`` are the left and right images.
+  ``image_id`` names the pair; ``image_bytes`` / ``image2_bytes`` are the left and right images. A row without its
+  keys or with another label is skipped and counted.
   """
-  rows = _load_jsonl(json_file)
-  image_dir = _require_dir(image_dir, "NLVR2 image folder")
-  fields, images = [], []
+  rows = _load_jsonl(path)
+  image_dir = _require_dir(images, "NLVR2 image folder")
+  skipped = skips_lib.Skips()
+  fields, slices = [], []
   for number, row in enumerate(rows, 1):
-    _require_keys(row, ["identifier", "sentence", "label"], f"{json_file}:{number}")
+    if not _has_keys(row, ["identifier", "sentence", "label"], f"{path}:{number}", skipped):
+      continue
     if row["label"] not in NLVR2_LABELS:
-      raise ValueError(f"{json_file}:{number}: label {row['label']!r} is not one of {list(NLVR2_LABELS)}")
+      skipped.add(skips_lib.BAD_RECORD, f"{path}:{number}: label {row['label']!r} is not one of "
+                                        f"{list(NLVR2_LABELS)}")
+      continue
     pair = row["identifier"].rsplit("-", 1)[0]
     folder = image_dir / str(row["directory"]) if "directory" in row else image_dir
     fields.append({"image_id": pair, "identifier": row["identifier"], "statement": row["sentence"],
                    "label": NLVR2_LABELS.index(row["label"])})
-    images.append({"image_bytes": FileSlice(folder / f"{pair}-img0.png"),
+    slices.append({"image_bytes": FileSlice(folder / f"{pair}-img0.png"),
                    "image2_bytes": FileSlice(folder / f"{pair}-img1.png")})
-  return FileExamples(fields, images, {"classes": list(NLVR2_LABELS)})
+  return FileExamples(fields, slices, {"classes": list(NLVR2_LABELS)}, skipped=skipped)
 
 
-def snli_ve(jsonl_file: PathLike, image_dir: PathLike) -> FileExamples:
-  """SNLI-VE: JSON lines of (Flickr30k image, hypothesis, gold label); ``label`` indexes ``SNLI_VE_LABELS``."""
-  rows = _load_jsonl(jsonl_file)
-  image_dir = _require_dir(image_dir, "SNLI-VE (Flickr30k) image folder")
-  fields, images = [], []
+def snli_ve(path: PathLike, images: PathLike) -> FileExamples:
+  """SNLI-VE: JSON lines of (Flickr30k image, hypothesis, gold label); ``label`` indexes ``SNLI_VE_LABELS``.
+
+  A row without its keys or with another gold label is skipped and counted.
+  """
+  rows = _load_jsonl(path)
+  image_dir = _require_dir(images, "SNLI-VE (Flickr30k) image folder")
+  skipped = skips_lib.Skips()
+  fields, slices = [], []
   for number, row in enumerate(rows, 1):
-    _require_keys(row, ["Flickr30K_ID", "sentence2", "gold_label", "pairID"], f"{jsonl_file}:{number}")
+    if not _has_keys(row, ["Flickr30K_ID", "sentence2", "gold_label", "pairID"], f"{path}:{number}", skipped):
+      continue
     if row["gold_label"] not in SNLI_VE_LABELS:
-      raise ValueError(f"{jsonl_file}:{number}: gold_label {row['gold_label']!r} is not one of "
-                       f"{list(SNLI_VE_LABELS)}")
+      skipped.add(skips_lib.BAD_RECORD, f"{path}:{number}: gold_label {row['gold_label']!r} is not one of "
+                                        f"{list(SNLI_VE_LABELS)}")
+      continue
     fields.append({"image_id": str(row["Flickr30K_ID"]), "pair_id": row["pairID"],
                    "hypothesis": row["sentence2"], "label": SNLI_VE_LABELS.index(row["gold_label"])})
-    images.append({"image_bytes": FileSlice(image_dir / f"{row['Flickr30K_ID']}.jpg")})
-  return FileExamples(fields, images, {"classes": list(SNLI_VE_LABELS)})
+    slices.append({"image_bytes": FileSlice(image_dir / f"{row['Flickr30K_ID']}.jpg")})
+  return FileExamples(fields, slices, {"classes": list(SNLI_VE_LABELS)}, skipped=skipped)
 
 
 def _texts(value: Any) -> list[str]:
@@ -416,7 +454,7 @@ class TfdsExamples:
     image_key, caption_key, label_key, id_key: feature names overriding the defaults.
   """
 
-  def __init__(self, name: str, split: str, data_dir: PathLike | None = None, image_key: str = "image",
+  def __init__(self, name: str, split: str = "train", data_dir: PathLike | None = None, image_key: str = "image",
                caption_key: str | None = None, label_key: str | None = None, id_key: str | None = None):
     import tensorflow_datasets as tfds
 
@@ -444,6 +482,7 @@ class TfdsExamples:
     self.source = builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
     label_names = getattr(features[self.label_key], "names", None) if self.label_key else None
     self.metadata = {"classes": list(label_names)} if label_names else {}
+    self.skipped = skips_lib.Skips()
 
   def __len__(self) -> int:
     return len(self.source)

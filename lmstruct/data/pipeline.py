@@ -6,17 +6,25 @@ and tokenizers must pickle when ``worker_count > 0``: grain then runs the per-ex
 the launching script needs a ``__main__`` guard; grain's absl flags are marked parsed (defaults) if the program
 has not parsed them.
 
-Training (:func:`train_pipeline`), per JAX process:
+Training (:func:`train_pipeline`) reads a random-access source or a streaming one
+(:class:`lmstruct.data.streaming.WebDatasetStream`), per JAX process:
 
-1. each epoch is a permutation of the whole source drawn from ``seed`` (a new one every epoch); process ``k`` of
-   ``n`` takes every ``n``-th position starting at ``k`` among the first ``len(source) - len(source) % n``, so the
-   shards of one epoch are disjoint, equally long and together cover all but ``len(source) % n`` examples;
-2. per example, with a generator seeded by ``seed`` and the example's global stream position: decode the image,
-   pick a caption (random, or the first), build the original view (CLIP resize + centre crop) and the augmented
-   view (:mod:`lmstruct.data.augment`), EDA-augment the caption (:mod:`lmstruct.data.eda`), tokenize both;
-3. examples whose image cannot be decoded are logged, counted (:attr:`BatchIterator.num_corrupt`) and skipped;
+1. the *readers* of all processes split the sequence of all epochs' units (:mod:`lmstruct.data.plan`): for a
+   random-access source a unit is an example, each epoch a seeded permutation of all of them, one reader per
+   process; for a stream a unit is a shard, one reader per grain worker (or read thread). Within each epoch every
+   example is read exactly once, by one reader (none is dropped when the count does not divide);
+2. per example, with a generator seeded by ``seed`` and the example's identity (epoch and index, or epoch, shard
+   and position in the shard, so the same whichever reader reads it): decode the image, pick a caption (random, or
+   the first), build the original view (CLIP resize + centre crop) and the augmented view
+   (:mod:`lmstruct.data.augment`), EDA-augment the caption (:mod:`lmstruct.data.eda`), tokenize both;
+3. examples whose image cannot be decoded are logged, counted (:attr:`BatchIterator.num_corrupt`) and skipped, and
+   so are damaged samples of a stream (:attr:`TrainBatches.num_skipped`);
 4. ``global_batch_size / n`` examples are stacked into a host batch (an incomplete last batch is dropped) and,
    given a mesh, assembled into global ``jax.Array``s sharded on the leading axis over the mesh's data axes.
+
+The training iterator's state is every reader's position (:meth:`TrainBatches.get_state`;
+:meth:`TrainBatches.global_state` gathers all processes'); restoring it onto another number of processes or
+workers remaps the positions so that nothing is repeated or skipped within the epoch.
 
 Evaluation (:func:`eval_pipeline`) keeps the source order, never shuffles, gives process ``k`` the ``k``-th
 contiguous block and pads every process to the same number of full batches; the ``mask`` key is False on padding rows
@@ -33,8 +41,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -42,10 +52,13 @@ import grain
 import jax
 from absl import flags
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 from PIL import Image
 
 from lmstruct.data import augment, eda
+from lmstruct.data import plan as plan_lib
+from lmstruct.data import streaming
+from lmstruct.train.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +87,36 @@ def _image_id(example: Mapping[str, Any]) -> str:
   return str(example.get("image_id", "?"))
 
 
+def _image_array(example: Mapping[str, Any]) -> np.ndarray | None:
+  """The example's ``image`` when it is an array (checked: uint8 ``[H, W, 3]`` or ``[H, W]``), else None."""
+  if "image" not in example or isinstance(example["image"], (bytes, bytearray)):
+    return None
+  array = np.asarray(example["image"])
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) \
+          or 0 in array.shape:
+    raise CorruptImageError(f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got "
+                            f"{array.dtype} {array.shape}")
+  return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array
+
+
+def decode_pil(example: Mapping[str, Any]) -> Image.Image:
+  """The example's image as an RGB PIL image: encoded bytes decoded once, an array wrapped (see
+  :func:`decode_image` for the keys read and the errors raised)."""
+  array = _image_array(example)
+  if array is not None:
+    return Image.fromarray(array)
+  data = example["image"] if "image" in example else example.get("image_bytes")
+  if data is None:
+    raise KeyError(f"example {_image_id(example)!r} has neither 'image' nor 'image_bytes'")
+  try:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise CorruptImageError(f"example {_image_id(example)!r}: cannot decode image "
+                            f"({len(data)} bytes): {error}") from error
+
+
 def decode_image(example: Mapping[str, Any]) -> np.ndarray:
   """Returns the example's image as RGB ``uint8 [H, W, 3]``.
 
@@ -81,22 +124,8 @@ def decode_image(example: Mapping[str, Any]) -> np.ndarray:
   PNG/JPEG). Raises :class:`CorruptImageError` for undecodable bytes or a malformed array, ``KeyError`` when
   the example has no image at all.
   """
-  if "image" in example and not isinstance(example["image"], (bytes, bytearray)):
-    array = np.asarray(example["image"])
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) \
-            or 0 in array.shape:
-      raise CorruptImageError(f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got "
-                              f"{array.dtype} {array.shape}")
-    return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array
-  data = example["image"] if "image" in example else example.get("image_bytes")
-  if data is None:
-    raise KeyError(f"example {_image_id(example)!r} has neither 'image' nor 'image_bytes'")
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise CorruptImageError(f"example {_image_id(example)!r}: cannot decode image "
-                            f"({len(data)} bytes): {error}") from error
+  array = _image_array(example)
+  return array if array is not None else np.asarray(decode_pil(example), dtype=np.uint8)
 
 
 def _tokens(tokenize: Tokenize, texts: Sequence[str]) -> np.ndarray:
@@ -107,18 +136,16 @@ def _tokens(tokenize: Tokenize, texts: Sequence[str]) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
   """Turns one stored example into a training example (``image``, ``image_aug``, ``text``, ``text_aug``)."""
-  source: DataSource
   tokenize: Tokenize
   image_size: int
   augmentation: augment.ImageAugmentation
   text_augmentation: Callable[[str, np.random.Generator], str]
   caption_choice: str = "random"
 
-  def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Builds the example for source ``index``; a corrupt image gives ``{CORRUPT: True}`` instead."""
-    example = self.source[int(index)]
+  def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Builds the training example; a corrupt image gives ``{CORRUPT: True}`` instead."""
     try:
-      image = decode_image(example)
+      image = decode_pil(example)
     except CorruptImageError as error:
       log.warning("skipping corrupt image: %s", error)
       return {CORRUPT: np.True_}
@@ -203,14 +230,6 @@ def stack_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   return jax.tree.map(lambda *leaves: np.stack(leaves), *rows)
 
 
-def data_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
-  """Sharding of a batch's leading axis over ``data_axes`` of ``mesh`` (other axes replicated)."""
-  for axis in data_axes:
-    if axis not in mesh.axis_names:
-      raise ValueError(f"data axis {axis!r} is not a mesh axis; mesh axes: {', '.join(mesh.axis_names)}")
-  return NamedSharding(mesh, PartitionSpec(tuple(data_axes)))
-
-
 def to_global(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, Any]:
   """Assembles this process's host batch into global ``jax.Array``s (process batches concatenated in order)."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), dict(batch))
@@ -241,7 +260,7 @@ class BatchIterator(Iterator[dict[str, Any]]):
     """Returns the next batch; raises StopIteration when the examples run out."""
     rows = []
     while len(rows) < self._batch_size:
-      row = dict(next(self._examples))
+      row = self._next_row()
       if bool(row.pop(CORRUPT, False)):
         self._num_corrupt += 1
         if self._skip_corrupt:
@@ -249,6 +268,10 @@ class BatchIterator(Iterator[dict[str, Any]]):
       rows.append(row)
     batch = stack_rows(rows)
     return batch if self._sharding is None else to_global(batch, self._sharding)
+
+  def _next_row(self) -> dict[str, Any]:
+    """The next per-example dict from grain."""
+    return dict(next(self._examples))
 
   def get_state(self) -> dict[str, Any]:
     """The position after the last returned batch (grain state) and the corrupt-image count."""
@@ -283,7 +306,7 @@ def _local_batch_size(global_batch_size: int, shard_count: int, mesh: Mesh | Non
                      f"processes ({shard_count})")
   if mesh is None:
     return global_batch_size // shard_count, None
-  sharding = data_sharding(mesh, data_axes)
+  sharding = batch_sharding(mesh, data_axes)
   devices = math.prod(mesh.shape[axis] for axis in data_axes)
   if global_batch_size % devices:
     raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of the {devices} devices on "
@@ -318,41 +341,193 @@ def _seeds(seed: int) -> tuple[int, int]:
   return int(shuffle_seed), int(example_seed)
 
 
-def train_dataset(source: DataSource, transform: TrainTransform, *, seed: int, shard_index: int, shard_count: int,
-                  num_epochs: int | None = None) -> grain.MapDataset:
-  """The per-example training dataset of one shard: shuffled epochs, strided shard, seeded per-example views."""
-  usable = len(source) - len(source) % shard_count
-  if usable == 0:
-    raise ValueError(f"source has {len(source)} examples, fewer than the {shard_count} shards")
-  shuffle_seed, example_seed = _seeds(seed)
-  dataset = grain.MapDataset.range(len(source)).shuffle(seed=shuffle_seed)
-  dataset = dataset.random_map(transform, seed=example_seed)
-  return dataset[shard_index:usable:shard_count].repeat(num_epochs)
+STATE_FORMAT = "lmstruct-reader-positions-1"
 
 
-def train_pipeline(source: DataSource, *, tokenize: Tokenize, global_batch_size: int, seed: int,
-                   image_size: int = 224, augment_config: Mapping[str, Any] | Any | None = None,
+@dataclasses.dataclass(frozen=True)
+class _RandomAccessExample:
+  """Step ``s`` of a reader's plan over a random-access source → its training example, with its position."""
+  source: DataSource
+  transform: TrainTransform
+  plan: plan_lib.ReaderPlan
+  shuffle_seed: int
+  example_seed: int
+
+  def __call__(self, step: int) -> dict[str, Any]:
+    epoch, index = plan_lib.unit_at(self.plan.at(int(step))[0], len(self.source), self.shuffle_seed)
+    row = self.transform(self.source[index], np.random.default_rng([self.example_seed, epoch, index]))
+    return {**row, streaming.POSITION: np.array([0, step, 1, True], np.int64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamExample:
+  """A streamed stored example → its training example, seeded by (epoch, shard, ordinal), with its position."""
+  transform: TrainTransform
+  example_seed: int
+
+  def __call__(self, element: Mapping[str, Any]) -> dict[str, Any]:
+    rng = np.random.default_rng([self.example_seed, *element[streaming.SEED].tolist()])
+    row = self.transform(element, rng)
+    return {**row, streaming.POSITION: element[streaming.POSITION], streaming.SKIPPED: element[streaming.SKIPPED]}
+
+
+class TrainReaders:
+  """Opens the grain iterator of this process's readers at given positions (random access or stream)."""
+
+  def __init__(self, source: Any, transform: TrainTransform, *, seed: int, num_epochs: int | None,
+               worker_count: int, read_threads: int, batch_size: int):
+    self.source, self.transform, self.num_epochs = source, transform, num_epochs
+    self.worker_count, self.read_threads, self.batch_size = worker_count, read_threads, batch_size
+    self.shuffle_seed, self.example_seed = _seeds(seed)
+    self.seed = seed
+    self.streaming = isinstance(source, streaming.WebDatasetStream)
+    self.num_units = source.num_units if self.streaming else len(source)
+    if self.num_units == 0:
+      raise ValueError("the training source is empty")
+
+  @property
+  def readers_per_process(self) -> int:
+    """A stream has one reader per grain worker (or read thread); a random-access source one per process."""
+    return max(1, self.worker_count or self.read_threads) if self.streaming else 1
+
+  def open(self, positions: Sequence[plan_lib.Position]) -> grain.DatasetIterator:
+    """The per-example iterator continuing from ``positions`` (one per reader of this process)."""
+    if not self.streaming:
+      (position,) = positions
+      limit = sys.maxsize if self.num_epochs is None else position.plan.steps_below(self.num_epochs * self.num_units)
+      element = _RandomAccessExample(self.source, self.transform, position.plan, self.shuffle_seed,
+                                     self.example_seed)
+      dataset = grain.MapDataset.range(position.step, max(limit, position.step)).map(element)
+      return _iterate(dataset, self.read_threads, self.worker_count, self.batch_size)
+    stream = streaming.StreamDataset(self.source, positions, self.shuffle_seed, self.num_epochs)
+    dataset = stream.map(_StreamExample(self.transform, self.example_seed))
+    if self.worker_count > 0:
+      _ensure_flags_parsed()
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
+                                                                  per_worker_buffer_size=self.batch_size))
+    elif len(positions) > 1:
+      dataset = grain.experimental.multithread_prefetch(dataset, num_threads=len(positions),
+                                                        buffer_size=self.batch_size)
+    return iter(dataset)
+
+
+def combine_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The states of all processes (in process order) as one global training-data state."""
+  return {"format": STATE_FORMAT, "processes": [dict(s) for s in states]}
+
+
+def _allgather_json(value: Any) -> list[Any]:
+  """``value`` of every JAX process, in process order (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths)]
+
+
+class TrainBatches(BatchIterator):
+  """Training batches that track every reader's position; their state resumes on any number of processes.
+
+  ``get_state()`` is this process's readers' positions (plus the corrupt/skipped counts); ``global_state()``
+  gathers every process's (a collective). ``set_state`` takes either: when the saved number of processes and
+  readers per process equal the current ones each reader continues exactly where it stopped; otherwise the
+  positions are remapped (:func:`lmstruct.data.plan.remap`) so the rest of every epoch is read exactly once.
+  """
+
+  def __init__(self, readers: TrainReaders, positions: Sequence[plan_lib.Position], batch_size: int, *,
+               process_index: int, process_count: int, sharding: NamedSharding | None = None):
+    self._readers = readers
+    self._positions = list(positions)
+    self._process = (process_index, process_count)
+    self._num_skipped = 0
+    super().__init__(readers.open(self._positions), batch_size, skip_corrupt=True, sharding=sharding)
+
+  @property
+  def num_skipped(self) -> int:
+    """Damaged stream samples skipped so far (this process; counted when their shard is finished)."""
+    return self._num_skipped
+
+  def _next_row(self) -> dict[str, Any]:
+    row = dict(next(self._examples))
+    reader, step, delivered, last = (int(v) for v in row.pop(streaming.POSITION))
+    self._num_skipped += int(row.pop(streaming.SKIPPED, 0))
+    current = self._positions[reader]
+    self._positions[reader] = plan_lib.Position(current.plan, step, delivered).advanced(delivered, bool(last))
+    return row
+
+  def get_state(self) -> dict[str, Any]:
+    """This process's state: its readers' positions after the last returned batch, and its counts."""
+    return {"format": STATE_FORMAT, "process_index": self._process[0], "process_count": self._process[1],
+            "num_units": self._readers.num_units, "seed": self._readers.seed,
+            "readers": [p.to_json() for p in self._positions], "num_corrupt": self._num_corrupt,
+            "num_skipped": self._num_skipped}
+
+  def global_state(self) -> dict[str, Any]:
+    """Every process's :meth:`get_state`, gathered (call it on all processes at once)."""
+    return combine_states(_allgather_json(self.get_state()))
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues from a :meth:`global_state` (or, with one process, a :meth:`get_state`)."""
+    if state.get("format") != STATE_FORMAT:
+      raise ValueError(f"the checkpoint's data state has format {state.get('format', 'grain iterator state')!r}, "
+                       f"not {STATE_FORMAT!r}: it was written by an older lmstruct; start a new workdir")
+    saved = state["processes"] if "processes" in state else [state]
+    for process in saved:
+      for key, current in (("num_units", self._readers.num_units), ("seed", self._readers.seed)):
+        if process[key] != current:
+          raise ValueError(f"the checkpoint's data state was written for {key}={process[key]}, but the training "
+                           f"data now has {key}={current}; the data position cannot be carried over")
+    index, count = self._process
+    per_process = self._readers.readers_per_process
+    if len(saved) != saved[0]["process_count"]:
+      raise ValueError(f"the checkpoint's data state holds {len(saved)} of {saved[0]['process_count']} processes")
+    same = len(saved) == count and all(len(p["readers"]) == per_process for p in saved)
+    if same:
+      mine = saved[index]
+      self._positions = [plan_lib.Position.from_json(p) for p in mine["readers"]]
+      self._num_corrupt, self._num_skipped = int(mine["num_corrupt"]), int(mine["num_skipped"])
+    else:
+      everyone = [plan_lib.Position.from_json(p) for process in saved for p in process["readers"]]
+      remapped = plan_lib.remap(everyone, count * per_process)
+      self._positions = remapped[index * per_process:(index + 1) * per_process]
+      first = index == 0
+      self._num_corrupt = sum(int(p["num_corrupt"]) for p in saved) if first else 0
+      self._num_skipped = sum(int(p["num_skipped"]) for p in saved) if first else 0
+      log.info("data position of %d processes remapped onto %d (%d readers each)", len(saved), count, per_process)
+    self.close()
+    self._examples = self._readers.open(self._positions)
+
+
+def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize: Tokenize, global_batch_size: int,
+                   seed: int, image_size: int = 224, augment_config: Mapping[str, Any] | Any | None = None,
                    eda_config: Mapping[str, Any] | Any | None = None, mesh: Mesh | None = None,
                    data_axes: Sequence[str] = ("data",), num_epochs: int | None = None, worker_count: int = 0,
                    read_threads: int = 2, caption_choice: str = "random",
                    synonyms: eda.SynonymSource = eda.wordnet_synonyms, shard_index: int | None = None,
-                   shard_count: int | None = None) -> BatchIterator:
+                   shard_count: int | None = None) -> TrainBatches:
   """Iterator of training batches ``{image, image_aug: float32 [B, S, S, 3], text, text_aug: int32 [B, L]}``.
 
   Args:
-    source: random-access stored examples (each with an image and ``captions``).
+    source: random-access stored examples (each with an image and ``captions``), or a
+      :class:`lmstruct.data.streaming.WebDatasetStream`.
     tokenize: ``list[str] -> int32 [N, L]``.
     global_batch_size: batch size summed over processes (per-process batches hold ``B / shard_count``).
     seed: shuffling and augmentation seed; equal seeds give equal batches.
     image_size: output side ``S``.
     augment_config: image augmentation stages (:func:`augment.augmentation_from_config`); ``None`` gives
-      :func:`augment.default_augment_config`.
+      :func:`augment.caption_safe_augment_config`.
     eda_config: EDA rates (:func:`eda.eda_from_config`); ``None`` gives the defaults (0.1 each).
     mesh, data_axes: when ``mesh`` is given, batches are global ``jax.Array``s sharded on the leading axis over
       ``data_axes``; otherwise numpy host batches.
-    num_epochs: passes over the data; ``None`` repeats forever.
+    num_epochs: passes over the data; ``None`` repeats forever. With several processes the readers' epochs end at
+      different batches, so multi-process training runs a number of steps instead.
     worker_count: grain worker processes (0 = in this process).
-    read_threads: threads per process running the per-example work.
+    read_threads: threads per process running the per-example work (without workers, a stream runs one reader
+      per thread).
     caption_choice: ``"random"`` (uniform among ``captions``) or ``"first"``.
     synonyms: synonym source for EDA (WordNet by default).
     shard_index, shard_count: this process's shard; default ``jax.process_index()``, ``jax.process_count()``.
@@ -361,15 +536,19 @@ def train_pipeline(source: DataSource, *, tokenize: Tokenize, global_batch_size:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
   index, count = _shard(shard_index, shard_count)
   batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
-  config = augment.default_augment_config() if augment_config is None else augment_config
-  transform = TrainTransform(source=source, tokenize=tokenize, image_size=image_size,
-                             augmentation=augment.augmentation_from_config(config),
+  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
+  augmentation = augment.augmentation_from_config(config)
+  for reason in augment.caption_contradictions(augmentation):
+    log.warning("the augmented view can contradict its caption: %s", reason)
+  transform = TrainTransform(tokenize=tokenize, image_size=image_size, augmentation=augmentation,
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
                              caption_choice=caption_choice)
-  dataset = train_dataset(source, transform, seed=seed, shard_index=index, shard_count=count,
-                          num_epochs=num_epochs)
-  return BatchIterator(_iterate(dataset, read_threads, worker_count, batch_size), batch_size,
-                       skip_corrupt=True, sharding=sharding)
+  readers = TrainReaders(source, transform, seed=seed, num_epochs=num_epochs, worker_count=worker_count,
+                                    read_threads=read_threads, batch_size=batch_size)
+  per_process = readers.readers_per_process
+  plans = plan_lib.fresh_plans(count * per_process)[index * per_process:(index + 1) * per_process]
+  return TrainBatches(readers, [plan_lib.Position.start(p) for p in plans], batch_size, process_index=index,
+                      process_count=count, sharding=sharding)
 
 
 def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int = 224,

@@ -133,6 +133,7 @@ class SceneConfig:
   colour_jitter: int = 20
   max_rotation: float = 45.0
   shape_jitter: float = 0.06
+  object_scale: float = 1.0
   seed: int = 0
 
   def __post_init__(self) -> None:
@@ -150,6 +151,8 @@ class SceneConfig:
       raise ValueError(f"captions_per_image must be at least 1, got {self.captions_per_image}")
     if not 0.0 <= self.shape_jitter <= 0.2:
       raise ValueError(f"shape_jitter must lie in [0, 0.2], got {self.shape_jitter}")
+    if not 0.5 <= self.object_scale <= 1.3:
+      raise ValueError(f"object_scale must lie in [0.5, 1.3], got {self.object_scale}")
     if self.noise_std < 0 or self.colour_jitter < 0 or self.max_rotation < 0:
       raise ValueError("noise_std, colour_jitter and max_rotation must be non-negative")
 
@@ -260,7 +263,7 @@ UNIT_POLYGONS: dict[str, np.ndarray] = {s: _unit_polygon(s) for s in SHAPES}
 
 def max_object_extent(config: SceneConfig) -> float:
   """Largest distance (pixels) any object pixel can lie from its centre under ``config``."""
-  return SIZE_RADIUS["large"][1] * config.image_size * (1 + config.shape_jitter)
+  return SIZE_RADIUS["large"][1] * config.image_size * config.object_scale * (1 + config.shape_jitter)
 
 
 def occluder_half_side(config: SceneConfig) -> float:
@@ -301,7 +304,7 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
   count = int(rng.integers(1, 4))
   for _ in range(_LAYOUT_ATTEMPTS):
     sizes = rng.integers(0, len(SIZES), count)
-    radii = [float(rng.uniform(*SIZE_RADIUS[SIZES[s]]) * size) for s in sizes]
+    radii = [float(rng.uniform(*SIZE_RADIUS[SIZES[s]]) * size * config.object_scale) for s in sizes]
     extents = [r * (1 + config.shape_jitter) for r in radii]
     centres = _place(extents, size, rng)
     if centres is not None:

@@ -3,7 +3,9 @@
 Each evaluator is a dataclass built from a config mapping (``lmstruct.eval.registry.get_evaluator``). ``run`` encodes
 its batches with the given encode functions, computes its metrics with the pure functions of this package, writes
 ``<workdir>/eval/<name>/step_<step>.json`` (and figures, for ``structure``) when ``workdir`` is given, and returns the
-metrics. ``every_steps`` is the interval at which the training loop runs it (0: only standalone runs).
+metrics. Every evaluator also reports ``nonfinite_fraction``, the fraction of the embedding rows it computed that hold
+a NaN or an infinity (``features.nonfinite_fraction``); such embeddings never count as hits (``ranking``,
+``probe.predict``). ``every_steps`` is the interval at which the training loop runs it (0: only standalone runs).
 
 Batches follow docs/contracts.md: ``image float32 [B, H, W, 3]``, ``text int32 [B, L]`` (retrieval also accepts
 ``[B, C, L]``, C captions per image, with an optional boolean ``text_mask [B, C]``), labels under ``label_key``
@@ -28,15 +30,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmstruct.choices import did_you_mean
 from lmstruct.data.classnames import looks_like_identifier, named_lists
 from lmstruct.eval import io, plots
 from lmstruct.eval.features import (Batch, BatchSource, EncodeFn, FeatureCache, cached, encode_outputs, gather,
-                                    iterate, lookup, row_mask, source_cache_key, to_numpy)
+                                    iterate, lookup, nonfinite_fraction, row_mask, source_cache_key, to_numpy)
 from lmstruct.eval.probe import COARSE_EXPONENTS, REFINE_STEPS, few_shot_probe, linear_probe
 from lmstruct.eval.ranking import Ties
 from lmstruct.eval.retrieval import recall_metrics, retrieval_metrics, retrieval_ranks
 from lmstruct.eval.structure import embedding_shift_curve, structure_metrics
-from lmstruct.eval.templates import build_prompts
+from lmstruct.eval.templates import build_prompts, get_templates
 from lmstruct.eval.zeroshot import Tokenizer, zeroshot_classifier, zeroshot_metrics
 
 log = logging.getLogger(__name__)
@@ -138,7 +141,8 @@ def _image_label_features(source: BatchSource, encode_image: EncodeFn, label_key
 def _probe_feature(features: str) -> str:
   """The encoder output named by a probe's ``features`` setting (``IMAGE_FEATURES``)."""
   if features not in IMAGE_FEATURES:
-    raise ValueError(f"features must be one of {sorted(IMAGE_FEATURES)}, got {features!r}")
+    raise ValueError(f"features must be one of {sorted(IMAGE_FEATURES)}, got {features!r}"
+                     f"{did_you_mean(features, IMAGE_FEATURES)}")
   return IMAGE_FEATURES[features]
 
 
@@ -171,6 +175,7 @@ class ZeroShotEvaluator(Evaluator):
 
   def __post_init__(self) -> None:
     super().__post_init__()
+    get_templates(self.templates)
     if self.candidate_classes is not None:
       candidates = list(self.candidate_classes)
       if not candidates or candidates != sorted(set(candidates)) or not 0 <= candidates[0] <= candidates[-1] < len(
@@ -212,6 +217,7 @@ class ZeroShotEvaluator(Evaluator):
                     self.name, outside, labels.size)
       zv, labels = zv[inside], np.searchsorted(candidates, labels[inside])
     metrics = zeroshot_metrics(zv, classifier, labels, self.ks, self.ties)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(data["zv"], classifier)
     return Result(metrics, {"num_images": int(labels.size), "num_classes": len(names),
                             "num_outside_candidates": outside, "num_templates": len(prompts[0]),
                             "class_names": names})
@@ -260,6 +266,8 @@ class LinearProbeEvaluator(Evaluator):
         num_classes=self.num_classes, val_fraction=self.val_fraction, seed=self.seed,
         coarse_exponents=self.coarse_exponents, refine_steps=self.refine_steps, max_iter=self.max_iter,
         tol=self.tol)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(
+        train[feature], test[feature], *([] if val is None else [val[feature]]))
     return Result(metrics, {"num_train": int(train["label"].size), "num_test": int(test["label"].size),
                             "num_val": 0 if val is None else int(val["label"].size), "features": self.features,
                             "feature_dim": int(train[feature].shape[1])})
@@ -296,6 +304,7 @@ class FewShotEvaluator(Evaluator):
     metrics = few_shot_probe(train[feature], train["label"], test[feature], test["label"], shots=self.shots,
                              seeds=self.seeds, l2=self.l2, num_classes=self.num_classes,
                              max_iter=self.max_iter, tol=self.tol)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(train[feature], test[feature])
     return Result(metrics, {"seeds": [int(x) for x in self.seeds], "features": self.features})
 
 
@@ -363,6 +372,7 @@ class RetrievalEvaluator(Evaluator):
                                              self.text_mask_key, self.image_id_key)
     metrics = retrieval_metrics(zv, zt, text_image, self.ks, mesh=self.mesh, ties=self.ties,
                                 query_chunk=self.query_chunk)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(zv, zt)
     return Result(metrics, {"num_images": int(zv.shape[0]), "num_texts": int(zt.shape[0])})
 
 
@@ -421,6 +431,7 @@ class StructureEvaluator(Evaluator):
         bridge_t=self.bridge_t, uniformity_t=self.uniformity_t, alignment_alpha=self.alignment_alpha,
         separability_l2=self.separability_l2, separability_test_fraction=self.separability_test_fraction,
         seed=self.seed)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(*data.values())
     metric = self._retrieval_mean_recall_at_1 if self.shift_metric is None else self.shift_metric
     curve = embedding_shift_curve(data["zv"], data["zt"], self.shift_lambdas, metric)
     figures: dict[str, Figure] = {}

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
+
+from lmstruct import paths
 
 Batch = Mapping[str, Any]
 BatchSource = Union[Iterable[Batch], Callable[[], Iterable[Batch]]]
@@ -67,6 +68,14 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(norm, eps)
 
 
+def nonfinite_fraction(*embeddings: np.ndarray) -> float:
+  """Fraction of embedding rows holding a NaN or an infinity, over all the given ``[N_a, D]`` arrays:
+  ``sum_a #{i : some z_a[i, d] is not finite} / sum_a N_a`` (0 when there are no rows)."""
+  rows = sum(np.shape(z)[0] for z in embeddings)
+  bad = sum(int(np.sum(~np.isfinite(np.asarray(z)).reshape(np.shape(z)[0], -1).all(axis=1))) for z in embeddings)
+  return bad / rows if rows else 0.0
+
+
 def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndarray]:
   """Runs ``encode(inputs)`` and returns ``{key: ..., key + '_ind': ...}`` as float32 host arrays.
 
@@ -108,37 +117,39 @@ class FeatureCache:
   model state. Only the newest step is kept: writing under a step removes the folders of every other step, so the
   cache never holds more than one model's features. Process 0 decides hits (every process then loads the shared
   file, so the workdir must be on a filesystem all processes see, as for checkpoints) and writes files atomically.
+  ``root`` may be an object-store URL (:mod:`lmstruct.paths`).
   """
 
-  root: pathlib.Path
+  root: str | os.PathLike
   step: int
 
   @property
-  def directory(self) -> pathlib.Path:
+  def directory(self) -> epath.Path:
     """``<root>/step_<step>``."""
-    return pathlib.Path(self.root) / f"step_{int(self.step)}"
+    return paths.as_path(self.root) / f"step_{int(self.step)}"
 
   def get(self, key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays stored under ``key``, or ``compute()`` stored there first."""
     path = self.directory / f"{key}.npz"
     if bool(multihost_utils.broadcast_one_to_all(np.bool_(path.is_file()))):
-      with np.load(path) as stored:
+      with path.open("rb") as f, np.load(f) as stored:
         return {name: stored[name] for name in stored.files}
     arrays = {name: np.asarray(value) for name, value in compute().items()}
     if jax.process_index() == 0:
       self._write(path, arrays)
     return arrays
 
-  def _write(self, path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+  def _write(self, path: epath.Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Writes ``arrays`` to ``path`` through a temporary file and drops the folders of other steps."""
-    for stale in pathlib.Path(self.root).glob("step_*"):
+    for stale in paths.as_path(self.root).glob("step_*"):
       if stale != self.directory and stale.is_dir():
-        shutil.rmtree(stale, ignore_errors=True)
+        stale.rmtree(missing_ok=True)
     self.directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz")
     try:
-      np.savez(tmp, **arrays)
-      os.replace(tmp, path)
+      with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+      tmp.replace(path)
     except BaseException:
       tmp.unlink(missing_ok=True)
       raise

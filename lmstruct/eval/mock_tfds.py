@@ -103,10 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_examples, args = int(args[1]), args[2:]
   from lmstruct import cli
   with mock_tfds(num_examples=num_examples):
-    try:
-      return cli.main(["lmstruct", *args])
-    except SystemExit as stop:
-      return int(stop.code or 0)
+    return cli.main(args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lmstruct.choices import unknown_choice
+from lmstruct.eval.evaluators import IMAGE_FEATURES
+
 
 @dataclasses.dataclass(frozen=True)
 class SuiteDataset:
@@ -126,7 +129,7 @@ def _check_keys(keys: Iterable[str], what: str) -> None:
   """Raises ValueError for a key that is no suite dataset."""
   unknown = sorted(set(keys) - set(BY_KEY))
   if unknown:
-    raise ValueError(f"unknown {what} {unknown}; valid datasets: {sorted(BY_KEY)}")
+    raise unknown_choice(what, unknown[0], BY_KEY)
 
 
 def suite_evals(*, tfds_dir: str, folders: str, prompts: str = "paper", every_steps: int = 0,
@@ -145,9 +148,11 @@ def suite_evals(*, tfds_dir: str, folders: str, prompts: str = "paper", every_st
     zero_shot, linear_probe: which halves of the suite to include.
   """
   if prompts not in PROMPTS:
-    raise ValueError(f"prompts must be one of {list(PROMPTS)}, got {prompts!r}")
-  _check_keys(use_folders, "use_folders")
-  _check_keys(only, "datasets in only")
+    raise unknown_choice("prompts", prompts, PROMPTS)
+  if features not in IMAGE_FEATURES:
+    raise unknown_choice("features", features, IMAGE_FEATURES)
+  _check_keys(use_folders, "dataset in use_folders")
+  _check_keys(only, "dataset in only")
   evals: dict[str, dict[str, Any]] = {}
   for dataset in DATASETS:
     if only and dataset.key not in only:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lmstruct.choices import unknown_choice
+
 PAPER_TEMPLATES: tuple[str, ...] = ("a photo of the {}.",)
 
 CLIP_IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -179,11 +181,12 @@ _WHITESPACE = re.compile(r"\s+")
 def get_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
   """Returns a named template set (a key of ``TEMPLATE_SETS``) or validates an explicit list of templates.
 
-  Every template must contain ``{}`` exactly once; unknown set names raise ``KeyError`` listing the valid ones.
+  Every template must contain ``{}`` exactly once; unknown set names raise ``ValueError`` naming the valid ones and
+  the closest.
   """
   if isinstance(templates, str):
     if templates not in TEMPLATE_SETS:
-      raise KeyError(f"unknown template set {templates!r}; valid names: {sorted(TEMPLATE_SETS)}")
+      raise unknown_choice("template set", templates, TEMPLATE_SETS)
     return TEMPLATE_SETS[templates]
   result = tuple(templates)
   if not result:

@@ -1,4 +1,5 @@
 """Transformer building blocks shared by the image and text towers (CLIP layout, pre-LayerNorm)."""
+import dataclasses
 import functools
 import string
 from collections.abc import Callable
@@ -111,17 +112,23 @@ def _add_bias_bwd(_, g: jax.Array):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+Initializer = Callable[..., jax.Array]
+
+#: N(0, 1/fan_in), untruncated: CLIP's initialisation of its projections (std = in_features^-½).
+fan_in_normal: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
 class Dense(nn.Module):
   """flax.linen.Dense (same parameters, initialisers and float32 computation), whose low-precision CPU form
   accumulates in float32 as `matmul_einsum` does, bias gradient included (`_add_bias`)."""
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", nn.linear.default_kernel_init, (jnp.shape(inputs)[-1], self.features),
-                        jnp.float32)
+    kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32) if self.use_bias else None
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     if _use_f32_accumulate(inputs, kernel):
@@ -182,6 +189,32 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockInit:
+  """Kernel initialisers of a residual block's four products: packed QKV, attention output, MLP in and MLP out.
+  Biases start at zero."""
+  qkv: Initializer
+  out: Initializer
+  fc: Initializer
+  proj: Initializer
+
+
+def clip_text_block_init(width: int, layers: int) -> BlockInit:
+  """CLIP's text-tower initialisation (open_clip `TextTransformer.init_parameters`), all normal:
+  QKV ~ N(0, w⁻¹), attention out and MLP out ~ N(0, w⁻¹·(2L)⁻¹), MLP in ~ N(0, (2w)⁻¹)."""
+  out_std = width ** -0.5 * (2 * layers) ** -0.5
+  return BlockInit(qkv=nn.initializers.normal(width ** -0.5), out=nn.initializers.normal(out_std),
+                   fc=nn.initializers.normal((2 * width) ** -0.5), proj=nn.initializers.normal(out_std))
+
+
+def torch_default_block_init() -> BlockInit:
+  """PyTorch's default initialisation, which open_clip's vision transformer keeps for its blocks (OpenAI's CLIP
+  defines none for them): packed QKV Xavier-uniform, U(±√(6/(fan_in + fan_out))) as `nn.MultiheadAttention`
+  does; every other product `nn.Linear`'s kaiming_uniform(a=√5), i.e. U(±1/√fan_in), std 1/√(3·fan_in)."""
+  linear = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  return BlockInit(qkv=nn.initializers.xavier_uniform(), out=linear, fc=linear, proj=linear)
+
+
 class MultiHeadAttention(nn.Module):
   """softmax(Q Kᵀ / √d_head + mask) V over `heads` heads, with packed QKV projection and an output projection.
 
@@ -190,12 +223,13 @@ class MultiHeadAttention(nn.Module):
   """
   heads: int
   dtype: Dtype = jnp.float32
+  block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     batch, length, width = x.shape
     head_dim = width // self.heads
-    qkv = Dense(3 * width, dtype=self.dtype, name="qkv")(x)
+    qkv = Dense(3 * width, dtype=self.dtype, kernel_init=self.block_init.qkv, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.heads, head_dim)
     # A split (its gradient is one concatenation) rather than three index slices (three zero-padded adds).
     q, k, v = (part[:, :, 0] for part in jnp.split(qkv, 3, axis=2))
@@ -206,7 +240,7 @@ class MultiHeadAttention(nn.Module):
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = matmul_einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
-    return Dense(width, dtype=self.dtype, name="out")(out)
+    return Dense(width, dtype=self.dtype, kernel_init=self.block_init.out, name="out")(out)
 
 
 class MlpBlock(nn.Module):
@@ -214,13 +248,14 @@ class MlpBlock(nn.Module):
   activation: str = "gelu"
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    h = Dense(int(width * self.mlp_ratio), dtype=self.dtype, name="fc")(x)
+    h = Dense(int(width * self.mlp_ratio), dtype=self.dtype, kernel_init=self.block_init.fc, name="fc")(x)
     h = get_activation(self.activation)(h)
-    return Dense(width, dtype=self.dtype, name="proj")(h)
+    return Dense(width, dtype=self.dtype, kernel_init=self.block_init.proj, name="proj")(h)
 
 
 class ResidualBlock(nn.Module):
@@ -228,26 +263,29 @@ class ResidualBlock(nn.Module):
   heads: int
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
+  block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    x = x + MultiHeadAttention(self.heads, dtype=self.dtype, name="attn")(
+    x = x + MultiHeadAttention(self.heads, dtype=self.dtype, block_init=self.block_init, name="attn")(
         nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x), mask)
-    return x + MlpBlock(self.activation, dtype=self.dtype, name="mlp")(
+    return x + MlpBlock(self.activation, dtype=self.dtype, block_init=self.block_init, name="mlp")(
         nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x))
 
 
 class Transformer(nn.Module):
-  """`layers` residual blocks; with `remat`, each block's activations are recomputed in the backward pass."""
+  """`layers` residual blocks initialised by `block_init`; with `remat`, each block's activations are recomputed in the
+  backward pass."""
   layers: int
   heads: int
   activation: str = "gelu"
   remat: bool = False
   dtype: Dtype = jnp.float32
+  block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.layers):
-      x = block(self.heads, self.activation, dtype=self.dtype, name=f"block_{i}")(x, mask)
+      x = block(self.heads, self.activation, dtype=self.dtype, block_init=self.block_init, name=f"block_{i}")(x, mask)
     return x

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmstruct.models.layers import fan_in_normal
+
 RESNET_SIZES: dict[str, dict] = {
     # name: blocks per stage, base width
     "test": dict(stage_blocks=(1, 1, 1, 1), width=8),
@@ -18,8 +20,10 @@ RESNET_SIZES: dict[str, dict] = {
 }
 
 
-def _batch_norm(train: bool, dtype, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+def _batch_norm(train: bool, dtype, name: str, scale_init=nn.initializers.ones) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=scale_init,
+                      name=name)
+
 
 
 def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
@@ -27,7 +31,10 @@ def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
 
 
 class Bottleneck(nn.Module):
-  """1×1 → 3×3 → (avg-pool stride) → 1×1·4 with batch norm; shortcut avg-pool → 1×1 conv → BN when shapes change."""
+  """1×1 → 3×3 → (avg-pool stride) → 1×1·4 with batch norm; shortcut avg-pool → 1×1 conv → BN when shapes change.
+
+  The last batch norm's scale starts at zero (open_clip's `init_parameters`), so every block starts as the identity.
+  """
   planes: int
   stride: int = 1
   dtype: jnp.dtype = jnp.float32
@@ -39,7 +46,7 @@ class Bottleneck(nn.Module):
     out = nn.relu(_batch_norm(train, self.dtype, "bn1")(conv(self.planes, 1, "conv1")(x)))
     out = nn.relu(_batch_norm(train, self.dtype, "bn2")(conv(self.planes, 3, "conv2")(out)))
     out = _avg_pool(out, self.stride)
-    out = _batch_norm(train, self.dtype, "bn3")(conv(self.planes * 4, 1, "conv3")(out))
+    out = _batch_norm(train, self.dtype, "bn3", nn.initializers.zeros)(conv(self.planes * 4, 1, "conv3")(out))
     if self.stride > 1 or x.shape[-1] != self.planes * 4:
       x = _batch_norm(train, self.dtype, "downsample_bn")(
           conv(self.planes * 4, 1, "downsample_conv")(_avg_pool(x, self.stride)))
@@ -50,7 +57,7 @@ class AttentionPool(nn.Module):
   """Multi-head attention of the mean token over [mean; all positions] + learned positional embedding.
 
   Returns the concatenated head outputs [B, C]; CLIP's output projection (`c_proj`) is the two-tower model's image
-  projection.
+  projection. q, k and v start at N(0, 1/C) (`fan_in_normal`).
   """
   heads: int
   dtype: jnp.dtype = jnp.float32
@@ -64,9 +71,10 @@ class AttentionPool(nn.Module):
     x = x + pos.astype(x.dtype)
     head_dim = channels // self.heads
     split = lambda t: t.reshape(batch, -1, self.heads, head_dim)
-    q = split(nn.Dense(channels, dtype=self.dtype, name="q_proj")(x[:, :1]))
-    k = split(nn.Dense(channels, dtype=self.dtype, name="k_proj")(x))
-    v = split(nn.Dense(channels, dtype=self.dtype, name="v_proj")(x))
+    dense = lambda name: nn.Dense(channels, dtype=self.dtype, kernel_init=fan_in_normal, name=name)
+    q = split(dense("q_proj")(x[:, :1]))
+    k = split(dense("k_proj")(x))
+    v = split(dense("v_proj")(x))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, channels)

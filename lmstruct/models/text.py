@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmstruct.models.layers import Transformer
+from lmstruct.models.layers import Transformer, clip_text_block_init
 
 TEXT_SIZES: dict[str, dict[str, int]] = {
     # name: width, layers, heads
@@ -24,7 +24,8 @@ class TextTransformer(nn.Module):
   """Token ids [B, L] → pooled feature [B, width].
 
   token embedding + learned positional embedding → causal pre-LN transformer → LN_final → the hidden state at the
-  end-of-text token. The projection to the shared space lives in the two-tower model.
+  end-of-text token. The projection to the shared space lives in the two-tower model. Initialised as CLIP: token
+  embedding ~ N(0, 0.02²), positional ~ N(0, 0.01²), blocks by `clip_text_block_init`.
   """
   width: int
   layers: int
@@ -46,7 +47,8 @@ class TextTransformer(nn.Module):
     pos = self.param("positional_embedding", nn.initializers.normal(0.01), (self.context_length, self.width))
     x = x + pos[:length].astype(self.dtype)
     causal = nn.make_causal_mask(jnp.ones(tokens.shape, jnp.bool_), dtype=jnp.bool_)
-    x = Transformer(self.layers, self.heads, self.activation, self.remat, self.dtype, name="transformer")(x, causal)
+    x = Transformer(self.layers, self.heads, self.activation, self.remat, self.dtype,
+                    block_init=clip_text_block_init(self.width, self.layers), name="transformer")(x, causal)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_final")(x)
     positions = end_of_text_positions(tokens, self.eot_token_id)
     return jnp.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lmstruct.losses.common import l2_normalize
+from lmstruct.models.layers import fan_in_normal
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -21,6 +22,8 @@ class TwoTower(nn.Module):
   image features zv = normalize(P_v · f_v(image)), text features zt = normalize(P_t · f_t(text)); with
   `independent_heads`, parallel projections Q_v, Q_t on the same pooled features give the independent features
   zv_ind = normalize(Q_v · f_v(image)), zt_ind = normalize(Q_t · f_t(text)) of the paper's deep feature separation.
+  Every projection starts at N(0, 1/fan_in), as CLIP's (ViT `proj` and `text_projection` at width^-½, a ResNet's
+  attention-pool `c_proj` at in_features^-½); biases at zero.
   """
   image_tower: nn.Module
   text_tower: nn.Module
@@ -32,7 +35,8 @@ class TwoTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    dense = lambda bias, name: nn.Dense(self.embed_dim, use_bias=bias, dtype=self.dtype, name=name)
+    dense = lambda bias, name: nn.Dense(self.embed_dim, use_bias=bias, dtype=self.dtype, name=name,
+                                        kernel_init=fan_in_normal)
     self.image_projection = dense(self.image_projection_bias, "image_projection")
     self.text_projection = dense(False, "text_projection")
     if self.independent_heads:

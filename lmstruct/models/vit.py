@@ -21,6 +21,8 @@ class VisionTransformer(nn.Module):
 
   conv patch embedding (no bias) → prepend class token → + learned positional embedding → LN_pre → pre-LN
   transformer → LN_post on the class token. The projection to the shared space lives in the two-tower model.
+  Initialised as open_clip: class and positional embeddings ~ w^-½·N(0, 1); blocks keep PyTorch's defaults
+  (`torch_default_block_init`).
   """
   width: int
   layers: int

@@ -4,22 +4,24 @@ Each checkpoint holds three items: `state` (the TrainState: step, parameters, ba
 RNG key data; saved asynchronously), `data` (the input pipeline's iterator state, JSON) and `config` (JSON).
 The last `keep` checkpoints are kept, plus the best one by `best_metric` when given. Restoring reshards onto
 whatever mesh the restoring run uses, and a checkpoint of another architecture is refused with the name of the
-first parameter that differs.
+first parameter that differs. The directory may be local or a `gs://` URL (orbax writes arrays there through
+tensorstore's GCS driver and everything else through etils epath).
 """
-import pathlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from lmstruct import paths
 from lmstruct.train.sharding import path_string
 from lmstruct.train.state import TrainState
 
 _preservation = ocp.checkpoint_managers.preservation_policy
 
 
-def make_manager(directory: str | pathlib.Path, keep: int = 2, best_metric: str = "",
+def make_manager(directory: str | os.PathLike, keep: int = 2, best_metric: str = "",
                  best_mode: str = "max") -> ocp.CheckpointManager:
   """A CheckpointManager under `directory` keeping the latest `keep` (and the best by `best_metric`)."""
   policies = [_preservation.LatestN(n=keep)]
@@ -28,10 +30,28 @@ def make_manager(directory: str | pathlib.Path, keep: int = 2, best_metric: str 
                                         reverse=(best_mode == "min"), n=1))
   options = ocp.CheckpointManagerOptions(preservation_policy=_preservation.AnyPreservationPolicy(policies),
                                          enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+  if paths.is_url(directory) and not os.fspath(directory).startswith("gs://"):
+    raise ValueError(f"checkpoint directory {os.fspath(directory)}: orbax writes checkpoints to local paths and "
+                     "gs:// only (its tensorstore storage has no other object-store route); use a gs:// workdir or "
+                     "a mounted bucket")
+  return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                item_handlers={"state": ocp.StandardCheckpointHandler(),
                                               "data": ocp.JsonCheckpointHandler(),
                                               "config": ocp.JsonCheckpointHandler()})
+
+
+def saved_step(directory: str | os.PathLike, step: int | None = None) -> int:
+  """`step`, or the latest saved step when None, once `directory` is known to hold a finished checkpoint of it;
+  otherwise FileNotFoundError naming the steps that are saved."""
+  directory = paths.as_path(directory)
+  steps = sorted(ocp.path.step.checkpoint_steps(directory)) if directory.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {directory}")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} under {directory}; saved steps: {steps}")
+  return step
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Mapping[str, Any],

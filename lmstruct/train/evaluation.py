@@ -31,7 +31,6 @@ contiguous slice of every dataset, and the evaluators gather the encoded rows fr
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -45,6 +44,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmstruct.choices import did_you_mean
 from lmstruct.data import augment, classnames, pipeline, sources
 from lmstruct.eval.evaluators import DataInputs, Evaluator
 from lmstruct.eval.features import to_numpy
@@ -119,9 +119,8 @@ class EvalData:
 def _evaluator_class(name: str, kind: Any) -> type[Evaluator]:
   """The registered evaluator class of `kind`; a ValueError names the valid kinds and the closest one."""
   if kind not in EVALUATORS:
-    close = difflib.get_close_matches(str(kind), list(EVALUATORS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"evals.{name}.kind must be one of {sorted(EVALUATORS)}, got {kind!r}{hint}")
+    raise ValueError(f"evals.{name}.kind must be one of {sorted(EVALUATORS)}, got {kind!r}"
+                     f"{did_you_mean(str(kind), EVALUATORS)}")
   return EVALUATORS[kind]
 
 
@@ -154,7 +153,7 @@ def _candidate_classes(name: str, subset: Any, names: Sequence[str]) -> list[int
   if isinstance(subset, str):
     if subset not in classnames.SUBSETS:
       raise ValueError(f"evals.{name}.class_subset must be one of {list(classnames.SUBSETS)} or a list of labels, "
-                       f"got {subset!r}")
+                       f"got {subset!r}{did_you_mean(subset, classnames.SUBSETS)}")
     if len(names) != len(classnames.imagenet_wnids()):
       raise ValueError(f"evals.{name}.class_subset {subset!r} selects from the 1000 ImageNet-1K labels, but the "
                        f"dataset has {len(names)} classes (an ImageFolder of {subset} already holds only its own "

@@ -2,11 +2,13 @@
 
 clu's metric writers import TensorFlow; lmstruct writes TensorBoard events through the `tensorboard` package's own
 event-file writer instead, so no TensorFlow is needed. Files under the workdir:
-`metrics.jsonl` (one JSON object per logged step), `tensorboard/events.out.tfevents.*`, `config.json`.
+`metrics.jsonl` (one JSON object per logged step), `tensorboard/events.out.tfevents.*`, `config.json`. The workdir
+may be an object-store URL (:mod:`lmstruct.paths`): an object cannot be appended to, so there `metrics.jsonl` is
+rewritten whole at each logging step (the event writer handles URLs itself).
 """
 import json
 import logging
-import pathlib
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -18,6 +20,8 @@ import numpy as np
 import tqdm
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from lmstruct import paths
 
 
 class IntervalAverages:
@@ -41,20 +45,28 @@ class IntervalAverages:
 class MetricWriter:
   """Scalars to `metrics.jsonl` and TensorBoard; the run's config to `config.json` and a TensorBoard text summary."""
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
-    self._workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    self._workdir = paths.as_path(workdir)
     self._enabled = enabled
     if enabled:
       self._workdir.mkdir(parents=True, exist_ok=True)
-      self._events = EventFileWriter(str(self._workdir / "tensorboard"))
-      self._jsonl = open(self._workdir / "metrics.jsonl", "a", encoding="utf-8")
+      self._events = EventFileWriter(os.fspath(self._workdir / "tensorboard"))
+      self._metrics_path = self._workdir / "metrics.jsonl"
+      self._rewrite = paths.is_url(self._workdir)
+      self._lines = self._metrics_path.read_text().splitlines(keepends=True) if self._rewrite and \
+          self._metrics_path.exists() else []
+      self._jsonl = None if self._rewrite else self._metrics_path.open("a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
       return
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **{k: float(v) for k, v in
-                                                                           scalars.items()}}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": int(step), "time": time.time(), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    if self._rewrite:
+      self._lines.append(line)
+      self._metrics_path.write_text("".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                            summary=summary_pb2.Summary(value=values)))
@@ -78,7 +90,8 @@ class MetricWriter:
   def close(self) -> None:
     if self._enabled:
       self._events.close()
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
 
 
 class Progress:

@@ -1,11 +1,13 @@
 """Image augmentation (lmstruct.data.augment) and EDA text augmentation (lmstruct.data.eda)."""
 import collections
+import pathlib
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from lmstruct.config import load_config
 from lmstruct.data import augment, eda
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -57,6 +59,53 @@ def test_normalize_uses_clip_mean_and_std():
 def test_horizontal_flip_is_exact_mirror():
   image = structured_image()
   np.testing.assert_array_equal(np.asarray(augment.horizontal_flip(Image.fromarray(image))), image[:, ::-1])
+
+
+def two_squares(size=64):
+  """A grey image with a red square on the left and a blue square on the right."""
+  image = np.full((size, size, 3), 100, np.uint8)
+  image[20:30, 8:18] = (220, 30, 30)
+  image[34:44, 40:50] = (30, 30, 220)
+  return image
+
+
+def test_random_zoom_out_keeps_every_object_whole_and_in_order():
+  image = two_squares()
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    view = np.asarray(augment.random_zoom_out(Image.fromarray(image), rng, (0.6, 0.9)), np.int32)
+    assert view.shape == image.shape
+    red = (view[..., 0] > 160) & (view[..., 2] < 80)
+    blue = (view[..., 2] > 160) & (view[..., 0] < 80)
+    # Both squares survive whole (area shrinks by s² ≥ 0.36 of 100 pixels, bicubic edges aside) ...
+    assert 25 <= red.sum() <= 100 and 25 <= blue.sum() <= 100, seed
+    # ... and keep their left-to-right and top-to-bottom order.
+    red_y, red_x = np.argwhere(red).mean(axis=0)
+    blue_y, blue_x = np.argwhere(blue).mean(axis=0)
+    assert red_x < blue_x and red_y < blue_y, seed
+
+
+def test_random_zoom_out_fills_with_the_mean_colour_and_scales_by_the_drawn_factor():
+  image = two_squares()
+  view = np.asarray(augment.random_zoom_out(Image.fromarray(image), np.random.default_rng(0), (0.5, 0.5)))
+  mean = np.round(image.reshape(-1, 3).astype(np.float64).mean(axis=0))
+  # A half-size copy leaves at least a 32-pixel band of fill along one side of each axis.
+  fill_rows = np.all(view == mean, axis=(1, 2))
+  fill_cols = np.all(view == mean, axis=(0, 2))
+  assert fill_rows.sum() == 32 and fill_cols.sum() == 32
+
+
+def test_caption_safe_default_neither_flips_crops_nor_shifts_hue():
+  augmentation = augment.augmentation_from_config(augment.caption_safe_augment_config())
+  assert augmentation.horizontal_flip is None and augmentation.random_resized_crop is None
+  assert augmentation.color_jitter.hue == 0 and augmentation.color_jitter.saturation == 0
+  assert augmentation.random_zoom_out is not None
+  image = two_squares()
+  for seed in range(10):
+    view = np.asarray(augmentation.view(image, np.random.default_rng(seed), 64), np.int32)
+    red_x = np.argwhere((view[..., 0] > 1.3 * view[..., 2]) & (view[..., 0] > view[..., 1] + 40))[:, 1].mean()
+    blue_x = np.argwhere((view[..., 2] > 1.3 * view[..., 0]) & (view[..., 2] > view[..., 1] + 40))[:, 1].mean()
+    assert red_x < blue_x, seed
 
 
 def test_random_resized_crop_full_area_equals_plain_resize():
@@ -294,3 +343,31 @@ def test_parse_wordnet_reads_data_files(tmp_path):
   assert eda.synonyms_in(wordnet, "runs") == ("run", "sprint")
   assert eda.synonyms_in(wordnet, "green") == ("verdant",)
   assert eda.synonyms_in(wordnet, "quickly") == ()
+
+
+@pytest.mark.parametrize("stages,expected", [
+    ({}, []),
+    (augment.caption_safe_augment_config(), []),
+    ({"random_resized_crop": {"scale": (1.0, 1.0)}}, []),
+    ({"random_resized_crop": {"scale": (0.6, 1.0)}}, ["random_resized_crop"]),
+    ({"horizontal_flip": {"p": 0.5}}, ["horizontal_flip"]),
+    ({"horizontal_flip": {"p": 0.0}}, []),
+    ({"color_jitter": {"hue": 0.0, "saturation": 0.2}}, ["color_jitter"]),
+    ({"color_jitter": {"hue": 0.0, "saturation": 0.0}}, []),
+    ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ("brightness", "rotate")}}, ["rand_augment"]),
+    ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}, []),
+    ({"horizontal_flip": {"p": 1.0}, "rand_augment": {"num_ops": 1, "magnitude": 5}},
+     ["horizontal_flip", "rand_augment"]),
+])
+def test_caption_contradictions_name_each_unsafe_stage(stages, expected):
+  reasons = augment.caption_contradictions(augment.augmentation_from_config(stages))
+  assert [reason.split()[0] for reason in reasons] == expected
+
+
+@pytest.mark.parametrize("config_file", ["clip_scenes.py", "lit_coco.py", "paper_cc3m.py"])
+def test_every_config_trains_on_views_that_keep_their_captions_true(config_file):
+  """§1.2: no flip, crop, hue/saturation or geometric RandAugment op, and no EDA word swap, in any shipped config."""
+  config = load_config(str(pathlib.Path(__file__).parents[2] / "configs" / config_file))
+  augmentation = augment.augmentation_from_config(config.data.augment.to_dict())
+  assert augment.caption_contradictions(augmentation) == []
+  assert eda.eda_from_config(config.data.eda.to_dict()).alpha_rs == 0.0

@@ -3,6 +3,7 @@ import collections
 import csv
 import io
 import json
+import pathlib
 import shutil
 import tarfile
 
@@ -181,16 +182,98 @@ def test_webdataset_shards(shared_data, tmp_path):
   assert [f["image_id"] for f in one.fields] == ["000010000", "000010001"]
 
 
-def test_webdataset_bad_input(tmp_path):
-  (tmp_path / "x.tar").write_bytes(b"\x1f\x8b" + b"\0" * 100)
-  with pytest.raises(ValueError, match="uncompressed tar"):
-    formats.webdataset(tmp_path / "x.tar")
-  with tarfile.open(tmp_path / "nocap.tar", "w") as tar:
-    _add(tar, "k.jpg", b"jpeg")
-  with pytest.raises(ValueError, match="'k' lacks"):
-    formats.webdataset([tmp_path / "nocap.tar"])
-  with pytest.raises(FileNotFoundError, match="webdataset shards not found"):
+def _damaged_shards(shared_data, folder):
+  """Two shards over coco-mini photos with every kind of damage; returns the keys that must survive.
+
+  00000.tar: 4 good samples, members named ../x.jpg and /abs.jpg, a sample without caption, one without image.
+  00001.tar: 4 samples, cut (a partial download) in the middle of the 4th sample's image.
+  """
+  photos = sorted((shared_data / "coco-mini/train2017").glob("*.jpg"))[:8]
+  folder.mkdir()
+  with tarfile.open(folder / "00000.tar", "w") as tar:
+    for i in range(4):
+      _add(tar, f"a{i}.jpg", photos[i].read_bytes())
+      _add(tar, f"a{i}.txt", f"caption a{i}".encode())
+    _add(tar, "../x.jpg", photos[0].read_bytes())
+    _add(tar, "../x.txt", b"escapes the folder")
+    _add(tar, "/abs.jpg", photos[1].read_bytes())
+    _add(tar, "nocap.jpg", photos[2].read_bytes())
+    _add(tar, "noimage.txt", b"a caption without its image")
+  with tarfile.open(folder / "00001.tar", "w") as tar:
+    for i in range(4):
+      _add(tar, f"b{i}.jpg", photos[4 + i].read_bytes())
+      _add(tar, f"b{i}.txt", f"caption b{i}".encode())
+  data = (folder / "00001.tar").read_bytes()
+  with tarfile.open(folder / "00001.tar") as tar:
+    cut = tar.getmember("b3.jpg").offset_data + 100
+  (folder / "00001.tar").write_bytes(data[:cut])
+  return ["a0", "a1", "a2", "a3", "b0", "b1", "b2"]
+
+
+DAMAGE_COUNTS = {"unsafe member path": 3, "no caption": 1, "no image": 1, "truncated shard": 1}
+
+
+def test_webdataset_reader_skips_and_counts_damage(shared_data, tmp_path):
+  kept = _damaged_shards(shared_data, tmp_path / "shards")
+  reader = formats.webdataset(tmp_path / "shards")
+  assert [f["image_id"] for f in reader.fields] == kept
+  assert reader.skipped.counts == DAMAGE_COUNTS
+  assert any("'../x.jpg'" in d for d in reader.skipped.details["unsafe member path"])
+  assert reader[6]["captions"] == ["caption b2"]
+  (tmp_path / "gzip.tar").write_bytes(b"\x1f\x8b" + b"\0" * 100)
+  assert len(formats.webdataset(tmp_path / "gzip.tar").skipped.details["unreadable shard"]) == 1
+  with pytest.raises(FileNotFoundError, match="shards not found"):
     formats.webdataset([tmp_path / "absent.tar"])
+
+
+def test_streaming_reader_applies_the_same_rules(shared_data, tmp_path):
+  from lmstruct.data import skips, streaming
+  kept = _damaged_shards(shared_data, tmp_path / "shards")
+  stream = streaming.WebDatasetStream(tmp_path / "shards")
+  tally = skips.Skips()
+  samples = [s for shard in range(stream.num_units) for s in stream.samples(shard, tally)]
+  assert [s.key for s in samples] == kept and tally.counts == DAMAGE_COUNTS
+  photos = sorted((shared_data / "coco-mini/train2017").glob("*.jpg"))
+  assert samples[4].image == photos[4].read_bytes() and samples[4].caption == "caption b0"
+
+
+def test_convert_of_damaged_shards_exits_0_with_a_summary_and_strict_fails(shared_data, tmp_path, capsys):
+  kept = _damaged_shards(shared_data, tmp_path / "shards")
+  before = set(tmp_path.rglob("*"))
+  out = tmp_path / "out" / "train"
+  assert convert.main(["webdataset", "--src", str(tmp_path / "shards"), "--out", str(out), "--no-progress"]) == 0
+  report = capsys.readouterr().out
+  assert "wrote 7 examples" in report
+  for reason, count in DAMAGE_COUNTS.items():
+    assert f"skipped {count} ({reason})" in report
+  assert [ex["image_id"] for ex in _stored(out)] == kept
+  created = set(tmp_path.rglob("*")) - before
+  assert {p.name for p in created if p.is_file()} == {"train-00000-of-00001.array_record", "train.manifest.json"}
+  assert not (tmp_path / "x.jpg").exists() and not pathlib.Path("/abs.jpg").exists()
+  assert convert.main(["webdataset", "--src", str(tmp_path / "shards"), "--out", str(tmp_path / "strict" / "t"),
+                       "--no-progress", "--strict"]) == 2
+  error = capsys.readouterr().err.strip()
+  assert error.count("\n") == 0 and error.startswith("error: skipped record under --strict:")
+
+
+def test_every_reader_skips_and_counts_incomplete_records(shared_data, tmp_path):
+  ann_file, image_dir = _coco(shared_data, "val")
+  ann = json.loads(ann_file.read_text())
+  ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] != ann["images"][0]["id"]]
+  ann["annotations"].append({"id": 1, "image_id": -5, "caption": "of an image that is not there"})
+  (tmp_path / "coco.json").write_text(json.dumps(ann))
+  coco = formats.coco_captions(tmp_path / "coco.json", image_dir)
+  assert len(coco) == 158 and coco.skipped.counts == {"no caption": 1, "bad annotation record": 1}
+  root = shared_data / "vl-fixtures"
+  rows = (root / "nlvr2/tiny-dev.json").read_text().splitlines()
+  broken = json.loads(rows[0])
+  broken["label"] = "Maybe"
+  (tmp_path / "nlvr2.json").write_text("\n".join([json.dumps(broken), '{"sentence": "no identifier"}', *rows[1:]]))
+  nlvr = formats.nlvr2(tmp_path / "nlvr2.json", root / "images/nlvr2")
+  assert len(nlvr) == 7 and nlvr.skipped.counts == {"bad annotation record": 2}
+  table = tmp_path / "pairs.csv"
+  table.write_text("filepath,caption\ntrain2017/a.jpg,a cat\n,no image\ntrain2017/b.jpg,\n")
+  assert len(formats.caption_table(table)) == 1
 
 
 # --- ImageFolder ---------------------------------------------------------------------------------------------------
@@ -438,13 +521,14 @@ def test_convert_skips_and_reports_damaged_images(shared_data, tmp_path):
   table, photos = _damaged_table(shared_data, tmp_path)
   summary = convert.convert(formats.caption_table(table), tmp_path / "out" / "train", shard_size=3, progress=False)
   assert summary.written == 4
-  assert len(summary.corrupt) == 2 and len(summary.missing) == 1 and len(summary.unreadable) == 1
-  assert summary.missing == [str(tmp_path / "images" / photos[5].name)]
-  assert photos[6].name in summary.unreadable[0]
-  assert [c.split(" ")[0] for c in summary.corrupt] == [f"images/{photos[1].name}", f"images/{photos[3].name}"]
+  assert summary.skipped.counts == {"corrupt image": 2, "missing file": 1, "unreadable file": 1}
+  assert summary.skipped.details["missing file"] == [str(tmp_path / "images" / photos[5].name)]
+  assert photos[6].name in summary.skipped.details["unreadable file"][0]
+  assert [c.split(" ")[0] for c in summary.skipped.details["corrupt image"]] == \
+      [f"images/{photos[1].name}", f"images/{photos[3].name}"]
   report = summary.report()
-  assert "skipped 1 examples with missing files" in report and photos[5].name in report
-  assert "skipped 2 examples with corrupt images" in report
+  assert "skipped 1 (missing file)" in report and photos[5].name in report
+  assert "skipped 2 (corrupt image)" in report
   kept = [0, 2, 4, 7]
   assert [ex["image_id"] for ex in _stored(tmp_path / "out" / "train")] == [f"images/{photos[i].name}" for i in kept]
 
@@ -483,11 +567,44 @@ def test_interrupted_conversion_resumes_without_loss(shared_data, tmp_path):
   summary = convert.convert(resumed, out, 3, settings, workers=1, progress=False)
   assert sorted(resumed.loaded) == [6, 7]
   assert summary.resumed_shards == 2
-  assert (summary.written, summary.missing, summary.corrupt, summary.unreadable) == \
-      (reference.written, reference.missing, reference.corrupt, reference.unreadable)
+  assert (summary.written, summary.skipped) == (reference.written, reference.skipped)
   assert _stored(out) == _stored(tmp_path / "ref" / "train")
   for a, b in zip(summary.shards, reference.shards):
     assert a.read_bytes() == b.read_bytes()
 
   with pytest.raises(ValueError, match="different settings.*shard_size"):
     convert.convert(reader, out, 4, settings, progress=False)
+
+
+# --- one format table: source kinds and conversion formats -------------------------------------------------------
+
+def test_every_conversion_format_is_a_source_kind_with_the_same_keys(shared_data):
+  from lmstruct.data import sources
+  assert set(sources.FORMATS) <= set(sources.KINDS)
+  parser = convert.build_parser()
+  commands = next(a for a in parser._actions if a.dest == "format").choices
+  assert set(commands) == set(sources.FORMATS)
+  for name, fmt in sources.FORMATS.items():
+    flags = {a.dest: a.option_strings[0] for a in commands[name]._actions if a.option_strings}
+    assert {p.key: flags[p.key] for p in fmt.params} == {p.key: p.cli_flag for p in fmt.params}, name
+  root = shared_data / "vl-fixtures"
+  configs = {
+      "vqav2": ({"questions": root / "vqav2/questions.json", "images": root / "images/vqav2",
+                 "annotations": root / "vqav2/annotations.json"}, 3),
+      "gqa": ({"questions": root / "gqa/question_dir", "images": root / "images/gqa"}, 2),
+      "nlvr2": ({"path": root / "nlvr2/tiny-dev.json", "images": root / "images/nlvr2"}, 8),
+      "snli-ve": ({"path": root / "visual_entailment/sample_pairs.jsonl",
+                   "images": root / "images/visual_entailment"}, 16),
+      "flickr30k-entities": ({"split_file": root / "flickr30k/test.txt", "sentences": root / "flickr30k/sentences",
+                              "images": root / "images/flickr30k"}, 5),
+  }
+  for kind, (keys, count) in configs.items():
+    source = sources.build_source({"kind": kind, **{k: str(v) for k, v in keys.items()}})
+    assert len(source) == count, kind
+    assert source[0] == sources.FORMATS[kind].reader(**keys)[0], kind
+  with pytest.raises(ValueError, match=r"unknown data source kind 'vqa2' in data \(did you mean 'vqav2'\?\)"):
+    sources.build_source({"kind": "vqa2"})
+  with pytest.raises(ValueError, match=r"unknown key data.image for a 'gqa' source \(did you mean 'images'\?\)"):
+    sources.build_source({"kind": "gqa", "questions": "q.json", "image": "x"})
+  with pytest.raises(ValueError, match="array_record reads local files only"):
+    sources.build_source({"kind": "records", "path": "gs://bucket/coco/train"})

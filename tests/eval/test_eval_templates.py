@@ -22,7 +22,7 @@ def test_named_sets():
 
 
 def test_unknown_set_and_bad_templates_are_rejected():
-  with pytest.raises(KeyError, match="clip_imagenet"):
+  with pytest.raises(ValueError, match=r"unknown template set 'imagenet' \(did you mean 'clip_imagenet'\?\)"):
     get_templates("imagenet")
   with pytest.raises(ValueError):
     get_templates(["no placeholder"])

@@ -49,9 +49,9 @@ def test_suite_options():
   assert "class_subset" not in clip["zeroshot_imagenet_a"]
   assert {e["every_steps"] for e in clip.values()} == {500}
   assert clip["linear_probe_cifar10"]["features"] == "projected"
-  with pytest.raises(ValueError, match="prompts"):
+  with pytest.raises(ValueError, match=r"unknown prompts 'openai'; valid choices: \['clip', 'paper'\]"):
     suite.suite_evals(tfds_dir="t", folders="f", prompts="openai")
-  with pytest.raises(ValueError, match="valid datasets"):
+  with pytest.raises(ValueError, match=r"unknown dataset in only 'imagenet1k' \(did you mean 'imagenet'\?\)"):
     suite.suite_evals(tfds_dir="t", folders="f", only=("imagenet1k",))
 
 
