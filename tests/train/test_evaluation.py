@@ -19,7 +19,7 @@ from lmstruct.eval.evaluators import DataInputs
 from lmstruct.eval.registry import EVALUATORS
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train.evaluation import build_evaluators, make_encoders
-from lmstruct.train.loop import Trainer, evaluate_checkpoint, train_and_evaluate
+from lmstruct.train.loop import train_and_evaluate
 from lmstruct.train.sharding import make_mesh
 
 WNIDS = ("n01440764", "n01443537", "n01484850")  # tench, goldfish, great white shark
@@ -123,7 +123,8 @@ def test_caption_less_imagefolder_of_wordnet_ids_evaluates_with_human_names(shar
   tokenize = SpyTokenizer(length)
   mesh = make_mesh()
   evals = {"zs": {"kind": "zeroshot", "data": folder},
-           "probe": {"kind": "linear_probe", "train_data": folder, "test_data": folder, "max_iter": 50},
+           "probe": {"kind": "linear_probe", "train_data": folder, "test_data": folder, "max_iter": 50,
+                     "coarse_exponents": (-2.0, 0.0), "refine_steps": ()},
            "few": {"kind": "few_shot", "train_data": folder, "test_data": folder, "shots": (1, 2), "seeds": (0,)},
            "digits": {"kind": "zeroshot", "data": folder, "class_names": ["0", "1", "2"]}}
   with caplog.at_level(logging.WARNING):
@@ -132,8 +133,9 @@ def test_caption_less_imagefolder_of_wordnet_ids_evaluates_with_human_names(shar
   warnings = [r.getMessage() for r in caplog.records if "look like identifiers" in r.getMessage()]
   assert len(warnings) == 1 and "'digits'" in warnings[0] and "set class_names" in warnings[0]
   results = {e.name: e.run(*make_encoders(model, variables, mesh)) for e in evaluators}
-  assert set(results["zs"]) == {"acc1", "acc3", "acc5", "mean_per_class_recall"}
-  assert set(results["probe"]) == {"acc1", "val_acc1", "l2"} and "2shot_acc1_mean" in results["few"]
+  assert set(results["zs"]) == {"acc1", "acc3", "acc5", "mean_per_class_recall", "nonfinite_fraction"}
+  assert set(results["probe"]) == {"acc1", "val_acc1", "l2", "nonfinite_fraction"}
+  assert "2shot_acc1_mean" in results["few"]
   assert evaluators[0].class_names == ["tench", "goldfish", "great white shark"]
   assert sorted(set(tokenize.texts) - {""}) == sorted(["a photo of the tench.", "a photo of the goldfish.",
                                                        "a photo of the great white shark.", "a photo of the 0.",
@@ -165,9 +167,10 @@ def test_linear_probe_and_few_shot_read_backbone_features_unless_told_otherwise(
     index = np.asarray(rows)[:, 0].astype(int)
     return {"hv": separable[index], "zv": noise[index]}
 
-  backbone = EVALUATORS["linear_probe"](train_batches=batches, test_batches=batches, num_classes=3)
+  sweep = {"coarse_exponents": (-2.0,), "refine_steps": ()}
+  backbone = EVALUATORS["linear_probe"](train_batches=batches, test_batches=batches, num_classes=3, **sweep)
   projected = EVALUATORS["linear_probe"](train_batches=batches, test_batches=batches, num_classes=3,
-                                         features="projected")
+                                         features="projected", **sweep)
   assert backbone.run(encode_image, None)["acc1"] == 1.0
   assert projected.run(encode_image, None)["acc1"] < 0.9
   few = EVALUATORS["few_shot"](train_batches=batches, test_batches=batches, shots=(4,), seeds=(0,), num_classes=3)
@@ -176,32 +179,32 @@ def test_linear_probe_and_few_shot_read_backbone_features_unless_told_otherwise(
     EVALUATORS["linear_probe"](train_batches=batches, test_batches=batches, features="pooled")
 
 
-def test_training_time_structure_eval_reports_bridge_residual(tmp_path):
-  config = load_config("clip_scenes", "variant=test,train_size=16,eval_size=16,batch=16")
-  config.data.data_dir = str(tmp_path / "data")
-  config.data.eval_batch_size = 16
-  source = dict(config.evals.structure.data.to_dict())
-  config.evals = {"structure": {"kind": "structure", "data": source, "write_plots": False}}
-  trainer = Trainer(config, tmp_path / "run")
-  [evaluator] = trainer.evaluators()
-  metrics = evaluator.run(*trainer.encoders(), step=0)
+def test_structure_eval_reports_bridge_residual_on_seeded_augmented_views(tmp_path, tiny_model):
+  model, variables, size, length = tiny_model
+  source = scenes_test_source(size)
+  mesh = make_mesh()
+  augment_config, seed = {"random_zoom_out": {"scale": (0.5, 0.9)}}, 3
+  [evaluator] = build_evaluators(
+      {"structure": {"kind": "structure", "data": source, "write_plots": False, "shift_lambdas": (0.0,)}},
+      data_dir=str(tmp_path), batch_size=16, image_size=size, tokenize=get_tokenizer("clip", context_length=length),
+      mesh=mesh, augment_config=augment_config, seed=seed)
+  metrics = evaluator.run(*make_encoders(model, variables, mesh), step=0)
 
   # The same embeddings, computed directly with the model, and the formula in float64 NumPy.
   batch = jax.device_get(next(iter(evaluator.batches())))
   keep = batch["mask"]
-  variables = {"params": trainer.state.params}
-  zv = np.asarray(trainer.model.apply(variables, images=batch["image"][keep])["zv"], np.float64)
-  zv_aug = np.asarray(trainer.model.apply(variables, images=batch["image_aug"][keep])["zv"], np.float64)
-  zt = np.asarray(trainer.model.apply(variables, texts=batch["text"][keep])["zt"], np.float64)
+  zv = np.asarray(model.apply(variables, images=batch["image"][keep])["zv"], np.float64)
+  zv_aug = np.asarray(model.apply(variables, images=batch["image_aug"][keep])["zv"], np.float64)
+  zt = np.asarray(model.apply(variables, texts=batch["text"][keep])["zt"], np.float64)
   t = evaluator.bridge_t
   mu = t * zv + (1 - t) * zt
   mu /= np.linalg.norm(mu, axis=1, keepdims=True)
   assert metrics["bridge_residual"] == pytest.approx(np.mean(np.sum((zv_aug - mu) ** 2, axis=1)), rel=1e-4)
 
   # The view is the run's training augmentation, seeded by (seed, example index): the same on every pass.
-  example = sources.build_source(source, config.data.data_dir)[0]
-  expected = augment.training_augmentation(config.data.augment)(
-      pipeline.decode_image(example), np.random.default_rng((config.seed, 0)), 32)
+  example = sources.build_source(source, str(tmp_path))[0]
+  expected = augment.augmentation_from_config(augment_config)(
+      pipeline.decode_image(example), np.random.default_rng((seed, 0)), size)
   np.testing.assert_array_equal(batch["image_aug"][0], expected)
   assert not np.allclose(batch["image_aug"][0], batch["image"][0])
   np.testing.assert_array_equal(jax.device_get(next(iter(evaluator.batches())))["image_aug"], batch["image_aug"])
@@ -209,11 +212,14 @@ def test_training_time_structure_eval_reports_bridge_residual(tmp_path):
 
 @pytest.mark.slow
 def test_train_then_zero_shot_on_a_wordnet_imagefolder_then_the_suite_from_the_cli(shared_data, tmp_path):
-  """Trains the test model a few steps with the paper's setup and an ImageNet-style ImageFolder of WordNet-id
-  folders; then runs the README's worked example, the suite on that checkpoint, on mock tfds data."""
+  """Trains the test model a few steps with the paper's setup, evaluating zero-shot on a caption-less ImageFolder
+  of ImageNet WordNet-id folders; then runs the README's worked example on that checkpoint: the suite from the CLI,
+  tfds datasets on mock data, ImageNet from the same folders."""
   (tmp_path / "shards").mkdir()
   write_webdataset(shared_data, tmp_path / "shards" / "00000.tar")
-  folder = wordnet_imagefolder(shared_data, tmp_path / "imagenet_val")
+  folders = tmp_path / "folders"
+  folder = wordnet_imagefolder(shared_data, folders / "imagenet" / "val")
+  wordnet_imagefolder(shared_data, folders / "imagenet" / "train")
   workdir = tmp_path / "run"
   config = load_config("paper_cc3m", f"variant=test,shards={tmp_path / 'shards'},devices=1,reg=gc,"
                                      f"imagenet={folder['root']}")
@@ -224,28 +230,30 @@ def test_train_then_zero_shot_on_a_wordnet_imagefolder_then_the_suite_from_the_c
   config.data.data_dir = str(tmp_path / "data")
   config.train.steps = 2
   config.train.progress_bar = "off"
-  config.evals.probe = {"kind": "linear_probe", "train_data": folder, "test_data": folder, "max_iter": 50}
   results = train_and_evaluate(config, workdir)
-  assert set(results["zeroshot_imagenet"]) == {"acc1", "acc3", "acc5", "mean_per_class_recall"}
-  record = io.read_metrics(io.metrics_path(workdir, "zeroshot_imagenet", 2))
-  assert record["extra"]["class_names"] == ["tench", "goldfish", "great white shark"]
-  assert record["extra"]["num_images"] == 12
-  probe = io.read_metrics(io.metrics_path(workdir, "probe", 2))["extra"]
-  assert probe["features"] == "backbone" and probe["num_train"] == 12
-  again = evaluate_checkpoint(config, workdir)
-  assert again["zeroshot_imagenet"] == pytest.approx(results["zeroshot_imagenet"])
+  assert set(results["zeroshot_imagenet"]) == {"acc1", "acc3", "acc5", "mean_per_class_recall", "nonfinite_fraction"}
+  trained = io.read_metrics(io.metrics_path(workdir, "zeroshot_imagenet", 2))
+  assert trained["extra"]["class_names"] == ["tench", "goldfish", "great white shark"]
+  assert trained["extra"]["num_images"] == 12
   assert "| IN1K T1 |" in (workdir / "paper_tables.md").read_text()
 
   evaluate = [sys.executable, "-m", "lmstruct.eval.mock_tfds", "eval",
-              f"--config={REPO}/configs/paper_eval.py:variant=test,only=cifar10+imagenet_a+gtsrb,batch=16,"
-              f"tfds_dir={tmp_path / 'tfds'},folders={tmp_path / 'folders'}", f"--workdir={workdir}",
+              f"--config={REPO}/configs/paper_eval.py:variant=test,only=cifar10+imagenet+imagenet_a+gtsrb,batch=16,"
+              f"use_folders=imagenet,tfds_dir={tmp_path / 'tfds'},folders={folders}", f"--workdir={workdir}",
               "--config.mesh.shape.data=1"]
   result = subprocess.run(evaluate, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
   assert "| zeroshot_imagenet_a | acc3 |" in result.stdout and "| linear_probe_cifar10 | acc1 |" in result.stdout
   assert "prepare it with: arrange its images as" in result.stderr and "gtsrb" in result.stderr
+  # The restored checkpoint scores the ImageFolder as the trained state did.
+  restored = io.read_metrics(io.metrics_path(workdir, "zeroshot_imagenet", 2))
+  assert restored["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+  assert restored["extra"]["class_names"] == ["tench", "goldfish", "great white shark"]
+  probe = io.read_metrics(io.metrics_path(workdir, "linear_probe_imagenet", 2))["extra"]
+  assert probe["features"] == "backbone" and probe["num_train"] == 12
   saved = json.loads((workdir / "paper_tables.json").read_text())
-  assert set(saved["results"]) == {"zeroshot_cifar10", "zeroshot_imagenet_a", "linear_probe_cifar10"}
+  assert set(saved["results"]) == {"zeroshot_cifar10", "zeroshot_imagenet", "zeroshot_imagenet_a",
+                                   "linear_probe_cifar10", "linear_probe_imagenet"}
   header, row = [line for line in (workdir / "paper_tables.md").read_text().splitlines()
                  if line.startswith("| Method | C10 T1") or line.startswith("| run | ")][:2]
-  assert header.startswith("| Method | C10 T1") and row.split(" | ")[1] != "–"  # CIFAR-10 top-1 filled in
+  assert row.split(" | ")[1] != "–" and row.split(" | ")[7] != "–"  # CIFAR-10 and ImageNet top-1 filled in
