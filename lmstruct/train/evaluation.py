@@ -10,6 +10,10 @@
 (scenes: shape, colour, size, material, count; otherwise the source's `label` column with its class names);
 `captions` is how many captions per image retrieval reads. Every other key is passed to the evaluator
 (lmstruct.eval.registry validates it).
+
+Across processes, each process reads its own contiguous block of every evaluation dataset into global batches over
+the mesh and encodes only those rows; the evaluators gather the embeddings their metrics need
+(lmstruct.eval.features), so every process computes the single-process results, and process 0 writes them.
 """
 import itertools
 import math
@@ -21,6 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmstruct import multihost
 from lmstruct.data import pipeline, sources
 from lmstruct.eval.registry import get_evaluator
 from lmstruct.eval.evaluators import Evaluator
@@ -32,31 +37,48 @@ _BATCH_FIELDS = {"data": "batches", "train_data": "train_batches", "test_data": 
 
 
 def make_encoders(model: nn.Module, variables: Mapping[str, Any], mesh: Mesh) -> tuple[Callable, Callable]:
-  """(encode_image, encode_text): host or device batch → model output dict; batches of any size are padded to a
-  multiple of the data devices, sharded over them, and the padding is cut off again."""
-  sharding = batch_sharding(mesh, mesh.axis_names[:1])
-  devices = mesh.shape[mesh.axis_names[0]]
-  image_fn = jax.jit(lambda v, x: model.apply(v, images=x))
-  text_fn = jax.jit(lambda v, x: model.apply(v, texts=x))
+  """(encode_image, encode_text): this process's rows of a batch → the model's per-example outputs for them
+  (`zv`, `zv_ind` / `zt`, `zt_ind`) as host arrays.
+
+  Every process calls the encoders together, each with its own rows. A global `jax.Array` batch sharded over the
+  mesh's first (data) axis, as the eval pipeline gives, is encoded where it lies. Host rows (tokenized prompts) are
+  padded to a multiple of this process's data devices, assembled into a global array over the mesh
+  (`jax.make_array_from_process_local_data`; every process passes as many rows), and the padding is cut off again.
+  """
+  data_axis = mesh.axis_names[0]
+  if mesh.shape[data_axis] % jax.process_count():
+    raise ValueError(f"the mesh's data axis {data_axis!r} has {mesh.shape[data_axis]} devices; evaluation shards "
+                     f"its rows over the {jax.process_count()} processes, so it needs a multiple of that")
+  sharding = batch_sharding(mesh, (data_axis,))
+  local_devices = mesh.shape[data_axis] // jax.process_count()
+
+  def per_example(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: v for k, v in outputs.items() if v.ndim}
+
+  image_fn = jax.jit(lambda v, x: per_example(model.apply(v, images=x)), out_shardings=sharding)
+  text_fn = jax.jit(lambda v, x: per_example(model.apply(v, texts=x)), out_shardings=sharding)
 
   def run(fn: Callable, inputs: Any) -> dict[str, np.ndarray]:
-    inputs = np.asarray(inputs)
-    size = inputs.shape[0]
-    padded = math.ceil(size / devices) * devices
-    if padded != size:
-      inputs = np.concatenate([inputs, np.zeros((padded - size, *inputs.shape[1:]), inputs.dtype)])
-    out = fn(variables, jax.device_put(inputs, sharding))
-    return {k: np.asarray(v)[:size] for k, v in out.items() if k.startswith("z")}
+    if isinstance(inputs, jax.Array) and inputs.sharding.is_equivalent_to(sharding, inputs.ndim):
+      size, placed = multihost.process_row_count(inputs), inputs
+    else:
+      rows = multihost.process_rows(inputs)
+      size = rows.shape[0]
+      padding = np.zeros((math.ceil(size / local_devices) * local_devices - size, *rows.shape[1:]), rows.dtype)
+      placed = jax.make_array_from_process_local_data(sharding, np.concatenate([rows, padding]))
+    return {k: multihost.process_rows(v)[:size] for k, v in fn(variables, placed).items()}
 
   return (lambda images: run(image_fn, images)), (lambda tokens: run(text_fn, tokens))
 
 
-def _batches(source: Any, *, batch_size: int, image_size: int, tokenize: Callable, captions: int = 1) -> Callable:
-  """A zero-argument callable giving a fresh pass over `source` (captions 0..captions-1, chained)."""
+def _batches(source: Any, *, batch_size: int, image_size: int, tokenize: Callable, mesh: Mesh,
+             captions: int = 1) -> Callable:
+  """A zero-argument callable giving a fresh pass over `source` (captions 0..captions-1, chained): each process
+  reads its own contiguous block into global batches sharded over the mesh's first axis."""
   def fresh():
     return itertools.chain.from_iterable(
         pipeline.eval_pipeline(source, global_batch_size=batch_size, image_size=image_size, tokenize=tokenize,
-                               caption_index=c) for c in range(captions))
+                               caption_index=c, mesh=mesh, data_axes=mesh.axis_names[:1]) for c in range(captions))
   return fresh
 
 
@@ -78,7 +100,8 @@ def build_evaluators(evals: Mapping[str, Mapping[str, Any]], *, data_dir: str, b
         raise ValueError(f"evals.{name} ({kind}) needs {key!r}: a data-source config")
       opened[key] = sources.build_source(cfg.pop(key), data_dir, where=f"evals.{name}.{key}")
       fields[_BATCH_FIELDS[key]] = _batches(opened[key], batch_size=batch_size, image_size=image_size,
-                                            tokenize=tokenize, captions=captions if kind == "retrieval" else 1)
+                                            tokenize=tokenize, mesh=mesh,
+                                            captions=captions if kind == "retrieval" else 1)
     first = next(iter(opened.values()))
     if kind in ("zeroshot", "linear_probe", "few_shot"):
       fields["label_key"] = sources.label_key(first, label)
