@@ -4,6 +4,7 @@
     lmstruct eval    --config configs/clip_scenes.py:variant=small --workdir runs/default [--step 300]
     lmstruct convert data FORMAT --src ... --out ...          (see `lmstruct convert data --help`)
     lmstruct convert openclip --checkpoint FILE --model ViT-B-32 --out DIR
+    lmstruct plan    --config configs/paper_cc3m.py:devices=64 --devices 64 [--json]   (see `lmstruct plan --help`)
 
 Multi-host: on TPU pods and SLURM/Kubernetes clusters JAX finds its peers itself (`--distributed`); elsewhere pass
 `--coordinator_address host:port --num_processes N --process_id i` to every process.
@@ -23,7 +24,7 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process: address:port of
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
 
-COMMANDS = ("train", "eval", "convert")
+COMMANDS = ("train", "eval", "convert", "plan")
 CONVERTERS = ("data", "openclip")
 
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
   command, rest = argv[1], [argv[0]] + argv[2:]
   if command == "convert":
     return _convert(argv[1:])
+  if command == "plan":
+    from lmstruct import plan
+    return plan.main(argv[2:])
   app.run(_train if command == "train" else _eval, argv=rest)
   return 0
 

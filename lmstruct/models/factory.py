@@ -7,7 +7,8 @@
     model.embed_dim = 256
     model.independent_heads = True
     model.dtype = 'bfloat16'                       # compute dtype; parameters stay float32
-    model.remat = False
+    model.remat_policy = 'none'                    # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    model.scan_layers = False                      # scan the transformer blocks over stacked parameters
 """
 import copy
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from lmstruct.models.bert import BERT_SIZES, BertTextTower
 from lmstruct.models.efficientnet import EFFICIENTNET_SIZES, EfficientNetLite
+from lmstruct.models.layers import check_remat_policy
 from lmstruct.models.resnet import RESNET_SIZES, ModifiedResNet
 from lmstruct.models.text import TEXT_SIZES, TextTransformer
 from lmstruct.models.two_tower import TwoTower
@@ -44,8 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_KINDS = {"vit": VIT_SIZES, "resnet": RESNET_SIZES, "efficientnet": EFFICIENTNET_SIZES}
 TEXT_KINDS = {"transformer": TEXT_SIZES, "bert": BERT_SIZES}
-_MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat", "init_logit_scale",
-               "init_logit_bias"}
+_MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat_policy", "scan_layers",
+               "init_logit_scale", "init_logit_bias"}
+SCANNABLE_TEXT_KINDS = ("transformer",)
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
 _TEXT_KEYS = {"kind", "size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads",
               "mlp_dim", "max_positions", "pooling"}
@@ -76,6 +79,11 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
   _check_keys(resolved["image"], _IMAGE_KEYS, "model.image")
   _check_keys(resolved["text"], _TEXT_KEYS, "model.text")
   _lookup(DTYPES, resolved.get("dtype", "float32"), "model.dtype")
+  check_remat_policy(resolved.get("remat_policy", "none"))
+  text_kind = resolved["text"].get("kind", "transformer")
+  if resolved.get("scan_layers", False) and text_kind not in SCANNABLE_TEXT_KINDS:
+    raise ValueError(f"model.scan_layers=True needs a text tower of kind {list(SCANNABLE_TEXT_KINDS)}; the "
+                     f"{text_kind!r} tower has unrolled layers only")
   return resolved
 
 
@@ -83,14 +91,14 @@ def build_model(config: Mapping[str, Any]) -> TwoTower:
   """The TwoTower described by `config` (see the module docstring)."""
   cfg = resolve_model_config(config)
   dtype = DTYPES[cfg.get("dtype", "float32")]
-  remat = bool(cfg.get("remat", False))
+  layers = {"remat_policy": cfg.get("remat_policy", "none"), "scan_layers": bool(cfg.get("scan_layers", False))}
   image = dict(cfg["image"])
   kind = image.pop("kind")
   image.pop("image_size", None)
   sizes = _lookup(IMAGE_KINDS, kind, "model.image.kind")
   image = {**_lookup(sizes, image.pop("size"), f"{kind} size"), **image}
   if kind == "vit":
-    image_tower: nn.Module = VisionTransformer(**image, remat=remat, dtype=dtype)
+    image_tower: nn.Module = VisionTransformer(**image, **layers, dtype=dtype)
   elif kind == "resnet":
     image.pop("activation", None)
     image_tower = ModifiedResNet(**image, dtype=dtype)
@@ -101,9 +109,9 @@ def build_model(config: Mapping[str, Any]) -> TwoTower:
   text = {**_lookup(_lookup(TEXT_KINDS, text_kind, "model.text.kind"), text.pop("size"), f"{text_kind} size"), **text}
   if text_kind == "bert":
     text.pop("context_length", None)
-    text_tower: nn.Module = BertTextTower(**text, remat=remat, dtype=dtype)
+    text_tower: nn.Module = BertTextTower(**text, remat_policy=layers["remat_policy"], dtype=dtype)
   else:
-    text_tower = TextTransformer(**text, remat=remat, dtype=dtype)
+    text_tower = TextTransformer(**text, **layers, dtype=dtype)
   return TwoTower(
       image_tower=image_tower, text_tower=text_tower,
       embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),

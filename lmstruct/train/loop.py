@@ -111,6 +111,17 @@ def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def training_update(config: ml_collections.ConfigDict, model: Any, tx: Any, mesh: Any, shardings: Any,
+                    data_axes: tuple[str, ...]):
+  """The jitted update that a run of `config` trains with: `make_train_step` with the config's objective and its
+  implementation, learning-rate schedule, accumulation steps and trainable patterns. `lmstruct plan` compiles this
+  same update."""
+  optimizer = _resolved_optimizer(config)
+  return make_train_step(model, tx, objective_config(config), mesh, shardings, learning_rate_schedule(optimizer),
+                         data_axes, objective_function(config.objective, mesh, data_axes),
+                         config.train.accumulation_steps, optimizer["trainable"])
+
+
 class Trainer:
   """Everything one run needs, built once from the config."""
 
@@ -194,10 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = make_train_step(trainer.model, trainer.tx, trainer.objective, trainer.mesh, trainer.shardings,
-                            learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
-                            objective_function(config.objective, trainer.mesh, trainer.data_axes),
-                            cfg.accumulation_steps, trainer.optimizer_config["trainable"])
+  step_fn = training_update(config, trainer.model, trainer.tx, trainer.mesh, trainer.shardings, trainer.data_axes)
   evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)

@@ -102,7 +102,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
 def test_remat_changes_neither_outputs_nor_gradients():
   (h, w, c), length = input_shapes({"preset": "test"})
   images, texts = jax.random.normal(jax.random.key(3), (2, h, w, c)), tokens(2, length, [3, 4])
-  plain, remat = build_model({"preset": "test"}), build_model({"preset": "test", "remat": True})
+  plain, remat = build_model({"preset": "test"}), build_model({"preset": "test", "remat_policy": "full"})
   variables = jax.jit(plain.init)(jax.random.key(0), images, texts)
 
   def loss(model, params):
@@ -122,6 +122,12 @@ def test_unknown_config_keys_and_values_are_named():
     build_model({"preset": "ViT-X"})
   with pytest.raises(ValueError, match=r"model\.image\.patches"):
     build_model({"preset": "test", "image": {"patches": 4}})
+  with pytest.raises(ValueError, match=r"unknown model.remat_policy 'dots_savable' \(did you mean 'dots_saveable'\?\); "
+                                       r"valid choices: \['none', 'full', 'dots_saveable', "):
+    build_model({"preset": "test", "remat_policy": "dots_savable"})
+  with pytest.raises(ValueError, match=r"model.scan_layers=True needs a text tower of kind \['transformer'\]; the "
+                                       r"'bert' tower has unrolled layers only"):
+    build_model({"preset": "LiT-EfficientNetLite0-MiniLM", "scan_layers": True})
   with pytest.raises(ValueError, match=r"unknown activation 'relu6'"):
     m = build_model({"preset": "test", "text": {"activation": "relu6"}})
     m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16), jnp.int32))
