@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/plan_scaling.py [--config configs/paper_cc3m.py] [--devices 8,16,32,64,128,256]
                                                [--json-out FILE]
 
-For each N it runs `python -m lmstruct.plan --config CONFIG:devices=N --devices N --json` in a fresh process (the
+For each N it runs `python -m lmstruct.cli plan --config CONFIG:devices=N --devices N --json` in a fresh process (the
 paper's config keeps 128 examples per device, so the global batch is 128·N), and prints its JSON object as one line,
 then a table of the per-device figures.
 """
@@ -30,7 +30,7 @@ def main() -> None:
   emit(records[0])
   rows = []
   for devices in (int(n) for n in args.devices.split(",")):
-    command = [sys.executable, "-m", "lmstruct.plan", "--config", f"{args.config}:devices={devices}",
+    command = [sys.executable, "-m", "lmstruct.cli", "plan", "--config", f"{args.config}:devices={devices}",
                "--devices", str(devices), "--json"]
     out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if out.returncode:

@@ -13,7 +13,10 @@ Arguments:
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
+from lmstruct.losses.objective import ObjectiveConfig
 
 VARIANTS = {
     "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
@@ -24,13 +27,13 @@ VARIANTS = {
 }
 
 OBJECTIVES = {
-    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
-    "clip": {"base": "clip", "weights": {}},
-    "inmodal": {"base": "inmodal", "weights": {}},
-    "cyclip": {"base": "clip", "weights": {"cyclip": 1.0}},
-    "sep": {"base": "inmodal", "weights": {"separation": 1.0}},
-    "br": {"base": "inmodal", "weights": {"bridge": 1.0}},
-    "gc": {"base": "inmodal", "weights": {"geometric": 1.0}},
+    "full": ObjectiveConfig(base="inmodal", weights={"separation": 1.0, "bridge": 1.0, "geometric": 1.0}),
+    "clip": ObjectiveConfig(base="clip", weights={}),
+    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
+    "cyclip": ObjectiveConfig(base="clip", weights={"cyclip": 1.0}),
+    "sep": ObjectiveConfig(base="inmodal", weights={"separation": 1.0}),
+    "br": ObjectiveConfig(base="inmodal", weights={"bridge": 1.0}),
+    "gc": ObjectiveConfig(base="inmodal", weights={"geometric": 1.0}),
 }
 
 LABELS = ("shape", "colour", "size", "count")
@@ -48,19 +51,26 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, variant="small", objective="full", steps=250, batch=64, scenes="default", train_size=6000,
                   eval_size=500)
   if arg.variant not in VARIANTS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
+    raise unknown_choice("variant", arg.variant, VARIANTS)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise unknown_choice("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = VARIANTS[arg.variant]["model"]
-  config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}
+  config.objective = OBJECTIVES[arg.objective].to_dict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = max(1, arg.steps // 10)
   config.optimizer.weight_decay = 0.1
   config.data.train = scenes_source("train", arg)
   config.data.global_batch_size = arg.batch
   config.data.eval_batch_size = 128
-  config.data.augment = {"random_resized_crop": {"scale": (0.6, 1.0)}, "horizontal_flip": {"p": 0.5}}
+  # The augmented view must keep the caption true (`augment.caption_contradictions` checks it): scene captions name
+  # each object's shape, colour and size, their count, and left/right order. A zoom-out keeps every object whole and
+  # in place relative to the others, and brightness/contrast jitter keeps every hue; no flip (left/right), no crop
+  # (count, objects near the border), no hue or saturation change (colour names).
+  config.data.augment = augment.caption_safe_augment_config()
+  # EDA on the augmented caption without random swap, which could exchange two colours or shapes; synonym
+  # replacement, insertion and deletion add no object, colour or side the image could contradict.
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = arg.steps
   config.train.log_every = 20
   config.train.checkpoint_every = max(1, arg.steps // 2)

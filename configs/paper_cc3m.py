@@ -21,7 +21,10 @@ Arguments:
   imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
+from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
     "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
@@ -34,13 +37,13 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64,
                   imagenet="", variant="paper")
   if arg.reg not in REGULARIZERS:
-    raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
+    raise unknown_choice("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
+    raise unknown_choice("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
-  config.objective = {"base": "clip" if arg.reg == "cyclip" else "inmodal", "weights": REGULARIZERS[arg.reg],
-                      "bridge_t": 0.25, "impl": "auto"}
+  config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",
+                                     weights=REGULARIZERS[arg.reg]).to_dict()
   batch = 128 * arg.devices
   steps = arg.examples * arg.epochs // batch
   config.optimizer.learning_rate = 5e-4
@@ -52,8 +55,15 @@ def get_config(arg: str | None = None):
                        {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer})
   config.data.global_batch_size = batch
   config.data.worker_count = 8
-  # CyCLIP's augmentation: AutoAugment-style policy on images, EDA on captions.
-  config.data.augment = {"rand_augment": {"num_ops": 2, "magnitude": 9}}
+  # CyCLIP's augmented views (a RandAugment-style policy on images, EDA on captions), restricted to what cannot
+  # contradict a caption (`augment.caption_contradictions` checks it): CC3M captions name colours, sides and
+  # objects, so the image policy draws only photometric ops that keep hues (brightness, contrast, sharpness) after a
+  # zoom-out that keeps every object whole; no flip, crop, translation, rotation, shear or colour op. EDA replaces
+  # words by WordNet synonyms, inserts synonyms and deletes words, at rate 0.1: it adds no object, colour or side
+  # that the image could contradict; random swap, which could exchange two colours or objects, is off.
+  config.data.augment = {"random_zoom_out": {"scale": (0.8, 1.0)},
+                         "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = steps
   config.train.log_every = 100
   config.train.checkpoint_every = 2000

@@ -18,74 +18,51 @@ The figures are those of XLA:CPU's compilation of the partitioned program. A GPU
 schedules differently, so its temporary memory differs (typically by tens of per cent); argument and output bytes,
 FLOPs and collectives are properties of the partitioned program and carry over.
 
-The fake devices must be configured before JAX starts (`--xla_force_host_platform_device_count=N`); when JAX is
-already running here with another device count or platform, the plan is computed in a fresh subprocess.
+The fake devices must be configured before JAX's backends start (`jax_num_cpu_devices`); when they are already
+running here with another device count or platform, the plan is computed by `lmstruct plan` in a fresh process.
 """
-from __future__ import annotations
-
-import argparse
-import ast
-import difflib
-import importlib.util
-import json
 import os
-import pathlib
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from lmstruct.models import build_model, input_shapes
+from lmstruct.train import hlo
+from lmstruct.train.loop import resolved_optimizer, training_update
+from lmstruct.train.optimizer import make_optimizer
+from lmstruct.train.sharding import NAMED_RULES, batch_sharding, make_mesh, sharding_rules, tree_shardings
+from lmstruct.train.step import train_state_initializer
+
 GIB = 2 ** 30
 #: HBM per device of common accelerators (the A100 and H100 of the 80 GB kind).
 ACCELERATORS: dict[str, int] = {"TPU v5e": 16 * GIB, "TPU v4": 32 * GIB, "A100 80GB": 80 * GIB,
                                 "H100 80GB": 80 * GIB, "TPU v5p": 95 * GIB}
-NAMED_RULES = ("replicate", "fsdp")
-_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
-class PlanError(ValueError):
-  """A user error of `lmstruct plan` (bad flag, config or device count): one line, exit status 2."""
+def can_plan_here(devices: int) -> bool:
+  """Whether this process can compile for `devices` fake CPU devices: JAX's backends have not started (they are
+  then configured here: the CPU platform with that many devices), or they run on the CPU with that many."""
+  try:
+    jax.config.update("jax_num_cpu_devices", devices)
+  except RuntimeError:  # the backends are running
+    return jax.default_backend() == "cpu" and jax.device_count() == devices
+  jax.config.update("jax_platforms", "cpu")
+  return True
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> Any:
-  """The ConfigDict of `path.py[:arg]` (its `get_config(arg)`), with `KEY=VALUE` overrides (Python literals or
-  bare strings) applied to existing keys, validated."""
-  from lmstruct.config import validate_config
-  path, _, arg = spec.partition(":")
-  if not pathlib.Path(path).is_file():
-    raise PlanError(f"--config {spec}: no such file {path!r}")
-  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for override in overrides:
-    key, sep, text = override.partition("=")
-    if not sep:
-      raise PlanError(f"--config.{override}: expected --config.KEY=VALUE")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    parent = config
-    *sections, leaf = key.split(".")
-    for depth, section in enumerate(sections):
-      if section not in parent:
-        where = ".".join(sections[:depth]) or "the config"
-        close = difflib.get_close_matches(section, list(parent), n=1)
-        raise PlanError(f"--config.{key}: unknown section {section!r} in {where}"
-                        f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid: {sorted(parent)}")
-      parent = parent[section]
-    parent[leaf] = value
-  validate_config(config)
-  return config
+def plan_in_subprocess(argv: Sequence[str], devices: int) -> int:
+  """Runs `lmstruct <argv>` (a plan command) in a fresh process on `devices` fake CPU devices; its exit status."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+  return subprocess.run([sys.executable, "-m", "lmstruct.cli", *argv], env=env).returncode
 
 
 def _abstract_batch(config: Any, image_shape: tuple[int, int, int], context_length: int, sharding: Any) -> dict:
   """ShapeDtypeStructs of one global training batch (both views), sharded like the pipeline's."""
-  import jax
-  import jax.numpy as jnp
   batch = config.data.global_batch_size
   images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=sharding)
   texts = jax.ShapeDtypeStruct((batch, context_length), jnp.int32, sharding=sharding)
@@ -94,26 +71,18 @@ def _abstract_batch(config: Any, image_shape: tuple[int, int, int], context_leng
 
 def compile_update(config: Any, rules: Any) -> dict[str, Any]:
   """Compiles the update of `config` with sharding `rules` on the current devices; returns its per-device figures."""
-  import jax
-  from lmstruct.models import build_model, input_shapes
-  from lmstruct.train import hlo
-  from lmstruct.train.loop import _resolved_optimizer, sharding_rules, training_update
-  from lmstruct.train.optimizer import make_optimizer
-  from lmstruct.train.sharding import batch_sharding, make_mesh, tree_shardings
-  from lmstruct.train.step import train_state_initializer
-
   mesh = make_mesh(config.mesh.shape.to_dict())
   data_axes = (mesh.axis_names[0],)
   model_config = config.model.to_dict()
   model = build_model(model_config)
-  tx = make_optimizer(_resolved_optimizer(config))
+  tx = make_optimizer(resolved_optimizer(config))
   image_shape, context_length = input_shapes(model_config)
-  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape, context_length), jax.random.key(0))
+  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length), jax.random.key(0))
   shardings = tree_shardings(abstract, mesh, sharding_rules(rules), data_axes)
   state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                        abstract, shardings)
   batch = _abstract_batch(config, image_shape, context_length, batch_sharding(mesh, data_axes))
-  update = training_update(config, model, tx, mesh, shardings, data_axes)
+  update = training_update(config, model=model, tx=tx, mesh=mesh, shardings=shardings, data_axes=data_axes)
   start = time.perf_counter()
   lowered = update.lower(state, batch)
   lowered_at = time.perf_counter()
@@ -152,7 +121,6 @@ def fits(peak_by_rules: Mapping[str, int]) -> dict[str, str | None]:
 def plan(config: Any, config_spec: str) -> dict[str, Any]:
   """The plan of `config` on the current devices: the figures of its own sharding rules at the top level,
   `by_rules` with the peak and compile time of each rule tried, and `fits` (see module docstring)."""
-  import jax
   own = config.sharding.rules
   tried = [own] + [name for name in NAMED_RULES if name != own]
   results = {_rules_name(rules): compile_update(config, rules) for rules in tried}
@@ -198,59 +166,3 @@ def format_plan(result: Mapping[str, Any]) -> str:
   for name, rules in result["fits"].items():
     lines.append(f"  {name:<10} {_gib(ACCELERATORS[name]):>10}  {('yes, with ' + rules) if rules else 'no'}")
   return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """(flags, `--config.KEY=VALUE` overrides) of `lmstruct plan`."""
-  parser = argparse.ArgumentParser(prog="lmstruct plan", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True, help="a configs/*.py file, optionally with ':arg'")
-  parser.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
-  parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-  args, rest = parser.parse_known_args(list(argv))
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognized argument {item!r} (overrides are --config.KEY=VALUE)")
-    overrides.append(item.removeprefix("--config."))
-  if args.devices < 1:
-    parser.error(f"--devices must be at least 1, got {args.devices}")
-  return args, overrides
-
-
-def _runs_here(devices: int) -> bool:
-  """Whether this process can compile for `devices` fake CPU devices: JAX has not started yet (the flag is then
-  set here), or it runs on the CPU with exactly that many devices."""
-  if "jax" not in sys.modules:
-    os.environ["XLA_FLAGS"] = _with_device_count(os.environ.get("XLA_FLAGS", ""), devices)
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    return True
-  import jax
-  return jax.default_backend() == "cpu" and jax.device_count() == devices
-
-
-def _with_device_count(flags: str, devices: int) -> str:
-  """XLA_FLAGS `flags` with the fake CPU device count set to `devices` (replacing any count already there)."""
-  others = re.sub(_DEVICE_COUNT_FLAG + r"=\S+", "", flags).strip()
-  return f"{others} {_DEVICE_COUNT_FLAG}={devices}".strip()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Prints the plan (or its JSON with --json); returns the exit status: 0, or 2 for a user error."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  args, overrides = parse_args(argv)
-  if not _runs_here(args.devices):
-    env = {**os.environ, "XLA_FLAGS": _with_device_count(os.environ.get("XLA_FLAGS", ""), args.devices),
-           "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "lmstruct.plan", *argv], env=env).returncode
-  try:
-    config = load_config(args.config, overrides)
-    result = plan(config, args.config)
-  except (ValueError, TypeError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  print(json.dumps(result) if args.json else format_plan(result), flush=True)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

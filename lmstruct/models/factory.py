@@ -11,12 +11,14 @@
     model.scan_layers = False                      # scan the transformer blocks over stacked parameters
 """
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lmstruct.choices import unknown_choice
 from lmstruct.models.bert import BERT_SIZES, BertTextTower
 from lmstruct.models.efficientnet import EFFICIENTNET_SIZES, EfficientNetLite
 from lmstruct.models.layers import check_remat_policy
@@ -44,11 +46,45 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IMAGE_KINDS = {"vit": VIT_SIZES, "resnet": RESNET_SIZES, "efficientnet": EFFICIENTNET_SIZES}
-TEXT_KINDS = {"transformer": TEXT_SIZES, "bert": BERT_SIZES}
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerKind:
+  """One tower architecture: its Flax module, its named sizes (module fields), the tower keys its module does not
+  take (input sizes, options of other kinds), whether it has transformer blocks that take a `remat_policy`,
+  whether it can also scan them (`scan_layers`), and whether the image projection above it has a bias (CLIP's
+  ResNet)."""
+
+  module: type[nn.Module]
+  sizes: Mapping[str, Mapping[str, Any]]
+  ignored_keys: tuple[str, ...] = ()
+  remat: bool = False
+  scan: bool = False
+  projection_bias: bool = False
+
+  def build(self, fields: Mapping[str, Any], *, remat_policy: str, scan_layers: bool, dtype: Any) -> nn.Module:
+    """The module with `fields` (its size's fields already merged in) less `ignored_keys`, and the layer options
+    it takes."""
+    kwargs = {k: v for k, v in fields.items() if k not in self.ignored_keys}
+    if self.remat:
+      kwargs["remat_policy"] = remat_policy
+    if self.scan:
+      kwargs["scan_layers"] = scan_layers
+    return self.module(**kwargs, dtype=dtype)
+
+
+IMAGE_KINDS: dict[str, TowerKind] = {
+    "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True, scan=True),
+    "resnet": TowerKind(ModifiedResNet, RESNET_SIZES, ignored_keys=("image_size", "activation"),
+                        projection_bias=True),
+    "efficientnet": TowerKind(EfficientNetLite, EFFICIENTNET_SIZES, ignored_keys=("image_size",)),
+}
+TEXT_KINDS: dict[str, TowerKind] = {
+    "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True, scan=True),
+    "bert": TowerKind(BertTextTower, BERT_SIZES, ignored_keys=("context_length",), remat=True),
+}
 _MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat_policy", "scan_layers",
                "init_logit_scale", "init_logit_bias"}
-SCANNABLE_TEXT_KINDS = ("transformer",)
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
 _TEXT_KEYS = {"kind", "size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads",
               "mlp_dim", "max_positions", "pooling"}
@@ -62,7 +98,7 @@ def _check_keys(given: Mapping[str, Any], valid: set[str], where: str) -> None:
 
 def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
   if name not in table:
-    raise ValueError(f"unknown {what} {name!r}; valid choices: {sorted(table)}")
+    raise unknown_choice(what, name, table)
   return table[name]
 
 
@@ -80,11 +116,26 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
   _check_keys(resolved["text"], _TEXT_KEYS, "model.text")
   _lookup(DTYPES, resolved.get("dtype", "float32"), "model.dtype")
   check_remat_policy(resolved.get("remat_policy", "none"))
-  text_kind = resolved["text"].get("kind", "transformer")
-  if resolved.get("scan_layers", False) and text_kind not in SCANNABLE_TEXT_KINDS:
-    raise ValueError(f"model.scan_layers=True needs a text tower of kind {list(SCANNABLE_TEXT_KINDS)}; the "
-                     f"{text_kind!r} tower has unrolled layers only")
+  if resolved.get("scan_layers", False):
+    for where, kinds, default in (("image", IMAGE_KINDS, "vit"), ("text", TEXT_KINDS, "transformer")):
+      name = resolved[where].get("kind", default)
+      kind = _lookup(kinds, name, f"model.{where}.kind")
+      if kind.remat and not kind.scan:
+        scannable = sorted(n for n, k in kinds.items() if k.scan)
+        raise ValueError(f"model.scan_layers=True: the {name!r} {where} tower (model.{where}.kind) has unrolled "
+                         f"layers only; {where} kinds that scan: {scannable}")
   return resolved
+
+
+def _tower(kinds: Mapping[str, TowerKind], fields: Mapping[str, Any], default_kind: str, where: str, *,
+           layers: Mapping[str, Any], dtype: Any) -> tuple[nn.Module, TowerKind]:
+  """The tower `fields` describe: `kind` (default `default_kind`) looked up in `kinds`, its named `size` with the
+  remaining fields merged over it; `layers` holds `remat_policy` and `scan_layers`."""
+  fields = dict(fields)
+  kind_name = fields.pop("kind", default_kind)
+  kind = _lookup(kinds, kind_name, f"{where}.kind")
+  size = _lookup(kind.sizes, fields.pop("size"), f"{where}.size")
+  return kind.build({**size, **fields}, **layers, dtype=dtype), kind
 
 
 def build_model(config: Mapping[str, Any]) -> TwoTower:
@@ -92,30 +143,12 @@ def build_model(config: Mapping[str, Any]) -> TwoTower:
   cfg = resolve_model_config(config)
   dtype = DTYPES[cfg.get("dtype", "float32")]
   layers = {"remat_policy": cfg.get("remat_policy", "none"), "scan_layers": bool(cfg.get("scan_layers", False))}
-  image = dict(cfg["image"])
-  kind = image.pop("kind")
-  image.pop("image_size", None)
-  sizes = _lookup(IMAGE_KINDS, kind, "model.image.kind")
-  image = {**_lookup(sizes, image.pop("size"), f"{kind} size"), **image}
-  if kind == "vit":
-    image_tower: nn.Module = VisionTransformer(**image, **layers, dtype=dtype)
-  elif kind == "resnet":
-    image.pop("activation", None)
-    image_tower = ModifiedResNet(**image, dtype=dtype)
-  else:
-    image_tower = EfficientNetLite(**image, dtype=dtype)
-  text = dict(cfg["text"])
-  text_kind = text.pop("kind", "transformer")
-  text = {**_lookup(_lookup(TEXT_KINDS, text_kind, "model.text.kind"), text.pop("size"), f"{text_kind} size"), **text}
-  if text_kind == "bert":
-    text.pop("context_length", None)
-    text_tower: nn.Module = BertTextTower(**text, remat_policy=layers["remat_policy"], dtype=dtype)
-  else:
-    text_tower = TextTransformer(**text, **layers, dtype=dtype)
+  image_tower, image_kind = _tower(IMAGE_KINDS, cfg["image"], "vit", "model.image", layers=layers, dtype=dtype)
+  text_tower, _ = _tower(TEXT_KINDS, cfg["text"], "transformer", "model.text", layers=layers, dtype=dtype)
   return TwoTower(
       image_tower=image_tower, text_tower=text_tower,
       embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),
-      image_projection_bias=(kind == "resnet"), init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
+      image_projection_bias=image_kind.projection_bias, init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
       init_logit_bias=cfg.get("init_logit_bias", 0.0), dtype=dtype)
 
 

@@ -1,6 +1,5 @@
 """Transformer building blocks shared by the image and text towers (CLIP layout, pre-LayerNorm)."""
 import dataclasses
-import difflib
 import functools
 import string
 from collections.abc import Callable
@@ -9,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lmstruct.choices import unknown_choice
 
 Dtype = jnp.dtype
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -288,11 +289,9 @@ REMAT_POLICY_NAMES = ("none", *REMAT_POLICIES)
 
 
 def check_remat_policy(name: str) -> None:
-  """Raises ValueError, naming the valid choices and the closest one, unless `name` is in `REMAT_POLICY_NAMES`."""
+  """Raises a ValueError naming the valid choices and the closest one unless `name` is in `REMAT_POLICY_NAMES`."""
   if name not in REMAT_POLICY_NAMES:
-    close = difflib.get_close_matches(str(name), REMAT_POLICY_NAMES, n=1)
-    raise ValueError(f"unknown model.remat_policy {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                     f"valid choices: {list(REMAT_POLICY_NAMES)}")
+    raise unknown_choice("model.remat_policy", name, REMAT_POLICY_NAMES)
 
 
 def rematerialised(block: type[nn.Module], policy: str, prevent_cse: bool = True) -> type[nn.Module]:

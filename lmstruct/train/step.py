@@ -8,6 +8,7 @@ examples (`interleave_views`): the only collectives of a data-parallel update ar
 objective's. With gradient accumulation the objective and its gradient are still those of the whole batch
 (`batch_gradients`: feature caching).
 """
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from lmstruct.losses.objective import Features, compute_objective, needs_augmented_view
+from lmstruct.losses.objective import ObjectiveConfig, compute_objective
+from lmstruct.losses.ring import compute_objective_ring
+from lmstruct.losses.term import Features, feature_fields
 from lmstruct.models.two_tower import MAX_LOGIT_SCALE
 from lmstruct.train.optimizer import trainable_labels
 from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings
@@ -27,8 +30,8 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
-                            context_length: int) -> Callable[[jax.Array], TrainState]:
+def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, *,
+                            image_shape: tuple[int, int, int], context_length: int) -> Callable[[jax.Array], TrainState]:
   """rng ↦ the initial TrainState: the model's variables from a one-example input, the optimizer state, a step
   counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes without allocating them."""
   def init(rng: jax.Array) -> TrainState:
@@ -41,11 +44,11 @@ def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, 
   return init
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
                      context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
                      data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
   """(state, state shardings): parameters initialised directly into their sharded layout."""
-  init = train_state_initializer(model, tx, image_shape, context_length)
+  init = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
   key = jax.random.key(seed)
   shardings = tree_shardings(jax.eval_shape(init, key), mesh, rules, data_axes)
   return jax.jit(init, out_shardings=shardings)(key), shardings
@@ -99,8 +102,18 @@ def views_from_outputs(outputs: Mapping[str, jax.Array], with_augmented: bool) -
   return views
 
 
-ObjectiveFn = Callable[[Features, Mapping[str, Any], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+ObjectiveFn = Callable[[Features, ObjectiveConfig, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 Encoder = Callable[[Any, Any, Batch], tuple[Views, Any]]
+
+
+def objective_function(objective: ObjectiveConfig, mesh: Mesh, data_axes: Sequence[str]) -> ObjectiveFn:
+  """The implementation `objective.impl` selects: 'global' (`compute_objective`, GSPMD over the whole batch) or
+  'ring' (`compute_objective_ring` over the data axes); 'auto' takes the ring when they span several devices."""
+  devices = math.prod(mesh.shape[axis] for axis in data_axes)
+  if objective.impl == "global" or (objective.impl == "auto" and devices == 1):
+    return compute_objective
+  data_axis = data_axes[0] if len(data_axes) == 1 else tuple(data_axes)
+  return functools.partial(compute_objective_ring, mesh=mesh, data_axis=data_axis)
 
 
 def stop_frozen_gradients(params: Any, trainable: Sequence[str]) -> Any:
@@ -137,7 +150,7 @@ def make_encoder(model: nn.Module, with_augmented: bool, trainable: Sequence[str
   return encode
 
 
-def make_views_objective(objective_config: Mapping[str, Any],
+def make_views_objective(objective_config: ObjectiveConfig,
                          objective_fn: ObjectiveFn = compute_objective) -> Callable:
   """objective(views, rng) → (L, metrics): the objective on the views, with the logit scale among the metrics."""
   def objective(views: Views, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -227,25 +240,49 @@ def batch_gradients(encode: Encoder, objective: Callable, params: Any, batch_sta
   return grads, metrics, jax.tree.map(lambda stats: jnp.mean(stats, axis=0), stacked_stats)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective_config: Mapping[str, Any],
-                    mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
-                    data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective,
+def _is_schedule_count(path: tuple[Any, ...], value: Any) -> bool:
+  """Whether the optax state entry at `path` is the count of a learning-rate schedule's state."""
+  return getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState"
+
+
+def schedule_count(opt_state: Any) -> Any:
+  """The count at which the optimizer evaluates its learning-rate schedule (optax's `ScaleByScheduleState.count`):
+  the number of updates it has applied. None when the optimizer has no schedule state."""
+  return optax.tree_utils.tree_get(opt_state, "count", filtering=_is_schedule_count)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    objective: ObjectiveConfig | Mapping[str, Any], mesh: Mesh, state_shardings: TrainState,
+                    learning_rate: optax.Schedule | None = None, data_axes: Sequence[str] = ("data",),
                     accumulation_steps: int = 1, trainable: Sequence[str] = ()) -> Callable:
   """The jitted update (state, batch) → (state, metrics); the state is donated.
 
+  The objective is computed by the implementation `objective.impl` selects on this mesh (`objective_function`).
   A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
   the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
+
+  `learning_rate` (the optimizer's schedule) adds the metric `learning_rate` = schedule(c), where c is the
+  optimizer's own count of applied updates, read from its state before this update: the rate this update applies,
+  or would have applied when it is rejected. A rejected update leaves the whole optimizer state, its count
+  included, as it was (as optax's `apply_if_finite` does), so the next update applies that same rate and the log
+  shows it; the schedule follows applied updates, so each rejection delays the rest of it by one step. (Counting
+  the step instead would have the log run ahead of the applied rate after the first rejection.)
+
   With `accumulation_steps` = k > 1 the towers hold the activations of B/k examples at a time and the loss and
   gradient are still those of the whole batch (`batch_gradients`). `trainable` is the optimizer's pattern list:
   locked parameters get no gradient computation at all.
   """
-  encode = make_encoder(model, needs_augmented_view(objective_config), trainable)
-  objective = make_views_objective(objective_config, objective_fn)
+  objective = ObjectiveConfig.from_dict(objective)
+  if learning_rate is not None and schedule_count(state_shardings.opt_state) is None:
+    raise ValueError("make_train_step: learning_rate is given but the optimizer state has no schedule count "
+                     "(optax ScaleByScheduleState); pass the schedule the optimizer was built with")
+  encode = make_encoder(model, objective.needs_augmented_view, trainable)
+  views_objective = make_views_objective(objective, objective_function(objective, mesh, data_axes))
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, metrics, batch_stats = batch_gradients(encode, objective, state.params, state.batch_stats, batch, rng,
+    grads, metrics, batch_stats = batch_gradients(encode, views_objective, state.params, state.batch_stats, batch, rng,
                                                   accumulation_steps, data_sharding)
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
 
@@ -269,7 +306,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
     if learning_rate is not None:
-      metrics["learning_rate"] = learning_rate(state.step)
+      metrics["learning_rate"] = learning_rate(schedule_count(state.opt_state))
     return new_state, metrics
 
   return jax.jit(step, in_shardings=(state_shardings, data_sharding),

@@ -87,7 +87,7 @@ def test_optimizer_state_of_frozen_blocks_is_mapped_by_the_parameters_layer_coun
 def _state(model_config, mesh, rules):
   model, tx = build_model(model_config), make_optimizer({"learning_rate": 1e-3, "total_steps": 10})
   shape, length = input_shapes(model_config)
-  return init_train_state(model, tx, shape, length, mesh, rules, seed=0)
+  return init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules, seed=0)
 
 
 @pytest.mark.parametrize("saved,restored", [(UNROLLED, SCANNED), (SCANNED, UNROLLED)], ids=["unrolled→scanned",

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmstruct.losses.objective import Features, compute_objective
+from lmstruct.losses.objective import ObjectiveConfig, compute_objective
 from lmstruct.losses.ring import compute_objective_ring
+from lmstruct.losses.term import Features
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train.sharding import batch_sharding, make_mesh
 from lmstruct.train.step import batch_gradients, make_encoder, make_views_objective
@@ -48,7 +49,7 @@ def setup(model_config_items):
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, h, w, c)), jnp.zeros((1, length), jnp.int32))
   mesh = make_mesh()
   objective_fn = functools.partial(compute_objective_ring, mesh=mesh, data_axis="data")
-  return model, variables, mesh, make_encoder(model, True), make_views_objective(FULL, objective_fn)
+  return model, variables, mesh, make_encoder(model, True), make_views_objective(ObjectiveConfig.from_dict(FULL), objective_fn)
 
 
 def gradients(model_config, batch, count):

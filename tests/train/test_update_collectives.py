@@ -1,13 +1,10 @@
 """The compiled data-parallel update moves no activations between devices: on 8 devices with the ring objective its
 only collectives are the gradient all-reduce (plus the objective's scalar sums) and the ring's permutes of [n, D]
 feature blocks to the next device. Both views of an example are encoded on the device that holds it."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import pytest
 
-from lmstruct.losses.ring import compute_objective_ring
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import hlo
 from lmstruct.train.optimizer import make_optimizer
@@ -15,7 +12,7 @@ from lmstruct.train.sharding import DEFAULT_RULES, batch_sharding, make_mesh, tr
 from lmstruct.train.step import make_train_step, train_state_initializer
 
 MODEL = {"preset": "test"}  # embed_dim 16
-OBJECTIVE = {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}}
+OBJECTIVE = {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "impl": "ring"}
 BATCH, DEVICES, DIM = 32, 8, 16
 
 
@@ -25,14 +22,13 @@ def test_data_parallel_update_only_reduces_gradients_and_passes_feature_blocks(a
   assert mesh.devices.size == DEVICES
   model, tx = build_model(MODEL), make_optimizer({"learning_rate": 1e-3, "total_steps": 10})
   image_shape, length = input_shapes(MODEL)
-  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape, length), jax.random.key(0))
+  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape=image_shape, context_length=length), jax.random.key(0))
   shardings = tree_shardings(abstract, mesh, DEFAULT_RULES)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   rows = batch_sharding(mesh)
   images = jax.ShapeDtypeStruct((BATCH, *image_shape), jnp.float32, sharding=rows)
   texts = jax.ShapeDtypeStruct((BATCH, length), jnp.int32, sharding=rows)
-  step = make_train_step(model, tx, OBJECTIVE, mesh, shardings,
-                         objective_fn=functools.partial(compute_objective_ring, mesh=mesh, data_axis="data"),
+  step = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings,
                          accumulation_steps=accumulation_steps)
   text = step.lower(state, {"image": images, "image_aug": images, "text": texts, "text_aug": texts}).compile().as_text()
 
