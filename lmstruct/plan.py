@@ -79,7 +79,8 @@ def compile_update(config: Any, rules: Any) -> dict[str, Any]:
   model = build_model(model_config)
   tx = make_optimizer(resolved_optimizer(config))
   image_shape, context_length = input_shapes(model_config)
-  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length), jax.random.key(0))
+  initialize = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
+  abstract = jax.eval_shape(initialize, jax.random.key(0))
   shardings = tree_shardings(abstract, mesh, sharding_rules(rules), data_axes)
   state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                        abstract, shardings)

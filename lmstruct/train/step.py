@@ -30,8 +30,8 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, *,
-                            image_shape: tuple[int, int, int], context_length: int) -> Callable[[jax.Array], TrainState]:
+def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
+                            context_length: int) -> Callable[[jax.Array], TrainState]:
   """rng ↦ the initial TrainState: the model's variables from a one-example input, the optimizer state, a step
   counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes without allocating them."""
   def init(rng: jax.Array) -> TrainState:

@@ -49,7 +49,8 @@ def setup(model_config_items):
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, h, w, c)), jnp.zeros((1, length), jnp.int32))
   mesh = make_mesh()
   objective_fn = functools.partial(compute_objective_ring, mesh=mesh, data_axis="data")
-  return model, variables, mesh, make_encoder(model, True), make_views_objective(ObjectiveConfig.from_dict(FULL), objective_fn)
+  objective = make_views_objective(ObjectiveConfig.from_dict(FULL), objective_fn)
+  return model, variables, mesh, make_encoder(model, True), objective
 
 
 def gradients(model_config, batch, count):

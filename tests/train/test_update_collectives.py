@@ -22,7 +22,8 @@ def test_data_parallel_update_only_reduces_gradients_and_passes_feature_blocks(a
   assert mesh.devices.size == DEVICES
   model, tx = build_model(MODEL), make_optimizer({"learning_rate": 1e-3, "total_steps": 10})
   image_shape, length = input_shapes(MODEL)
-  abstract = jax.eval_shape(train_state_initializer(model, tx, image_shape=image_shape, context_length=length), jax.random.key(0))
+  initialize = train_state_initializer(model, tx, image_shape=image_shape, context_length=length)
+  abstract = jax.eval_shape(initialize, jax.random.key(0))
   shardings = tree_shardings(abstract, mesh, DEFAULT_RULES)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   rows = batch_sharding(mesh)
