@@ -123,8 +123,8 @@ def test_unknown_config_keys_and_values_are_named():
   with pytest.raises(ValueError, match=r"model\.image\.patches"):
     build_model({"preset": "test", "image": {"patches": 4}})
   with pytest.raises(ValueError, match=r"unknown model\.remat_policy 'dots_savable' "
-                                       r"\(did you mean 'dots_saveable'\?\); valid choices: \['dots_saveable', 'dots_with_no_batch_dims_saveable', "
-                                       r"'full', 'none'\]"):
+                                       r"\(did you mean 'dots_saveable'\?\); valid choices: "
+                                       r"\['dots_saveable', 'dots_with_no_batch_dims_saveable', 'full', 'none'\]"):
     build_model({"preset": "test", "remat_policy": "dots_savable"})
   with pytest.raises(ValueError, match=r"model\.scan_layers=True: the 'bert' text tower \(model\.text\.kind\) has "
                                        r"unrolled layers only; text kinds that scan: \['transformer'\]"):
