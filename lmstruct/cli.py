@@ -4,6 +4,7 @@
     lmstruct eval    --workdir runs/default [--config FILE[:ARGS]] [--step 300]
     lmstruct convert data FORMAT --src ... --out ...          (see `lmstruct convert data --help`)
     lmstruct convert openclip --checkpoint FILE --model ViT-B-32 --out DIR
+    lmstruct plan    --config configs/paper_cc3m.py:devices=64 --devices 64 [--json]   (see `lmstruct plan --help`)
 
 A user error (a config typo, an unknown choice, a missing file or checkpoint, an empty dataset) is one line,
 `error: …`, and exit status 2; `--debug` also prints its traceback and every library's log lines.
@@ -12,6 +13,7 @@ Multi-host: on TPU pods and SLURM/Kubernetes clusters JAX finds its peers itself
 `--coordinator_address host:port --num_processes N --process_id i` to every process.
 """
 import argparse
+import json
 import logging
 import os
 import pathlib
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from lmstruct.choices import unknown_choice
 from lmstruct.config import load_config
 
+COMMANDS = ("train", "eval", "convert", "plan")
 CONVERTERS = {"data": "a dataset in a supported format → array_record shards (`lmstruct convert data --help`)",
               "openclip": "an OpenAI / open_clip checkpoint → lmstruct weights (`lmstruct convert openclip --help`)"}
 # Exceptions whose message is the whole story for a user: bad config values, missing files, unknown keys.
@@ -122,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   convert.add_argument("converter", type=_converter, metavar="CONVERTER", help=" or ".join(CONVERTERS))
   convert.add_argument("arguments", nargs=argparse.REMAINDER, metavar="...", help="the converter's flags")
+  plan = commands.add_parser("plan", parents=[debug], allow_abbrev=False,
+                             help="per-device memory, FLOPs, collectives and compile time of a config's update on N "
+                                  "devices",
+                             description="Compile the training update of a config for N fake CPU devices (nothing "
+                                         "is allocated) and report, per device, its memory, FLOPs per step, "
+                                         "collectives and compile time, and which accelerators' HBM it fits with "
+                                         "which sharding rules.",
+                             epilog=OVERRIDES_HELP)
+  plan.add_argument("--config", metavar="FILE[:ARGS]", required=True,
+                    help="a configs/*.py file, optionally with ':key=value,…' arguments for its get_config, or a "
+                         "run's config.json")
+  plan.add_argument("--devices", type=int, metavar="N", required=True, help="the number of devices to plan for")
+  plan.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+  plan.set_defaults(flags=[flag for action in plan._actions for flag in action.option_strings])
   return parser
 
 
@@ -186,6 +203,17 @@ def _eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
   return 0
 
 
+def _plan(args: argparse.Namespace, overrides: dict[str, str], argv: Sequence[str]) -> int:
+  if args.devices < 1:
+    raise UsageError(f"lmstruct plan: --devices must be at least 1, got {args.devices}")
+  from lmstruct import plan
+  if not plan.can_plan_here(args.devices):
+    return plan.plan_in_subprocess(argv, args.devices)
+  result = plan.plan(load_config(args.config, overrides), args.config)
+  print(json.dumps(result) if args.json else plan.format_plan(result), flush=True)
+  return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
   if args.converter == "data":
     from lmstruct.data import convert
@@ -202,12 +230,14 @@ def one_line(error: BaseException) -> str:
 
 def _dispatch(argv: list[str]) -> int:
   parser = build_parser()
-  if argv and not argv[0].startswith("-") and argv[0] not in ("train", "eval", "convert"):
-    raise unknown_choice("command", argv[0], ("train", "eval", "convert"))
+  if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+    raise unknown_choice("command", argv[0], COMMANDS)
   args, extra = parser.parse_known_args(argv)
   if args.command == "convert":
     return _convert(args)
   overrides = split_overrides(extra, args.flags)
+  if args.command == "plan":
+    return _plan(args, overrides, argv)
   if args.workdir is None:
     raise UsageError(f"lmstruct {args.command}: --workdir is required")
   return _train(args, overrides) if args.command == "train" else _eval(args, overrides)

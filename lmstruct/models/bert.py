@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lmstruct.models.layers import exact_gelu as gelu  # BERT's hidden_act='gelu' is the exact-erf GELU
+from lmstruct.models.layers import rematerialised
 
 LAYER_NORM_EPSILON = 1e-12
 
@@ -108,13 +109,13 @@ class BertEncoder(nn.Module):
   heads: int
   mlp_dim: int
   cross_attention: bool = False
-  remat: bool = False
+  remat_policy: str = "none"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, encoder_states: jax.Array | None = None,
                encoder_mask: jax.Array | None = None) -> jax.Array:
-    layer = nn.remat(BertLayer) if self.remat else BertLayer
+    layer = rematerialised(BertLayer, self.remat_policy)
     for i in range(self.layers):
       x = layer(self.heads, self.mlp_dim, self.cross_attention, self.dtype, name=f"layer_{i}")(
           x, mask, encoder_states, encoder_mask)
@@ -146,7 +147,7 @@ class BertTextTower(nn.Module):
   type_vocab_size: int = 2
   pad_token_id: int = 0
   pooling: str = "mean"
-  remat: bool = False
+  remat_policy: str = "none"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -156,7 +157,8 @@ class BertTextTower(nn.Module):
     x = BertEmbeddings(self.vocab_size, self.width, self.max_positions, self.type_vocab_size, self.dtype,
                        name="embeddings")(tokens)
     mask = padding_mask(tokens, self.pad_token_id)
-    x = BertEncoder(self.layers, self.heads, self.mlp_dim, remat=self.remat, dtype=self.dtype, name="encoder")(x, mask)
+    x = BertEncoder(self.layers, self.heads, self.mlp_dim, remat_policy=self.remat_policy, dtype=self.dtype,
+                    name="encoder")(x, mask)
     if self.pooling == "cls":
       return x[:, 0]
     weights = (tokens != self.pad_token_id).astype(jnp.float32)[..., None]

@@ -7,7 +7,8 @@
     model.embed_dim = 256
     model.independent_heads = True
     model.dtype = 'bfloat16'                       # compute dtype; parameters stay float32
-    model.remat = False
+    model.remat_policy = 'none'                    # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    model.scan_layers = False                      # scan the transformer blocks over stacked parameters
 """
 import copy
 import dataclasses
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from lmstruct.choices import unknown_choice
 from lmstruct.models.bert import BERT_SIZES, BertTextTower
 from lmstruct.models.efficientnet import EFFICIENTNET_SIZES, EfficientNetLite
+from lmstruct.models.layers import check_remat_policy
 from lmstruct.models.resnet import RESNET_SIZES, ModifiedResNet
 from lmstruct.models.text import TEXT_SIZES, TextTransformer
 from lmstruct.models.two_tower import TwoTower
@@ -49,33 +51,40 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 @dataclasses.dataclass(frozen=True)
 class TowerKind:
   """One tower architecture: its Flax module, its named sizes (module fields), the tower keys its module does not
-  take (input sizes, options of other kinds), whether it takes `remat`, and whether the image projection above it
-  has a bias (CLIP's ResNet)."""
+  take (input sizes, options of other kinds), whether it has transformer blocks that take a `remat_policy`,
+  whether it can also scan them (`scan_layers`), and whether the image projection above it has a bias (CLIP's
+  ResNet)."""
 
   module: type[nn.Module]
   sizes: Mapping[str, Mapping[str, Any]]
   ignored_keys: tuple[str, ...] = ()
   remat: bool = False
+  scan: bool = False
   projection_bias: bool = False
 
-  def build(self, fields: Mapping[str, Any], *, remat: bool, dtype: Any) -> nn.Module:
-    """The module with `fields` (its size's fields already merged in) less `ignored_keys`."""
+  def build(self, fields: Mapping[str, Any], *, remat_policy: str, scan_layers: bool, dtype: Any) -> nn.Module:
+    """The module with `fields` (its size's fields already merged in) less `ignored_keys`, and the layer options
+    it takes."""
     kwargs = {k: v for k, v in fields.items() if k not in self.ignored_keys}
-    return self.module(**kwargs, **({"remat": remat} if self.remat else {}), dtype=dtype)
+    if self.remat:
+      kwargs["remat_policy"] = remat_policy
+    if self.scan:
+      kwargs["scan_layers"] = scan_layers
+    return self.module(**kwargs, dtype=dtype)
 
 
 IMAGE_KINDS: dict[str, TowerKind] = {
-    "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True),
+    "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True, scan=True),
     "resnet": TowerKind(ModifiedResNet, RESNET_SIZES, ignored_keys=("image_size", "activation"),
                         projection_bias=True),
     "efficientnet": TowerKind(EfficientNetLite, EFFICIENTNET_SIZES, ignored_keys=("image_size",)),
 }
 TEXT_KINDS: dict[str, TowerKind] = {
-    "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True),
+    "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True, scan=True),
     "bert": TowerKind(BertTextTower, BERT_SIZES, ignored_keys=("context_length",), remat=True),
 }
-_MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat", "init_logit_scale",
-               "init_logit_bias"}
+_MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat_policy", "scan_layers",
+               "init_logit_scale", "init_logit_bias"}
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
 _TEXT_KEYS = {"kind", "size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads",
               "mlp_dim", "max_positions", "pooling"}
@@ -106,27 +115,36 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
   _check_keys(resolved["image"], _IMAGE_KEYS, "model.image")
   _check_keys(resolved["text"], _TEXT_KEYS, "model.text")
   _lookup(DTYPES, resolved.get("dtype", "float32"), "model.dtype")
+  check_remat_policy(resolved.get("remat_policy", "none"))
+  if resolved.get("scan_layers", False):
+    for where, kinds, default in (("image", IMAGE_KINDS, "vit"), ("text", TEXT_KINDS, "transformer")):
+      name = resolved[where].get("kind", default)
+      kind = _lookup(kinds, name, f"model.{where}.kind")
+      if kind.remat and not kind.scan:
+        scannable = sorted(n for n, k in kinds.items() if k.scan)
+        raise ValueError(f"model.scan_layers=True: the {name!r} {where} tower (model.{where}.kind) has unrolled "
+                         f"layers only; {where} kinds that scan: {scannable}")
   return resolved
 
 
-def _tower(kinds: Mapping[str, TowerKind], fields: Mapping[str, Any], default_kind: str, where: str, *, remat: bool,
-           dtype: Any) -> tuple[nn.Module, TowerKind]:
+def _tower(kinds: Mapping[str, TowerKind], fields: Mapping[str, Any], default_kind: str, where: str, *,
+           layers: Mapping[str, Any], dtype: Any) -> tuple[nn.Module, TowerKind]:
   """The tower `fields` describe: `kind` (default `default_kind`) looked up in `kinds`, its named `size` with the
-  remaining fields merged over it."""
+  remaining fields merged over it; `layers` holds `remat_policy` and `scan_layers`."""
   fields = dict(fields)
   kind_name = fields.pop("kind", default_kind)
   kind = _lookup(kinds, kind_name, f"{where}.kind")
   size = _lookup(kind.sizes, fields.pop("size"), f"{where}.size")
-  return kind.build({**size, **fields}, remat=remat, dtype=dtype), kind
+  return kind.build({**size, **fields}, **layers, dtype=dtype), kind
 
 
 def build_model(config: Mapping[str, Any]) -> TwoTower:
   """The TwoTower described by `config` (see the module docstring)."""
   cfg = resolve_model_config(config)
   dtype = DTYPES[cfg.get("dtype", "float32")]
-  remat = bool(cfg.get("remat", False))
-  image_tower, image_kind = _tower(IMAGE_KINDS, cfg["image"], "vit", "model.image", remat=remat, dtype=dtype)
-  text_tower, _ = _tower(TEXT_KINDS, cfg["text"], "transformer", "model.text", remat=remat, dtype=dtype)
+  layers = {"remat_policy": cfg.get("remat_policy", "none"), "scan_layers": bool(cfg.get("scan_layers", False))}
+  image_tower, image_kind = _tower(IMAGE_KINDS, cfg["image"], "vit", "model.image", layers=layers, dtype=dtype)
+  text_tower, _ = _tower(TEXT_KINDS, cfg["text"], "transformer", "model.text", layers=layers, dtype=dtype)
   return TwoTower(
       image_tower=image_tower, text_tower=text_tower,
       embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lmstruct.choices import unknown_choice
+
 Dtype = jnp.dtype
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -273,19 +275,75 @@ class ResidualBlock(nn.Module):
         nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x))
 
 
+#: `model.remat_policy`: what a rematerialised block keeps from its forward pass for the backward pass. 'none' keeps
+#: everything (no rematerialisation); 'full' keeps only the block's input and recomputes the rest; 'dots_saveable'
+#: keeps the results of every matrix product and recomputes the element-wise work (norms, activations, softmax);
+#: 'dots_with_no_batch_dims_saveable' keeps only the products with the weights (not QKᵀ and AV, whose size grows with
+#: the sequence length squared).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_POLICY_NAMES = ("none", *REMAT_POLICIES)
+
+
+def check_remat_policy(name: str) -> None:
+  """Raises a ValueError naming the valid choices and the closest one unless `name` is in `REMAT_POLICY_NAMES`."""
+  if name not in REMAT_POLICY_NAMES:
+    raise unknown_choice("model.remat_policy", name, REMAT_POLICY_NAMES)
+
+
+def rematerialised(block: type[nn.Module], policy: str, prevent_cse: bool = True) -> type[nn.Module]:
+  """`block` itself for policy 'none', else `nn.remat(block)` saving what the named policy keeps (`REMAT_POLICIES`).
+
+  `prevent_cse` may be False inside a scan, where XLA cannot merge the recomputation with the forward pass.
+  """
+  check_remat_policy(policy)
+  if policy == "none":
+    return block
+  return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse)
+
+
+#: The name of the stacked blocks in the scanned layout (`scan_layers=True`): every parameter of block i of the
+#: unrolled layout (`block_<i>/…`) is row i of the parameter `blocks/…` with a leading layer axis.
+SCANNED_BLOCKS = "blocks"
+
+
+class _CarriedResidualBlock(ResidualBlock):
+  """ResidualBlock in `nn.scan`'s (carry, mask) → (carry, output) form: x is the carry, there is no per-layer output."""
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, None]:
+    return super().__call__(x, mask), None
+
+
 class Transformer(nn.Module):
-  """`layers` residual blocks initialised by `block_init`; with `remat`, each block's activations are recomputed in the
-  backward pass."""
+  """`layers` residual blocks initialised by `block_init`.
+
+  Unrolled (default), block i is the submodule `block_<i>`; with `scan_layers`, one block is scanned `layers` times
+  over parameters stacked on a leading layer axis (`blocks/…` [layers, …], see `lmstruct.models.layout`), so the
+  compiled program, and the compile time, does not grow with depth. Each layer draws its own initial parameters from
+  `block_init`, in both layouts. `remat_policy` names what each block keeps for the backward pass
+  (`REMAT_POLICIES`).
+  """
   layers: int
   heads: int
   activation: str = "gelu"
-  remat: bool = False
+  remat_policy: str = "none"
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+    if self.scan_layers:
+      block = rematerialised(_CarriedResidualBlock, self.remat_policy, prevent_cse=False)
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+                        length=self.layers)
+      x, _ = scanned(self.heads, self.activation, dtype=self.dtype, block_init=self.block_init,
+                     name=SCANNED_BLOCKS)(x, mask)
+      return x
+    block = rematerialised(ResidualBlock, self.remat_policy)
     for i in range(self.layers):
       x = block(self.heads, self.activation, dtype=self.dtype, block_init=self.block_init, name=f"block_{i}")(x, mask)
     return x

@@ -34,7 +34,8 @@ class TextTransformer(nn.Module):
   context_length: int = 77
   eot_token_id: int = 49407
   activation: str = "gelu"
-  remat: bool = False
+  remat_policy: str = "none"
+  scan_layers: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -47,7 +48,7 @@ class TextTransformer(nn.Module):
     pos = self.param("positional_embedding", nn.initializers.normal(0.01), (self.context_length, self.width))
     x = x + pos[:length].astype(self.dtype)
     causal = nn.make_causal_mask(jnp.ones(tokens.shape, jnp.bool_), dtype=jnp.bool_)
-    x = Transformer(self.layers, self.heads, self.activation, self.remat, self.dtype,
+    x = Transformer(self.layers, self.heads, self.activation, self.remat_policy, self.scan_layers, self.dtype,
                     block_init=clip_text_block_init(self.width, self.layers), name="transformer")(x, causal)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_final")(x)
     positions = end_of_text_positions(tokens, self.eot_token_id)

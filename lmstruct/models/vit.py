@@ -29,7 +29,8 @@ class VisionTransformer(nn.Module):
   heads: int
   patch: int
   activation: str = "gelu"
-  remat: bool = False
+  remat_policy: str = "none"
+  scan_layers: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -46,5 +47,6 @@ class VisionTransformer(nn.Module):
     pos = self.param("positional_embedding", nn.initializers.normal(scale), (x.shape[1], self.width))
     x = x + pos.astype(self.dtype)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_pre")(x)
-    x = Transformer(self.layers, self.heads, self.activation, self.remat, self.dtype, name="transformer")(x)
+    x = Transformer(self.layers, self.heads, self.activation, self.remat_policy, self.scan_layers, self.dtype,
+                    name="transformer")(x)
     return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_post")(x[:, 0])

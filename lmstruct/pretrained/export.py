@@ -22,6 +22,7 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lmstruct.models import layout
 from lmstruct.models.factory import build_model
 from lmstruct.pretrained.torch_reader import CheckpointError
 
@@ -71,11 +72,13 @@ def load_pretrained(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict
 def merge_pretrained(initial: Mapping[str, Any], pretrained: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
   """(`initial` with every variable that `pretrained` holds replaced by it, the paths kept from `initial`).
 
-  Both are nested dicts of the same layout (whole variable collections or just ``params``). A pretrained variable
-  the model lacks, or one of another shape, is an error naming its path; values take the initial leaf's dtype.
+  Both are nested dicts of the same collections (whole variable collections or just ``params``); the transformer
+  blocks of `pretrained` are first put in the layout of `initial`'s (unrolled ``block_<i>`` or scanned ``blocks``,
+  `lmstruct.models.layout`). A pretrained variable the model lacks, or one of another shape, is an error naming its
+  path; values take the initial leaf's dtype.
   """
   init_flat = flax.traverse_util.flatten_dict(dict(initial), sep="/")
-  pre_flat = flax.traverse_util.flatten_dict(dict(pretrained), sep="/")
+  pre_flat = flax.traverse_util.flatten_dict(layout.matching_layout(dict(pretrained), initial), sep="/")
   unknown = sorted(set(pre_flat) - set(init_flat))
   if unknown:
     raise CheckpointError(f"pretrained variables the model does not have: {unknown[:12]}"
@@ -95,14 +98,15 @@ def merge_pretrained(initial: Mapping[str, Any], pretrained: Mapping[str, Any]) 
 
 
 def _architecture(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """The fields of a model config's towers and heads that weights depend on (not dtype or remat)."""
+  """The fields of a model config's towers and heads that weights depend on (not dtype, the remat policy or the
+  parameter layout, which `merge_pretrained` converts)."""
   model = build_model(model_config)
   fields = {"embed_dim": model.embed_dim, "image_projection_bias": model.image_projection_bias}
   for tower in ("image_tower", "text_tower"):
     module = getattr(model, tower)
     fields[f"{tower}.kind"] = type(module).__name__
     fields.update({f"{tower}.{f.name}": getattr(module, f.name) for f in dataclasses.fields(module)
-                   if f.name not in ("parent", "name", "dtype", "remat")})
+                   if f.name not in ("parent", "name", "dtype", "remat_policy", "scan_layers")})
   return fields
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lmstruct.models import layout
 from lmstruct.models.factory import PRESETS, build_model, input_shapes, resolve_model_config
 from lmstruct.pretrained.export import check_output_dir, save_pretrained
 from lmstruct.pretrained.mapping import (KeyMap, Rule, batch_norm, convert_state_dict, convolution, dense, layer_norm,
@@ -111,13 +112,18 @@ def expected_variables(model_config: Mapping[str, Any]) -> Any:
 def convert_openclip(state_dict: Mapping[str, Any], model_config: Mapping[str, Any],
                      source: str = "checkpoint") -> dict[str, Any]:
   """lmstruct variables (``{'params': …, 'batch_stats': …}``, float32) of a CLIP state dict for the model
-  `model_config` describes; independent heads, and ``logit_bias`` when the checkpoint lacks it, are left out."""
+  `model_config` describes; independent heads, and ``logit_bias`` when the checkpoint lacks it, are left out.
+
+  The key map names one torch block per ``block_<i>``; for a model with ``scan_layers`` the converted blocks are
+  stacked into its scanned layout (`lmstruct.models.layout.to_scanned`)."""
   resolved = resolve_model_config(model_config)
   if not is_clip_layout(resolved):
     raise CheckpointError(f"{source}: a CLIP checkpoint cannot fill a model with a {resolved['image']['kind']!r} "
                           f"image tower and a {resolved['text'].get('kind', CLIP_TEXT_KIND)!r} text tower; CLIP "
                           f"presets: {clip_presets()}")
-  return convert_state_dict(state_dict, expected_variables(model_config), KEYMAPS[resolved["image"]["kind"]], source)
+  unrolled = {**dict(model_config), "scan_layers": False}
+  variables = convert_state_dict(state_dict, expected_variables(unrolled), KEYMAPS[resolved["image"]["kind"]], source)
+  return layout.to_scanned(variables) if resolved.get("scan_layers", False) else variables
 
 
 def model_config_for(model: str, activation: str) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Each checkpoint holds three items: `state` (the TrainState: step, parameters, batch statistics, optimizer state,
 RNG key data; saved asynchronously), `data` (the input pipeline's iterator state, JSON) and `config` (JSON).
 The last `keep` checkpoints are kept, plus the best one by `best_metric` when given. Restoring reshards onto
-whatever mesh the restoring run uses, and a checkpoint of another architecture is refused with the name of the
-first parameter that differs. The directory may be local or a `gs://` URL (orbax writes arrays there through
-tensorstore's GCS driver and everything else through etils epath).
+whatever mesh the restoring run uses and into either transformer-block layout (unrolled or scanned), and a
+checkpoint of another architecture is refused with the name of the first parameter that differs. The directory may
+be local or a `gs://` URL (orbax writes arrays there through tensorstore's GCS driver and everything else through
+etils epath).
 """
 import os
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from lmstruct import paths
+from lmstruct.models import layout
 from lmstruct.train.sharding import path_string
 from lmstruct.train.state import TrainState
 
@@ -81,11 +83,23 @@ def check_compatible(saved: Any, target: Any) -> None:
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
             shardings: TrainState) -> tuple[TrainState, dict[str, Any]]:
-  """(state, data-iterator state) of checkpoint `step`, laid out with `shardings` (any mesh)."""
+  """(state, data-iterator state) of checkpoint `step`, laid out with `shardings` (any mesh).
+
+  A checkpoint written with the other transformer-block layout (unrolled ``block_<i>`` or scanned ``blocks``,
+  `model.scan_layers`) is restored in its own layout, with each block's sharding derived from the target's, and
+  converted on device into the target's (`lmstruct.models.layout`).
+  """
   saved = manager.item_metadata(step)["state"].tree
-  check_compatible(saved["params"], abstract_state.params)
+  saved_scanned, target_scanned = layout.is_scanned(saved["params"]), layout.is_scanned(abstract_state.params)
   target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                         abstract_state, shardings)
+  if saved_scanned != target_scanned:
+    target = layout.to_scanned(target) if saved_scanned else layout.to_unrolled(target)
+  check_compatible(saved["params"], target.params)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                            data=ocp.args.JsonRestore()))
-  return restored["state"], dict(restored["data"])
+  state = restored["state"]
+  if saved_scanned != target_scanned:
+    convert = layout.to_scanned if target_scanned else layout.to_unrolled
+    state = jax.jit(convert, out_shardings=shardings, donate_argnums=0)(state)
+  return state, dict(restored["data"])

@@ -63,9 +63,8 @@ class StopRequest:
       signal.signal(sig, handler)
 
 
-
-
-def _resolved_optimizer(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def resolved_optimizer(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The optimizer section as `make_optimizer` takes it: `total_steps` 0 means `train.steps`; `trainable` a list."""
   optimizer = config.optimizer.to_dict()
   optimizer["total_steps"] = optimizer["total_steps"] or config.train.steps
   optimizer["trainable"] = list(optimizer.get("trainable") or [])
@@ -177,6 +176,17 @@ def checkpoint_due(step: int, cfg: ml_collections.ConfigDict, stopping: bool) ->
   return step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
 
 
+def training_update(config: ml_collections.ConfigDict, *, model: Any, tx: Any, mesh: Any, shardings: Any,
+                    data_axes: Sequence[str]):
+  """The jitted update that a run of `config` trains with: `make_train_step` with the config's objective,
+  learning-rate schedule, accumulation steps and trainable patterns. `lmstruct plan` compiles this same update."""
+  optimizer = resolved_optimizer(config)
+  return make_train_step(model, tx, objective=ObjectiveConfig.from_dict(config.objective), mesh=mesh,
+                         state_shardings=shardings, learning_rate=learning_rate_schedule(optimizer),
+                         data_axes=data_axes, accumulation_steps=config.train.accumulation_steps,
+                         trainable=optimizer["trainable"])
+
+
 class Trainer:
   """Everything one run needs, built once from the config."""
 
@@ -189,7 +199,7 @@ class Trainer:
     self.model_config = config.model.to_dict()
     self.model = build_model(self.model_config)
     self.objective = ObjectiveConfig.from_dict(config.objective)
-    self.optimizer_config = _resolved_optimizer(config)
+    self.optimizer_config = resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.image_shape, self.context_length = input_shapes(self.model_config)
     tokenizer_args = {"path": config.data.tokenizer_path} if config.data.tokenizer_path else {}
@@ -274,11 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = make_train_step(trainer.model, trainer.tx, objective=trainer.objective, mesh=trainer.mesh,
-                            state_shardings=trainer.shardings,
-                            learning_rate=learning_rate_schedule(trainer.optimizer_config),
-                            data_axes=trainer.data_axes, accumulation_steps=cfg.accumulation_steps,
-                            trainable=trainer.optimizer_config["trainable"])
+  step_fn = training_update(config, model=trainer.model, tx=trainer.tx, mesh=trainer.mesh,
+                            shardings=trainer.shardings, data_axes=trainer.data_axes)
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
   log = TrainingLog(writer, progress, cfg.log_every, cfg.steps)

@@ -3,7 +3,10 @@ the AdamW update and the metrics, sharded over a mesh.
 
 The batch is a global array sharded on its leading axis over the data axes, and the losses see the whole global
 batch: the B×B similarity terms take their negatives from every device (GSPMD inserts the collectives; the ring
-objective in lmstruct.losses.ring does it without materialising B×B).
+objective in lmstruct.losses.ring does it without materialising B×B). Each device encodes the two views of its own
+examples (`interleave_views`): the only collectives of a data-parallel update are the gradient reductions and the
+objective's. With gradient accumulation the objective and its gradient are still those of the whole batch
+(`batch_gradients`: feature caching).
 """
 import functools
 import math
@@ -18,7 +21,7 @@ from jax.sharding import Mesh
 
 from lmstruct.losses.objective import ObjectiveConfig, compute_objective
 from lmstruct.losses.ring import compute_objective_ring
-from lmstruct.losses.term import Features
+from lmstruct.losses.term import Features, feature_fields
 from lmstruct.models.two_tower import MAX_LOGIT_SCALE
 from lmstruct.train.optimizer import trainable_labels
 from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings
@@ -27,10 +30,10 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
-                     context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
-                     data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
-  """(state, state shardings): parameters initialised directly into their sharded layout."""
+def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
+                            context_length: int) -> Callable[[jax.Array], TrainState]:
+  """rng ↦ the initial TrainState: the model's variables from a one-example input, the optimizer state, a step
+  counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes without allocating them."""
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32),
@@ -38,7 +41,14 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, imag
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
+  return init
 
+
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
+                     context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
+                     data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
+  """(state, state shardings): parameters initialised directly into their sharded layout."""
+  init = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
   key = jax.random.key(seed)
   shardings = tree_shardings(jax.eval_shape(init, key), mesh, rules, data_axes)
   return jax.jit(init, out_shardings=shardings)(key), shardings
@@ -53,23 +63,47 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def features_from_outputs(outputs: Mapping[str, jax.Array], batch_size: int, with_augmented: bool) -> Features:
-  """Splits the towers' outputs on [original; augmented] rows into the Features the objective reads."""
-  def split(key: str) -> tuple[jax.Array | None, jax.Array | None]:
-    if key not in outputs:
-      return None, None
-    value = outputs[key]
-    return (value[:batch_size], value[batch_size:]) if with_augmented else (value, None)
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding both views: every device keeps its own examples.
 
-  zv, zv_aug = split("zv")
-  zt, zt_aug = split("zt")
-  zv_ind, zv_ind_aug = split("zv_ind")
-  zt_ind, zt_ind_aug = split("zt_ind")
-  return Features(zv=zv, zt=zt, zv_aug=zv_aug, zt_aug=zt_aug, zv_ind=zv_ind, zt_ind=zt_ind, zv_ind_aug=zv_ind_aug,
-                  zt_ind_aug=zt_ind_aug, logit_scale=outputs["logit_scale"], logit_bias=outputs["logit_bias"])
+#: The towers' outputs in the objective's terms, as a dict (a pytree): the fields of `Features` that are present.
+Views = dict[str, jax.Array]
+_PER_EXAMPLE_OUTPUTS = ("zv", "zt", "zv_ind", "zt_ind")
+_SCALAR_OUTPUTS = ("logit_scale", "logit_bias")
+
+
+def interleave_views(original: jax.Array, augmented: jax.Array) -> jax.Array:
+  """[B, …] twice → [2B, …] with rows (x₀, x₀′, x₁, x₁′, …): example j's two views are rows 2j and 2j + 1.
+
+  Stacking on a new axis after the batch axis and merging the two keeps each example on the device that holds it
+  (the batch axis is the major one of the merge), so the towers run once on both views without moving any image
+  between devices; concatenating [x; x′] on the sharded batch axis instead makes XLA exchange half of every
+  device's rows (all-to-all).
+  """
+  return jnp.stack([original, augmented], axis=1).reshape(2 * original.shape[0], *original.shape[1:])
+
+
+def split_views(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The inverse of `interleave_views`: [2B, …] → (rows 0, 2, 4, …; rows 1, 3, 5, …), each [B, …], on the devices
+  that hold them."""
+  pairs = rows.reshape(rows.shape[0] // 2, 2, *rows.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
+
+
+def views_from_outputs(outputs: Mapping[str, jax.Array], with_augmented: bool) -> Views:
+  """The towers' outputs on interleaved rows (`interleave_views`) as the Features fields the objective reads."""
+  views = {key: outputs[key] for key in _SCALAR_OUTPUTS}
+  for key in _PER_EXAMPLE_OUTPUTS:
+    if key in outputs:
+      if with_augmented:
+        views[key], views[f"{key}_aug"] = split_views(outputs[key])
+      else:
+        views[key] = outputs[key]
+  return views
 
 
 ObjectiveFn = Callable[[Features, ObjectiveConfig, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+Encoder = Callable[[Any, Any, Batch], tuple[Views, Any]]
 
 
 def objective_function(objective: ObjectiveConfig, mesh: Mesh, data_axes: Sequence[str]) -> ObjectiveFn:
@@ -89,24 +123,21 @@ def stop_frozen_gradients(params: Any, trainable: Sequence[str]) -> Any:
   return jax.tree.map(lambda p, label: p if label == "train" else jax.lax.stop_gradient(p), params, labels)
 
 
-def make_loss_fn(model: nn.Module, objective: ObjectiveConfig | Mapping[str, Any], *,
-                 objective_fn: ObjectiveFn = compute_objective, trainable: Sequence[str] = ()) -> Callable:
-  """loss(params, batch_stats, batch, rng) → (L, (metrics, new batch_stats)).
+def make_encoder(model: nn.Module, with_augmented: bool, trainable: Sequence[str] = ()) -> Encoder:
+  """encode(params, batch_stats, batch) → (views, new batch_stats): both towers on the batch's rows in training
+  mode, the original and augmented views interleaved (`interleave_views`) so each tower runs once on [2B] rows.
 
-  Original and augmented views are concatenated on the batch axis (when an active term reads the augmented view),
-  so each tower runs once on [2B] inputs. With `trainable` patterns, the other parameters are treated as constants
-  (`stop_frozen_gradients`).
+  With `trainable` patterns, the other parameters are treated as constants (`stop_frozen_gradients`). Batch norm
+  (the ResNet tower) normalises with the statistics of the rows it is given and returns its updated running
+  averages.
   """
-  objective = ObjectiveConfig.from_dict(objective)
-  with_augmented = objective.needs_augmented_view
-
-  def loss_fn(params, batch_stats, batch: Batch, rng: jax.Array):
+  def encode(params: Any, batch_stats: Any, batch: Batch) -> tuple[Views, Any]:
     if trainable:
       params = stop_frozen_gradients(params, trainable)
     images, texts = batch["image"], batch["text"]
     if with_augmented:
-      images = jnp.concatenate([images, batch["image_aug"]], axis=0)
-      texts = jnp.concatenate([texts, batch["text_aug"]], axis=0)
+      images = interleave_views(images, batch["image_aug"])
+      texts = interleave_views(texts, batch["text_aug"])
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
@@ -114,51 +145,99 @@ def make_loss_fn(model: nn.Module, objective: ObjectiveConfig | Mapping[str, Any
       batch_stats = updates["batch_stats"]
     else:
       outputs = model.apply(variables, images, texts, train=True)
-    features = features_from_outputs(outputs, batch["image"].shape[0], with_augmented)
-    total, metrics = objective_fn(features, objective, rng)
-    metrics["logit_scale"] = outputs["logit_scale"]
-    return total, (metrics, batch_stats)
+    return views_from_outputs(outputs, with_augmented), batch_stats
 
-  return loss_fn
+  return encode
 
+
+def make_views_objective(objective_config: ObjectiveConfig,
+                         objective_fn: ObjectiveFn = compute_objective) -> Callable:
+  """objective(views, rng) → (L, metrics): the objective on the views, with the logit scale among the metrics."""
+  def objective(views: Views, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    total, metrics = objective_fn(Features(**views), objective_config, rng)
+    return total, {**metrics, "logit_scale": views["logit_scale"]}
+  return objective
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients of the whole batch, in one pass or accumulated over micro-batches.
 
 def split_micro_batches(batch: Batch, count: int, sharding: jax.sharding.NamedSharding) -> Batch:
   """[B, ...] → [count, B/count, ...] where micro-batch m holds rows m, m + count, m + 2·count, …
 
-  Strided rather than contiguous, so that every micro-batch keeps rows on every device of the data axes.
+  Strided rather than contiguous, so that every micro-batch keeps rows on every device of the data axes: the
+  reshape [B] → [B/count, count] splits the sharded batch axis into a sharded major axis and a local minor one.
   """
+  axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+  devices = math.prod(sharding.mesh.shape[axis] for axis in axes)
+
   def split(x: jax.Array) -> jax.Array:
     if x.shape[0] % count:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by accumulation_steps={count}")
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by train.accumulation_steps={count}")
+    if (x.shape[0] // count) % devices:
+      raise ValueError(f"micro-batches of {x.shape[0] // count} rows (batch {x.shape[0]} / "
+                       f"train.accumulation_steps={count}) do not divide over the {devices} devices of the data axes")
     micro = jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
     spec = jax.sharding.PartitionSpec(None, *sharding.spec)
     return jax.lax.with_sharding_constraint(micro, jax.sharding.NamedSharding(sharding.mesh, spec))
   return {k: split(v) for k, v in batch.items()}
 
 
-def accumulated_gradients(loss_fn: Callable, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
-                          count: int, sharding: jax.sharding.NamedSharding):
-  """Mean gradient and mean metrics over `count` micro-batches (a `lax.scan`); batch statistics are threaded.
+def merge_micro_batches(stacked: Views, sharding: jax.sharding.NamedSharding) -> Views:
+  """The inverse of `split_micro_batches` for the views: [count, B/count, …] → [B, …] in the batch's row order
+  (row i·count + m is row i of micro-batch m), sharded like the batch. The scalars [count], the same in every
+  micro-batch, become their mean, so the gradient of each micro-batch's copy is 1/count of the scalar's."""
+  def merge(key: str, x: jax.Array) -> jax.Array:
+    if key in _SCALAR_OUTPUTS:
+      return jnp.mean(x, axis=0)
+    merged = jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return jax.lax.with_sharding_constraint(merged, sharding)
+  return {key: merge(key, x) for key, x in stacked.items()}
 
-  The contrastive negatives of each micro-batch are only that micro-batch's examples: accumulation saves memory
-  but is not the same objective as one step on the whole batch.
+
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def batch_gradients(encode: Encoder, objective: Callable, params: Any, batch_stats: Any, batch: Batch,
+                    rng: jax.Array, count: int, sharding: jax.sharding.NamedSharding) -> tuple[Any, dict, Any]:
+  """(∂L/∂θ, metrics, new batch_stats) of L(θ) = objective(encode(θ, batch)) over the whole global batch.
+
+  count = 1: one `value_and_grad` through towers and objective. count = k > 1, feature caching (Gao et al.
+  2021, GradCache), which holds the towers' activations of one micro-batch at a time:
+    1. V_m = encode(θ, micro-batch m) for m = 1 … k, without gradient (`lax.map`), and V = merge(V_1 … V_k);
+    2. (L, metrics) = objective(V) and G_m = ∂L/∂V_m, over the global batch: every term's negatives are global;
+    3. ∂L/∂θ = Σ_m (∂V_m/∂θ)ᵀ G_m, one VJP of the re-encoded micro-batch m at a time (`lax.scan`).
+  L depends on θ only through V (the logit scale and bias are among the views), so 3 is the chain rule and the
+  loss and gradient are those of the count = 1 step, up to float summation order.
+
+  Batch norm is where micro-batches differ from one pass: each micro-batch is normalised with its own statistics
+  (B/k rows; "ghost" batch norm), in steps 1 and 3 alike, so the result is the exact gradient of the global
+  objective of features computed that way, not of features normalised over all B rows (which would need every
+  micro-batch's activations at once). The running averages take one update with the micro-batches' mean statistics:
+  r ← μ·r + (1 − μ)·mean_m(s_m), whose means equal the global batch's and whose variances are the mean
+  within-micro-batch variance.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if count == 1:
-    (_, (metrics, batch_stats)), grads = grad_fn(params, batch_stats, batch, rng)
-    return grads, metrics, batch_stats
+    def loss(params):
+      views, new_stats = encode(params, batch_stats, batch)
+      total, metrics = objective(views, rng)
+      return total, (metrics, new_stats)
+    (_, (metrics, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return grads, metrics, new_stats
 
-  def body(carry, micro_batch_and_index):
-    grads_sum, stats = carry
-    micro_batch, index = micro_batch_and_index
-    (_, (metrics, stats)), grads = grad_fn(params, stats, micro_batch, jax.random.fold_in(rng, index))
-    return (jax.tree.map(jnp.add, grads_sum, grads), stats), metrics
+  micro_batches = split_micro_batches(batch, count, sharding)
+  stacked_views, stacked_stats = jax.lax.map(lambda micro: encode(params, batch_stats, micro), micro_batches)
+  (_, metrics), view_grads = jax.value_and_grad(
+      lambda views: objective(merge_micro_batches(views, sharding), rng), has_aux=True)(stacked_views)
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  (grads, batch_stats), metrics = jax.lax.scan(
-      body, (zeros, batch_stats), (split_micro_batches(batch, count, sharding), jnp.arange(count)))
-  return (jax.tree.map(lambda g: g / count, grads), jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics),
-          batch_stats)
+  def backward(grads, micro_and_cotangent):
+    micro, cotangent = micro_and_cotangent
+    _, vjp = jax.vjp(lambda p: encode(p, batch_stats, micro)[0], params)
+    return _add(grads, vjp(cotangent)[0]), None
+
+  grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, params), (micro_batches, view_grads))
+  return grads, metrics, jax.tree.map(lambda stats: jnp.mean(stats, axis=0), stacked_stats)
 
 
 def _is_schedule_count(path: tuple[Any, ...], value: Any) -> bool:
@@ -189,22 +268,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   shows it; the schedule follows applied updates, so each rejection delays the rest of it by one step. (Counting
   the step instead would have the log run ahead of the applied rate after the first rejection.)
 
-  With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
-  `accumulated_gradients`). `trainable` is the optimizer's pattern list: locked parameters get no gradient
-  computation at all.
+  With `accumulation_steps` = k > 1 the towers hold the activations of B/k examples at a time and the loss and
+  gradient are still those of the whole batch (`batch_gradients`). `trainable` is the optimizer's pattern list:
+  locked parameters get no gradient computation at all.
   """
   objective = ObjectiveConfig.from_dict(objective)
   if learning_rate is not None and schedule_count(state_shardings.opt_state) is None:
     raise ValueError("make_train_step: learning_rate is given but the optimizer state has no schedule count "
                      "(optax ScaleByScheduleState); pass the schedule the optimizer was built with")
-  loss_fn = make_loss_fn(model, objective, objective_fn=objective_function(objective, mesh, data_axes),
-                         trainable=trainable)
+  encode = make_encoder(model, objective.needs_augmented_view, trainable)
+  views_objective = make_views_objective(objective, objective_function(objective, mesh, data_axes))
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, metrics, batch_stats = accumulated_gradients(loss_fn, state.params, state.batch_stats, batch, rng,
-                                                        accumulation_steps, data_sharding)
+    grads, metrics, batch_stats = batch_gradients(encode, views_objective, state.params, state.batch_stats, batch, rng,
+                                                  accumulation_steps, data_sharding)
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
 
     # The update is applied under lax.cond rather than computed and then selected element by element: XLA can then

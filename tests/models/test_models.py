@@ -102,7 +102,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
 def test_remat_changes_neither_outputs_nor_gradients():
   (h, w, c), length = input_shapes({"preset": "test"})
   images, texts = jax.random.normal(jax.random.key(3), (2, h, w, c)), tokens(2, length, [3, 4])
-  plain, remat = build_model({"preset": "test"}), build_model({"preset": "test", "remat": True})
+  plain, remat = build_model({"preset": "test"}), build_model({"preset": "test", "remat_policy": "full"})
   variables = jax.jit(plain.init)(jax.random.key(0), images, texts)
 
   def loss(model, params):
@@ -122,6 +122,13 @@ def test_unknown_config_keys_and_values_are_named():
     build_model({"preset": "ViT-X"})
   with pytest.raises(ValueError, match=r"model\.image\.patches"):
     build_model({"preset": "test", "image": {"patches": 4}})
+  with pytest.raises(ValueError, match=r"unknown model\.remat_policy 'dots_savable' "
+                                       r"\(did you mean 'dots_saveable'\?\); valid choices: "
+                                       r"\['dots_saveable', 'dots_with_no_batch_dims_saveable', 'full', 'none'\]"):
+    build_model({"preset": "test", "remat_policy": "dots_savable"})
+  with pytest.raises(ValueError, match=r"model\.scan_layers=True: the 'bert' text tower \(model\.text\.kind\) has "
+                                       r"unrolled layers only; text kinds that scan: \['transformer'\]"):
+    build_model({"preset": "LiT-EfficientNetLite0-MiniLM", "scan_layers": True})
   with pytest.raises(ValueError, match=r"unknown activation 'relu6'"):
     m = build_model({"preset": "test", "text": {"activation": "relu6"}})
     m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16), jnp.int32))
@@ -134,17 +141,22 @@ def test_unknown_config_keys_and_values_are_named():
 
 def test_every_tower_kind_is_built_from_its_registry_entry():
   """Each image kind becomes its module (a bias on the image projection only for CLIP's ResNet); BERT drops the
-  context length, which the CLIP text transformer keeps; both text towers take remat."""
+  context length, which the CLIP text transformer keeps; the transformer towers take the remat policy, and those
+  that can scan their blocks take `scan_layers` (a ResNet image tower, without blocks, beside a scanned text
+  tower)."""
   image = {"vit": {"size": "test"}, "resnet": {"size": "test"}, "efficientnet": {"size": "lite0"}}
   modules = {"vit": "VisionTransformer", "resnet": "ModifiedResNet", "efficientnet": "EfficientNetLite"}
   for kind, fields in image.items():
-    model = build_model({"preset": "test", "image": {"kind": kind, **fields}, "remat": True})
+    model = build_model({"preset": "test", "image": {"kind": kind, **fields}, "remat_policy": "full",
+                         "scan_layers": True})
     assert type(model.image_tower).__name__ == modules[kind]
     assert model.image_projection_bias == (kind == "resnet")
-  bert = build_model({"preset": "test", "text": {"kind": "bert", "size": "MiniLM-L6"}, "remat": True})
-  assert type(bert.text_tower).__name__ == "BertTextTower" and bert.text_tower.remat
-  clip_text = build_model({"preset": "test", "remat": True}).text_tower
-  assert type(clip_text).__name__ == "TextTransformer" and clip_text.remat and clip_text.context_length == 16
+    assert getattr(model.image_tower, "scan_layers", None) == (True if kind == "vit" else None)
+  bert = build_model({"preset": "test", "text": {"kind": "bert", "size": "MiniLM-L6"}, "remat_policy": "full"})
+  assert type(bert.text_tower).__name__ == "BertTextTower" and bert.text_tower.remat_policy == "full"
+  clip_text = build_model({"preset": "test", "remat_policy": "dots_saveable", "scan_layers": True}).text_tower
+  assert type(clip_text).__name__ == "TextTransformer" and clip_text.context_length == 16
+  assert clip_text.remat_policy == "dots_saveable" and clip_text.scan_layers
 
 
 @pytest.mark.parametrize("preset,params_millions", [("RN50", 102.01), ("ViT-B-32", 151.28), ("ViT-L-14", 427.62)])

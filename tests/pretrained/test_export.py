@@ -53,7 +53,7 @@ def test_load_rejects_other_directories(tmp_path):
 
 def test_check_architecture_compares_built_towers_not_spelling():
   check_architecture({"preset": "ViT-B-32", "image": {"activation": "gelu"}},
-                     {"preset": "ViT-B-32", "dtype": "bfloat16", "remat": True})
+                     {"preset": "ViT-B-32", "dtype": "bfloat16", "remat_policy": "full", "scan_layers": True})
   with pytest.raises(CheckpointError, match="model text_tower.activation is 'quick_gelu' in the pretrained model but "
                                             "'gelu' in the run's config"):
     check_architecture({"preset": "ViT-B-32", "text": {"activation": "quick_gelu"}}, {"preset": "ViT-B-32"})

@@ -11,6 +11,7 @@ import pytest
 
 from lmstruct.data.tokenize import get_tokenizer
 from lmstruct.models import build_model
+from lmstruct.models.layout import is_scanned
 from lmstruct.pretrained import openclip
 from lmstruct.pretrained.export import load_pretrained, merge_pretrained
 from lmstruct.pretrained.mapping import flatten
@@ -59,22 +60,28 @@ def test_fixture_tokens_are_lmstruct_clip_tokenizer_ids():
   np.testing.assert_array_equal(small_vocab(raw), GOLDEN["tokens"])
 
 
+LAYOUTS = {"unrolled": {}, "scanned": {"scan_layers": True}}
+
+
+@pytest.mark.parametrize("params_layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("case", sorted(META["cases"]))
-def test_converted_weights_reproduce_open_clip(case):
+def test_converted_weights_reproduce_open_clip(case, params_layout):
   spec = META["cases"][case]
-  config = spec["lmstruct_model"]
+  config = {**spec["lmstruct_model"], **LAYOUTS[params_layout]}
   converted = openclip.convert_openclip(read_state_dict(FIXTURES / spec["file"]), config, spec["file"])
+  assert is_scanned(converted) == (params_layout == "scanned")
   variables, fresh = merge_pretrained(initial_variables(config), converted)
   assert {p for p in fresh if "_ind/" not in p} == {"params/logit_bias"}
   assert all("_projection_ind/" in p for p in fresh if p != "params/logit_bias")
   assert_matches_golden(run_model(config, variables, GOLDEN[f"{case}/images"], GOLDEN["tokens"]), case)
 
 
+@pytest.mark.parametrize("params_layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("preset", ["RN50", "ViT-B-32", "ViT-B-16", "ViT-L-14"])
-def test_real_size_open_clip_layouts_map_onto_presets(preset):
+def test_real_size_open_clip_layouts_map_onto_presets(preset, params_layout):
   shapes = json.loads((FIXTURES / "openclip_preset_shapes.json").read_text())[preset]
   state_dict = {k: jax.ShapeDtypeStruct(tuple(v), jnp.float16) for k, v in shapes.items()}
-  config = openclip.model_config_for(preset, "quick_gelu")
+  config = {**openclip.model_config_for(preset, "quick_gelu"), **LAYOUTS[params_layout]}
   converted = jax.eval_shape(lambda sd: openclip.convert_openclip(sd, config, preset), state_dict)
   expected = flatten(openclip.expected_variables(config))
   got = flatten(converted)
@@ -181,7 +188,8 @@ def test_unsupported_architecture_names_the_valid_ones(tmp_path, capsys):
   assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_training_starts_from_a_converted_checkpoint(tmp_path):
+@pytest.mark.parametrize("params_layout", sorted(LAYOUTS))
+def test_training_starts_from_a_converted_checkpoint(tmp_path, params_layout):
   from lmstruct.config import base_config
   from lmstruct.train.loop import Trainer
   checkpoint = tmp_path / "vit.safetensors"
@@ -193,12 +201,18 @@ def test_training_starts_from_a_converted_checkpoint(tmp_path):
   assert openclip.main(["--checkpoint", str(checkpoint), "--model", "test", "--out", str(tmp_path / "conv")]) == 0
   model_config, pretrained = load_pretrained(tmp_path / "conv")
   config = base_config()
-  config.model = model_config
+  config.model = {**model_config, **LAYOUTS[params_layout]}
   config.init.pretrained = str(tmp_path / "conv")
   config.mesh.shape = {"data": 1}
   params = jax.device_get(Trainer(config, tmp_path / "run").state.params)
   np.testing.assert_array_equal(params["image_tower"]["patch_embed"]["kernel"],
                                 pretrained["params"]["image_tower"]["patch_embed"]["kernel"])
   np.testing.assert_array_equal(params["text_projection"]["kernel"], pretrained["params"]["text_projection"]["kernel"])
+  blocks = params["image_tower"]["transformer"]
+  for i in range(2):  # the converted directory holds unrolled blocks; the run's model may scan them
+    block = blocks["blocks"]["attn"]["qkv"]["kernel"][i] if params_layout == "scanned" else (
+        blocks[f"block_{i}"]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(
+        block, pretrained["params"]["image_tower"]["transformer"][f"block_{i}"]["attn"]["qkv"]["kernel"])
   assert "image_projection_ind" not in pretrained["params"]
   assert np.abs(params["image_projection_ind"]["kernel"]).sum() > 0  # the independent head keeps its random init

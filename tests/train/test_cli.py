@@ -88,10 +88,11 @@ def test_train_checkpoint_eval_and_a_finished_run_is_left_alone(data_dir, tmp_pa
 
 def test_help_lists_the_commands_and_each_command_its_own_flags(capsys, restore_logging):
   status, out, _ = run_main(capsys, "--help")
-  assert status == 0 and all(f"    {command} " in out for command in ("train", "eval", "convert"))
+  assert status == 0 and all(f"    {command} " in out for command in ("train", "eval", "convert", "plan"))
   for command, flags in {"train": ["--config", "--workdir", "--debug", "--distributed", "--config.KEY=VALUE"],
                          "eval": ["--config", "--workdir", "--step", "--debug"],
-                         "convert": ["CONVERTER", "data", "openclip"]}.items():
+                         "convert": ["CONVERTER", "data", "openclip"],
+                         "plan": ["--config", "--devices", "--json", "--debug", "--config.KEY=VALUE"]}.items():
     status, out, _ = run_main(capsys, command, "--help")
     assert status == 0 and out.startswith(f"usage: lmstruct {command} ")
     assert all(flag in out for flag in flags), (command, out)
@@ -117,7 +118,9 @@ USER_ERRORS = {
         "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
         "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
         "--config.KEY=VALUE",
-    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'train']",
+    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'plan', 'train']",
+    ("plan", f"--config={CONFIG}", "--devices=0"): "lmstruct plan: --devices must be at least 1, got 0",
+    ("plan", f"--config={CONFIG}"): "lmstruct plan: the following arguments are required: --devices",
     ("convert", "dta"): "lmstruct convert: argument CONVERTER: unknown converter 'dta' (did you mean 'data'?); "
                         "valid choices: ['data', 'openclip']",
     ("eval", "--workdir=never-trained"): "--config is required: never-trained/config.json does not exist",

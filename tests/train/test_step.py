@@ -238,23 +238,3 @@ def test_trainable_patterns_freeze_everything_else():
   assert max_abs_difference(after["text_tower"], before["text_tower"]) == 0.0
   assert max_abs_difference(after["image_projection"], before["image_projection"]) > 1e-4
   assert max_abs_difference(after["text_projection_ind"], before["text_projection_ind"]) > 1e-4
-
-
-def test_accumulated_gradient_is_the_mean_over_strided_micro_batches():
-  from lmstruct.train.step import accumulated_gradients, make_loss_fn
-  model = build_model(MODEL)
-  shape, length = input_shapes(MODEL)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1, length), jnp.int32))["params"]
-  batch = make_batch(8, seed=4)
-  mesh = make_mesh()
-  loss_fn = make_loss_fn(model, {"base": "clip", "weights": {}})
-  rng = jax.random.key(1)
-  grads, metrics, _ = jax.jit(lambda p, b: accumulated_gradients(loss_fn, p, {}, b, rng, 2, batch_sharding(mesh)))(
-      params, jax.device_put(batch, batch_sharding(mesh)))
-  halves = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]
-  separate = [jax.jit(jax.grad(lambda p, b: loss_fn(p, {}, b, rng)[0]))(params, h) for h in halves]
-  expected = jax.tree.map(lambda a, b: (a + b) / 2, *separate)
-  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
-  losses = [float(loss_fn(params, {}, h, rng)[0]) for h in halves]
-  assert float(metrics["loss/total"]) == pytest.approx(np.mean(losses), rel=1e-5)
