@@ -10,6 +10,8 @@ wrong type (naming the key and the expected type). Open-ended sections are valid
 """
 import ast
 import difflib
+import importlib.util
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +39,21 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     default = defaults[key]
     result[key] = type(default)(parsed) if default is not None and not isinstance(parsed, type(default)) else parsed
   return result
+
+
+def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config of `path[:arg]`: the file's `get_config(arg)` (`get_config()` without an argument), as the CLI's
+  `--config` flag loads it."""
+  spec = os.fspath(spec)
+  path, arg = spec, None
+  if ":" in spec and not os.path.exists(spec):
+    path, arg = spec.rsplit(":", 1)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location(f"lmstruct_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:
