@@ -4,6 +4,7 @@
     lmstruct eval    --workdir runs/default [--config FILE[:ARGS]] [--step 300]
     lmstruct convert data FORMAT --src ... --out ...          (see `lmstruct convert data --help`)
     lmstruct convert openclip --checkpoint FILE --model ViT-B-32 --out DIR
+    lmstruct study   --preset {smoke,cpu,accelerator} --out runs/study [--seeds 3]
 
 A user error (a config typo, an unknown choice, a missing file or checkpoint, an empty dataset) is one line,
 `error: …`, and exit status 2; `--debug` also prints its traceback and every library's log lines.
@@ -21,7 +22,9 @@ from collections.abc import Sequence
 
 from lmstruct.choices import unknown_choice
 from lmstruct.config import load_config
+from lmstruct.study.presets import PRESETS
 
+COMMANDS = ("train", "eval", "convert", "study")
 CONVERTERS = {"data": "a dataset in a supported format → array_record shards (`lmstruct convert data --help`)",
               "openclip": "an OpenAI / open_clip checkpoint → lmstruct weights (`lmstruct convert openclip --help`)"}
 # Exceptions whose message is the whole story for a user: bad config values, missing files, unknown keys.
@@ -122,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   convert.add_argument("converter", type=_converter, metavar="CONVERTER", help=" or ".join(CONVERTERS))
   convert.add_argument("arguments", nargs=argparse.REMAINDER, metavar="...", help="the converter's flags")
+  study = commands.add_parser("study", parents=[debug], allow_abbrev=False,
+                              help="measure the paper's claims: information gap, gap study, ablation",
+                              description="Train every run of the study (resuming; finished runs are read), "
+                                          "analyse them and write OUT/study.json and its figures.")
+  study.add_argument("--preset", required=True, choices=sorted(PRESETS),
+                     help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+  study.add_argument("--out", required=True, help="output folder: runs/, study.json, figures")
+  study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+  study.add_argument("--data-dir", default="data", help="where the scenes dataset is rendered (built on first use)")
   return parser
 
 
@@ -202,11 +214,16 @@ def one_line(error: BaseException) -> str:
 
 def _dispatch(argv: list[str]) -> int:
   parser = build_parser()
-  if argv and not argv[0].startswith("-") and argv[0] not in ("train", "eval", "convert"):
-    raise unknown_choice("command", argv[0], ("train", "eval", "convert"))
+  if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+    raise unknown_choice("command", argv[0], COMMANDS)
   args, extra = parser.parse_known_args(argv)
   if args.command == "convert":
     return _convert(args)
+  if args.command == "study":
+    if extra:
+      raise UsageError(f"lmstruct study: unrecognized arguments: {' '.join(extra)}")
+    from lmstruct.study import runner
+    return runner.main(args)
   overrides = split_overrides(extra, args.flags)
   if args.workdir is None:
     raise UsageError(f"lmstruct {args.command}: --workdir is required")

@@ -15,10 +15,7 @@ A run is one (objective, alignment weight, seed); runs that two experiments need
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Sequence
-
-import ml_collections
+from collections.abc import Callable, Sequence
 
 from lmstruct.data import scenes
 
@@ -35,6 +32,25 @@ LABELS: tuple[str, ...] = tuple(scenes.SCENE_LABELS)
 #: Feature kinds the linear probes read: the image encoder's pooled features, the projected image features, the
 #: projected text features of the first caption, and both projections side by side.
 PROBE_FEATURES: tuple[str, ...] = ("backbone", "projected", "text", "joint")
+
+
+#: k of the few-shot probes (on backbone features).
+FEW_SHOTS: tuple[int, ...] = (1, 4, 16)
+
+
+def study_evals(split_source: Callable[[str], dict]) -> dict:
+  """The evaluators of every study run, over the scenes splits `split_source(split)` gives: zero-shot top-1/3/5 of
+  every label (a label one modality lacks reads chance by construction), retrieval R@1/5/10 over five captions,
+  linear probes of every label on every feature kind (test cross-entropy, L2 chosen by validation cross-entropy)
+  with few-shot probes on backbone features, trained on the validation split, and the structure diagnostics with
+  the bridge residual and the embedding-shift curve, all on the test split."""
+  test = split_source("test")
+  evals = {f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS}
+  evals["retrieval"] = {"kind": "retrieval", "data": test, "captions": 5}
+  evals["probes"] = {"kind": "label_probes", "train_data": split_source("validation"), "test_data": test,
+                     "labels": LABELS, "features": PROBE_FEATURES, "shots": FEW_SHOTS, "criterion": "ce"}
+  evals["structure"] = {"kind": "structure", "data": test, "write_plots": True}
+  return evals
 
 
 @dataclasses.dataclass(frozen=True)

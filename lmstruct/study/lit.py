@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmstruct.config import load_config_file
+from lmstruct.config import load_config
 from lmstruct.data import augment, eda, pipeline, sources
 from lmstruct.eval.retrieval import retrieval_metrics
 from lmstruct.models.two_tower import PooledFeatures, TwoTower
@@ -32,9 +32,9 @@ from lmstruct.study import stats
 from lmstruct.study.analysis import higher_is_better
 from lmstruct.study.experiments import ABLATION_OBJECTIVES, REGULARIZER_BASE
 from lmstruct.study.presets import LitScale
-from lmstruct.train.loop import Trainer, sharding_rules
+from lmstruct.train.loop import Trainer
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
-from lmstruct.train.sharding import make_mesh
+from lmstruct.train.sharding import make_mesh, sharding_rules
 from lmstruct.train.step import init_train_state, make_train_step
 
 LIT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "lit_coco.py"
@@ -129,10 +129,11 @@ def train_heads(config: ml_collections.ConfigDict, model: TwoTower, train: Cache
   optimizer = {**config.optimizer.to_dict(), "total_steps": scale.max_steps, "trainable": []}
   tx = make_optimizer(optimizer)
   mesh = make_mesh({"data": 1})
-  state, shardings = init_train_state(model, tx, (train.images.shape[-1],), train.captions.shape[-1], mesh,
-                                      sharding_rules("replicate"), seed)
-  step_fn = make_train_step(model, tx, config.objective.to_dict(), mesh, shardings,
-                            learning_rate_schedule(optimizer))
+  state, shardings = init_train_state(model, tx, image_shape=(train.images.shape[-1],),
+                                      context_length=train.captions.shape[-1], mesh=mesh,
+                                      rules=sharding_rules("replicate"), seed=seed)
+  step_fn = make_train_step(model, tx, objective=config.objective.to_dict(), mesh=mesh, state_shardings=shardings,
+                            learning_rate=learning_rate_schedule(optimizer))
   rng = np.random.default_rng(seed)
   best, best_step, best_params, waited = -1.0, 0, None, 0
   for step in range(1, scale.max_steps + 1):
@@ -152,7 +153,7 @@ def train_heads(config: ml_collections.ConfigDict, model: TwoTower, train: Cache
 
 def lit_config(objective: str, batch: int) -> ml_collections.ConfigDict:
   """configs/lit_coco.py with the named ablation objective."""
-  return load_config_file(f"{LIT_CONFIG}:objective={objective},batch={batch}")
+  return load_config(f"{LIT_CONFIG}:objective={objective},batch={batch}")
 
 
 def run_comparison(scale: LitScale, out: pathlib.Path, seeds: Sequence[int]) -> dict:

@@ -1,6 +1,6 @@
 """`lmstruct study`: train every run of the study (resuming), analyse them, write `study.json` and the figures.
 
-    lmstruct study --preset cpu --out runs/study [--seeds 3] [--config configs/clip_scenes.py]
+    lmstruct study --preset cpu --out runs/study [--seeds 3]
 
 Every run is an ordinary training run (`train_and_evaluate`) in `OUT/runs/<name>/`, so it can be inspected,
 re-evaluated with `lmstruct eval` and resumed: a run whose `results.json` exists is read, not retrained; an
@@ -16,33 +16,32 @@ import pathlib
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
 
 import jax
 import ml_collections
 
-from lmstruct.config import load_config_file
+from lmstruct.config import load_config, validate_config
 from lmstruct.data import scenes, sources
 from lmstruct.eval import io
 from lmstruct.study import analysis, experiments, lit, plots
 from lmstruct.study.presets import StudyScale, get_preset
 from lmstruct.train.loop import train_and_evaluate
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip_scenes.py"
-#: Labels whose information both modalities carry in the study's scenes (zero-shot can only read these).
-FEW_SHOTS: tuple[int, ...] = (1, 4, 16)
+SCENES_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip_scenes.py"
 
 
-def run_config(spec: experiments.RunSpec, scale: StudyScale, config_file: str | pathlib.Path,
-               data_dir: str) -> ml_collections.ConfigDict:
-  """The training config of one run: configs/clip_scenes.py at the preset's scale, with the study's evaluators."""
-  arg = (f"variant={scale.variant},objective={spec.objective},align={spec.alignment:g},steps={scale.steps},"
+def run_config(spec: experiments.RunSpec, scale: StudyScale, data_dir: str) -> ml_collections.ConfigDict:
+  """The training config of one run: configs/clip_scenes.py at the preset's scale on the study's scenes, with the
+  run's objective, alignment weight and seed, and the study's evaluators (`experiments.study_evals`)."""
+  arg = (f"variant={scale.variant},objective={spec.objective},align={spec.alignment!r},steps={scale.steps},"
          f"batch={scale.batch},scenes={experiments.SCENES_PRESET},train_size={scale.train_size},"
-         f"eval_size={scale.eval_size},study=1")
-  config = load_config_file(f"{config_file}:{arg}")
-  config.seed = spec.seed
-  config.data.data_dir = data_dir
-  config.train.progress_bar = "off"
+         f"eval_size={scale.eval_size}")
+  overrides = {"seed": str(spec.seed), "data.data_dir": data_dir, "train.progress_bar": "off"}
+  config = load_config(f"{SCENES_CONFIG}:{arg}", overrides)
+  train_source = config.data.train.to_dict()
+  with config.unlocked():
+    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split})
+  validate_config(config)
   return config
 
 
@@ -58,7 +57,7 @@ def read_run(spec: experiments.RunSpec, workdir: pathlib.Path) -> analysis.RunRe
   return analysis.RunResult(spec, flat, curve)
 
 
-def train_or_read(spec: experiments.RunSpec, scale: StudyScale, out: pathlib.Path, config_file: str | pathlib.Path,
+def train_or_read(spec: experiments.RunSpec, scale: StudyScale, out: pathlib.Path,
                   data_dir: str) -> analysis.RunResult:
   """Reads a finished run; otherwise trains it (resuming from its checkpoints) and reads it."""
   workdir = out / "runs" / spec.name
@@ -67,7 +66,7 @@ def train_or_read(spec: experiments.RunSpec, scale: StudyScale, out: pathlib.Pat
     logging.info("study: %s already finished, read from %s", spec.name, workdir)
     return result
   started = time.time()
-  train_and_evaluate(run_config(spec, scale, config_file, data_dir), workdir)
+  train_and_evaluate(run_config(spec, scale, data_dir), workdir)
   jax.clear_caches()
   logging.info("study: %s trained in %.0f s", spec.name, time.time() - started)
   result = read_run(spec, workdir)
@@ -98,21 +97,20 @@ def git_commit() -> str:
     return "unknown"
 
 
-def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None,
-              config_file: str | pathlib.Path = DEFAULT_CONFIG, data_dir: str = "data") -> dict:
+def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, data_dir: str = "data") -> dict:
   """Trains (or reads) every run, analyses them and writes `OUT/study.json` and `OUT/*.png`; returns the study."""
   scale = get_preset(preset)
   out = pathlib.Path(out)
   seed_list = list(range(seeds or scale.seeds))
   started = time.time()
   runs = experiments.all_runs(seed_list)
-  results = [train_or_read(spec, scale, out, config_file, data_dir) for spec in runs]
-  labels = scenes_label_info(run_config(runs[0], scale, config_file, data_dir))
+  results = [train_or_read(spec, scale, out, data_dir) for spec in runs]
+  labels = scenes_label_info(run_config(runs[0], scale, data_dir))
   shared = [label for label, info in labels.items() if info.source == "both"]
   study = {
       "information_gap": analysis.information_gap(results, labels),
       "gap_study": analysis.gap_study(results),
-      "ablation": analysis.ablation(results, shared, list(labels), FEW_SHOTS),
+      "ablation": analysis.ablation(results, shared, list(labels), experiments.FEW_SHOTS),
   }
   study["ablation"]["real_photos"] = lit.run_comparison(scale.lit, out / "lit", seed_list)
   study["meta"] = {"preset": preset, "seeds": seed_list, "scale": scale_description(scale),
@@ -137,16 +135,10 @@ def scale_description(scale: StudyScale) -> dict:
           "eval_size": scale.eval_size}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """`lmstruct study` (module docstring)."""
-  parser = argparse.ArgumentParser(prog="lmstruct study", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--preset", required=True, choices=sorted(("smoke", "cpu", "accelerator")))
-  parser.add_argument("--out", required=True, help="output directory (runs, study.json, figures)")
-  parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-  parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the scenes config file the runs use")
-  parser.add_argument("--data-dir", default="data", help="where the scenes dataset is rendered")
-  args = parser.parse_args(argv)
-  study = run_study(args.preset, args.out, args.seeds, args.config, args.data_dir)
-  print(json.dumps({"out": args.out, "wall_seconds": study["meta"]["wall_seconds"],
+def main(args: argparse.Namespace) -> int:
+  """`lmstruct study` (module docstring; flags parsed by `lmstruct.cli`): prints one JSON line with the output
+  folder, the wall time and each claim's outcome."""
+  study = run_study(args.preset, args.out, args.seeds, args.data_dir)
+  print(json.dumps({"out": str(args.out), "wall_seconds": study["meta"]["wall_seconds"],
                     "claims": [(c["claim"], c["outcome"]) for c in study["ablation"]["claims"]]}))
   return 0
