@@ -526,8 +526,10 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
   index, count = _shard(shard_index, shard_count)
   batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
   config = augment.caption_safe_augment_config() if augment_config is None else augment_config
-  transform = TrainTransform(tokenize=tokenize, image_size=image_size,
-                             augmentation=augment.augmentation_from_config(config),
+  augmentation = augment.augmentation_from_config(config)
+  for reason in augment.caption_contradictions(augmentation):
+    log.warning("the augmented view can contradict its caption: %s", reason)
+  transform = TrainTransform(tokenize=tokenize, image_size=image_size, augmentation=augmentation,
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
                              caption_choice=caption_choice)
   readers = TrainReaders(source, transform, seed=seed, num_epochs=num_epochs, worker_count=worker_count,
