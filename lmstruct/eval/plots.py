@@ -73,7 +73,7 @@ def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, 
   left_out = zv.shape[0] - finite.size
   ax.set_title("paired embeddings, joint PCA" + (f" ({left_out} non-finite pairs left out)" if left_out else ""))
   if keep.size == 0:
-    return _save(fig, path)
+    return save_figure(fig, path)
   coords, _, ratio = pca_2d(np.concatenate([zv[keep], zt[keep]]))
   image_xy, text_xy = coords[:keep.size], coords[keep.size:]
   ax.add_collection(LineCollection(np.stack([image_xy, text_xy], axis=1), colors="0.7", linewidths=0.5))

@@ -40,7 +40,7 @@ def run_config(spec: experiments.RunSpec, scale: StudyScale, data_dir: str) -> m
   config = load_config(f"{SCENES_CONFIG}:{arg}", overrides)
   train_source = config.data.train.to_dict()
   with config.unlocked():
-    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split})
+    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split}, scale.shots)
   validate_config(config)
   return config
 
@@ -110,7 +110,7 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
   study = {
       "information_gap": analysis.information_gap(results, labels),
       "gap_study": analysis.gap_study(results),
-      "ablation": analysis.ablation(results, shared, list(labels), experiments.FEW_SHOTS),
+      "ablation": analysis.ablation(results, shared, list(labels), scale.shots),
   }
   study["ablation"]["real_photos"] = lit.run_comparison(scale.lit, out / "lit", seed_list)
   study["meta"] = {"preset": preset, "seeds": seed_list, "scale": scale_description(scale),

@@ -217,3 +217,34 @@ def test_probe_selected_by_cross_entropy_reports_the_test_cross_entropy_of_its_r
   assert result["test_ce"] < np.log(2.0) - 0.2
   with pytest.raises(ValueError, match=r"unknown probe criterion 'loss'.*valid choices: \['acc1', 'ce'\]"):
     probe.linear_probe(train_x, train_y, test_x, test_y, criterion="loss")
+
+
+def test_label_probes_read_each_feature_kind_from_its_own_encoder_output():
+  """A label written only into the text features is read perfectly by the text and joint probes and at chance by
+  the image probes; a label written only into the backbone is read only by the backbone probe. Cross-entropies are
+  checked against the label entropy ln 4 (chance) and 0 (separable)."""
+  rng = np.random.default_rng(0)
+  n = 400
+  text_label, backbone_label = rng.integers(0, 4, n), rng.integers(0, 4, n)
+  onehot = lambda y: np.eye(4, dtype=np.float32)[y] * 5
+  noise = lambda: rng.normal(size=(n, 4)).astype(np.float32)
+  hv, zv, zt = onehot(backbone_label) + 0.1 * noise(), noise(), onehot(text_label) + 0.1 * noise()
+  ids = np.arange(n)
+  batches = [{"image": ids[i:i + 100], "text": ids[i:i + 100, None], "mask": np.ones(100, bool),
+              "labels": {"t": text_label[i:i + 100], "b": backbone_label[i:i + 100]}} for i in range(0, n, 100)]
+  train, test = batches[:2], batches[2:]
+  encode_image = lambda idx: {"zv": zv[np.asarray(idx)], "hv": hv[np.asarray(idx)]}
+  encode_text = lambda tok: {"zt": zt[np.asarray(tok)[:, 0]]}
+  evaluator = get_evaluator("label_probes", {"train_batches": train, "test_batches": test,
+                                             "label_keys": {"t": "labels/t", "b": "labels/b"},
+                                             "num_classes": {"t": 4, "b": 4}, "shots": [2]})
+  metrics = evaluator.run(encode_image, encode_text)
+  assert metrics["t/text/acc1"] == metrics["t/joint/acc1"] == metrics["b/backbone/acc1"] == 1.0
+  assert metrics["t/text/test_ce"] < 0.05 and metrics["b/backbone/test_ce"] < 0.05
+  for key in ("t/backbone", "t/projected", "b/projected", "b/text"):
+    assert metrics[f"{key}/acc1"] < 0.45
+    assert metrics[f"{key}/test_ce"] == pytest.approx(np.log(4), abs=0.1)
+  assert metrics["b/backbone/2shot_acc1"] > 0.9
+  with pytest.raises(ValueError, match=r"unknown evaluator 'label_probes' feature kind 'pooled'"):
+    get_evaluator("label_probes", {"train_batches": train, "test_batches": test, "label_keys": {"t": "labels/t"},
+                                   "num_classes": {"t": 4}, "features": ["pooled"]})
