@@ -73,10 +73,11 @@ def _summary(runs: Sequence[RunResult], objective: str, alignment: float, metric
 
 def _paired(runs: Sequence[RunResult], method: tuple[str, float], base: tuple[str, float],
             metric: str) -> dict | None:
-  """The paired difference method − base over the seeds both have, or None when none."""
+  """The paired difference method − base over the seeds both have, or None when fewer than two (no interval, so no
+  claim can be judged: its outcome is 'not measured')."""
   a, b = _values(runs, *method, metric), _values(runs, *base, metric)
   seeds = sorted(set(a) & set(b))
-  if not seeds:
+  if len(seeds) < 2:
     return None
   return stats.paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
 

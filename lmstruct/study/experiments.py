@@ -34,18 +34,20 @@ LABELS: tuple[str, ...] = tuple(scenes.SCENE_LABELS)
 PROBE_FEATURES: tuple[str, ...] = ("backbone", "projected", "text", "joint")
 
 
-def study_evals(split_source: Callable[[str], dict], shots: Sequence[int]) -> dict:
+def study_evals(split_source: Callable[[str], dict], shots: Sequence[int], probe_exponents: Sequence[float]) -> dict:
   """The evaluators of every study run, over the scenes splits `split_source(split)` gives: zero-shot top-1/3/5 of
   every label (a label one modality lacks reads chance by construction), retrieval R@1/5/10 over five captions,
-  linear probes of every label on every feature kind (test cross-entropy, L2 chosen by validation cross-entropy)
-  with k-shot probes on backbone features for k in `shots`, trained on the validation split, and the structure diagnostics with
-  the bridge residual and the embedding-shift curve, all on the test split."""
+  linear probes of every label on every feature kind (test cross-entropy; L2 from 10^`probe_exponents` chosen by
+  validation cross-entropy) with k-shot probes on backbone features for k in `shots`, trained on the validation
+  split, and the structure diagnostics with the bridge residual and the embedding-shift curve, all on the test
+  split."""
   test = split_source("test")
   evals = {f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS}
   evals["retrieval"] = {"kind": "retrieval", "data": test, "captions": 5}
   evals["probes"] = {"kind": "label_probes", "train_data": split_source("validation"), "test_data": test,
                      "label": list(LABELS), "features": list(PROBE_FEATURES), "shots": list(shots),
-                     "criterion": "ce", "coarse_exponents": [-6.0, -4.0, -2.0, 0.0, 2.0], "refine_steps": [1.0]}
+                     "criterion": "ce", "coarse_exponents": list(probe_exponents),
+                     "refine_steps": [1.0] if len(probe_exponents) > 1 else []}
   evals["structure"] = {"kind": "structure", "data": test, "write_plots": True}
   return evals
 

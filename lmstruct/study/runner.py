@@ -40,7 +40,8 @@ def run_config(spec: experiments.RunSpec, scale: StudyScale, data_dir: str) -> m
   config = load_config(f"{SCENES_CONFIG}:{arg}", overrides)
   train_source = config.data.train.to_dict()
   with config.unlocked():
-    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split}, scale.shots)
+    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split}, scale.shots,
+                                           scale.probe_exponents)
   validate_config(config)
   return config
 
