@@ -12,26 +12,22 @@ Arguments:
   coco         the COCO-mini folder (train2017/, val2017/, annotations/); default: $LMSTRUCT_SHARED_DATA/coco-mini,
                else ../shared/data/coco-mini beside the checkout
   imagefolder  an ImageFolder (one folder per class) for zero-shot classification; '' skips it
-  objective    'full' (the paper's), 'inmodal' (base only) or 'clip'
+  objective    a named objective (`lmstruct.losses.objective.NAMED_OBJECTIVES`): 'full' (the paper's), 'clip',
+               'inmodal' (base only), 'cyclip', 'sep', 'br', 'gc' (one regulariser)
+  align        weight of the forced-alignment term gap_alignment (0: off)
   steps        training steps
   batch        global batch size
 """
 import os
 import pathlib
 
-from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.data import augment
-from lmstruct.losses.objective import ObjectiveConfig
+from lmstruct.losses.objective import named_objective
 from lmstruct.pretrained import assets
 
 SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA",
                                           pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
-OBJECTIVES = {
-    "full": ObjectiveConfig(base="inmodal", weights={"separation": 1.0, "bridge": 1.0, "geometric": 1.0}),
-    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
-    "clip": ObjectiveConfig(base="clip", weights={}),
-}
 # Parameters the optimizer updates (regexes on 'a/b/kernel' paths); everything else — both towers — is locked.
 TRAINABLE = (r"^(image|text)_projection(_ind)?/", r"^log_logit_scale$", r"^logit_bias$")
 TOWERS = ("efficientnet_lite0", "all-MiniLM-L6-v2")
@@ -43,13 +39,12 @@ def coco_split(root: str, split: str) -> dict:
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", steps=300, batch=32)
-  if arg.objective not in OBJECTIVES:
-    raise unknown_choice("objective", arg.objective, OBJECTIVES)
+  arg = parse_arg(arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", align=0.0, steps=300,
+                  batch=32)
   config = base_config()
   config.model = {"preset": "LiT-EfficientNetLite0-MiniLM"}
   config.init.towers = TOWERS
-  config.objective = OBJECTIVES[arg.objective].to_dict()
+  config.objective = named_objective(arg.objective, arg.align).to_dict()
   config.optimizer.trainable = TRAINABLE
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = max(1, arg.steps // 10)

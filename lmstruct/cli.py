@@ -5,6 +5,7 @@
     lmstruct convert data FORMAT --src ... --out ...          (see `lmstruct convert data --help`)
     lmstruct convert openclip --checkpoint FILE --model ViT-B-32 --out DIR
     lmstruct plan    --config configs/paper_cc3m.py:devices=64 --devices 64 [--json]   (see `lmstruct plan --help`)
+    lmstruct study   --preset {smoke,cpu,accelerator} --out runs/study [--seeds 3]
 
 A user error (a config typo, an unknown choice, a missing file or checkpoint, an empty dataset) is one line,
 `error: …`, and exit status 2; `--debug` also prints its traceback and every library's log lines.
@@ -23,8 +24,9 @@ from collections.abc import Sequence
 
 from lmstruct.choices import unknown_choice
 from lmstruct.config import load_config
+from lmstruct.study.presets import PRESETS
 
-COMMANDS = ("train", "eval", "convert", "plan")
+COMMANDS = ("train", "eval", "convert", "plan", "study")
 CONVERTERS = {"data": "a dataset in a supported format → array_record shards (`lmstruct convert data --help`)",
               "openclip": "an OpenAI / open_clip checkpoint → lmstruct weights (`lmstruct convert openclip --help`)"}
 # Exceptions whose message is the whole story for a user: bad config values, missing files, unknown keys.
@@ -139,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
   plan.add_argument("--devices", type=int, metavar="N", required=True, help="the number of devices to plan for")
   plan.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
   plan.set_defaults(flags=[flag for action in plan._actions for flag in action.option_strings])
+  study = commands.add_parser("study", parents=[debug], allow_abbrev=False,
+                              help="measure the paper's claims: information gap, gap study, ablation",
+                              description="Train every run of the study (resuming; finished runs are read), "
+                                          "analyse them and write OUT/study.json and its figures.")
+  study.add_argument("--preset", required=True, choices=sorted(PRESETS),
+                     help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+  study.add_argument("--out", required=True, help="output folder: runs/, study.json, figures")
+  study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+  study.add_argument("--data-dir", default="data", help="where the scenes dataset is rendered (built on first use)")
   return parser
 
 
@@ -235,6 +246,11 @@ def _dispatch(argv: list[str]) -> int:
   args, extra = parser.parse_known_args(argv)
   if args.command == "convert":
     return _convert(args)
+  if args.command == "study":
+    if extra:
+      raise UsageError(f"lmstruct study: unrecognized arguments: {' '.join(extra)}")
+    from lmstruct.study import runner
+    return runner.main(args)
   overrides = split_overrides(extra, args.flags)
   if args.command == "plan":
     return _plan(args, overrides, argv)

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lmstruct import multihost
-from lmstruct.choices import did_you_mean
+from lmstruct.choices import did_you_mean, unknown_choice
 from lmstruct.data.classnames import looks_like_identifier, named_lists
 from lmstruct.eval import io, plots
 from lmstruct.eval.features import (Batch, BatchSource, EncodeFn, FeatureCache, cached, encode_outputs, gather,
@@ -62,8 +62,10 @@ class DataInputs:
   receives its batches; ``optional_sources`` likewise for sources that may be left out. The flags say whether the
   batches must carry tokenized captions (``text``) and augmented views (``image_aug``), and whether the evaluator
   needs a label (field ``label_key``), the class names with a tokenizer and prompt templates (``class_names``,
-  ``tokenize``, ``templates``), the number of classes (``num_classes``) or the device mesh (``mesh``). Data read
-  without ``captions`` is never tokenized, so caption-less classification data (an ImageFolder) works.
+  ``tokenize``, ``templates``), the number of classes (``num_classes``) or the device mesh (``mesh``). With
+  ``several_labels`` the config's ``label`` is a list, and the evaluator gets ``label_keys`` and ``num_classes`` as
+  ``{label: …}``. Data read without ``captions`` is never tokenized, so caption-less classification data (an
+  ImageFolder) works.
   """
 
   sources: Mapping[str, str]
@@ -74,6 +76,7 @@ class DataInputs:
   class_names: bool = False
   num_classes: bool = False
   mesh: bool = False
+  several_labels: bool = False
 
 
 @dataclasses.dataclass
@@ -309,6 +312,100 @@ class FewShotEvaluator(Evaluator):
                              max_iter=self.max_iter, tol=self.tol)
     metrics["nonfinite_fraction"] = nonfinite_fraction(train[feature], test[feature])
     return Result(metrics, {"seeds": [int(x) for x in self.seeds], "features": self.features})
+
+
+#: ``features:`` of ``label_probes``: the image features of ``IMAGE_FEATURES``, the projected text features of the
+#: first caption, and the projected image and text features side by side.
+PROBE_FEATURE_KINDS = ("backbone", "projected", "text", "joint")
+
+
+def _probe_inputs(features: Mapping[str, np.ndarray], kind: str) -> np.ndarray:
+  """The probe inputs of feature `kind` from encoded ``{'hv', 'zv', 'zt'}`` (``PROBE_FEATURE_KINDS``)."""
+  if kind == "joint":
+    return np.concatenate([features["zv"], features["zt"]], axis=1)
+  return features["zt"] if kind == "text" else features[IMAGE_FEATURES[kind]]
+
+
+@dataclasses.dataclass(kw_only=True)
+class LabelProbesEvaluator(Evaluator):
+  """Linear probes of several labels on several kinds of features, from one encoding of each split: the
+  measurement of the information-gap experiment (Theorem 3.1 bounds the best achievable cross-entropy of a label
+  from a representation).
+
+  ``features`` (``PROBE_FEATURE_KINDS``): ``backbone`` (pooled image tower ``hv``), ``projected`` (``zv``),
+  ``text`` (``zt`` of the example's first caption) and ``joint`` (``[zv, zt]``). For every label (config ``label``:
+  a list) and kind: ``<label>/<kind>/acc1`` and ``<label>/<kind>/test_ce`` (nats) of ``probe.linear_probe`` with the
+  L2 strength chosen by ``criterion`` (default ``'ce'``: validation cross-entropy) on a ``val_fraction`` split of
+  the training split; for every k in ``shots``, ``<label>/backbone/<k>shot_acc1`` (mean over ``shot_seeds``,
+  ``probe.few_shot_probe``). Chance cross-entropy is the label's entropy.
+  """
+
+  kind: ClassVar[str] = "label_probes"
+  inputs: ClassVar[DataInputs] = DataInputs(sources={"train_data": "train_batches", "test_data": "test_batches"},
+                                            captions=True, labels=True, several_labels=True)
+  train_batches: BatchSource
+  test_batches: BatchSource
+  label_keys: Mapping[str, str]
+  num_classes: Mapping[str, int]
+  features: Sequence[str] = PROBE_FEATURE_KINDS
+  criterion: str = "ce"
+  val_fraction: float = 0.2
+  seed: int = 0
+  shots: Sequence[int] = ()
+  shot_seeds: Sequence[int] = (0, 1, 2)
+  few_shot_l2: float = 1e-3
+  coarse_exponents: Sequence[float] = COARSE_EXPONENTS
+  refine_steps: Sequence[float] = REFINE_STEPS
+  max_iter: int = 1000
+  tol: float = 1e-5
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    for kind in self.features:
+      if kind not in PROBE_FEATURE_KINDS:
+        raise unknown_choice(f"evaluator {self.name!r} feature kind", kind, PROBE_FEATURE_KINDS)
+    if set(self.num_classes) != set(self.label_keys):
+      raise ValueError(f"evaluator {self.name!r}: num_classes must name the labels {sorted(self.label_keys)}")
+
+  def _encode(self, source: BatchSource, encode_image: EncodeFn, encode_text: EncodeFn,
+              cache: FeatureCache | None) -> dict[str, np.ndarray]:
+    """``{'hv', 'zv', 'zt', <label>: [N]}`` over the unmasked rows (first caption of each example)."""
+    def compute() -> dict[str, np.ndarray]:
+      def rows(batch: Batch) -> dict[str, np.ndarray]:
+        outputs = encode_image(batch["image"])  # one pass for both image features
+        image = {key: np.asarray(outputs[key], np.float32) for key in ("zv", "hv")}
+        tokens = to_numpy(batch["text"])
+        text = encode_outputs(encode_text, tokens[:, 0] if tokens.ndim == 3 else tokens, "zt")
+        labels = {label: to_numpy(lookup(batch, key)).astype(np.int64) for label, key in self.label_keys.items()}
+        return {"hv": image["hv"], "zv": image["zv"], "zt": text["zt"], **labels}
+      return gather(source, rows)
+
+    key = source_cache_key(source)
+    labels = ".".join(sorted(self.label_keys))
+    return cached(cache, None if key is None else f"{key}-label-probes-{labels}", compute)
+
+  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
+    """Encodes both splits once and fits every probe."""
+    train = self._encode(self.train_batches, encode_image, encode_text, cache)
+    test = self._encode(self.test_batches, encode_image, encode_text, cache)
+    metrics: dict[str, float] = {}
+    for label in self.label_keys:
+      classes = self.num_classes[label]
+      for kind in self.features:
+        result = linear_probe(_probe_inputs(train, kind), train[label], _probe_inputs(test, kind), test[label],
+                              num_classes=classes, val_fraction=self.val_fraction, seed=self.seed,
+                              coarse_exponents=self.coarse_exponents, refine_steps=self.refine_steps,
+                              max_iter=self.max_iter, tol=self.tol, criterion=self.criterion)
+        metrics[f"{label}/{kind}/acc1"] = result["acc1"]
+        metrics[f"{label}/{kind}/test_ce"] = result["test_ce"]
+      if self.shots:
+        shots = few_shot_probe(train["hv"], train[label], test["hv"], test[label], shots=self.shots,
+                               seeds=self.shot_seeds, l2=self.few_shot_l2, num_classes=classes,
+                               max_iter=self.max_iter, tol=self.tol)
+        metrics.update({f"{label}/backbone/{k}shot_acc1": shots[f"{k}shot_acc1_mean"] for k in self.shots})
+    return Result(metrics, {"num_train": int(train["zv"].shape[0]), "num_test": int(test["zv"].shape[0]),
+                            "labels": list(self.label_keys), "features": list(self.features),
+                            "criterion": self.criterion})
 
 
 def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text: EncodeFn, text_key: str,

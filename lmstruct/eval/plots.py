@@ -29,7 +29,7 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return centred @ components.T, components, ratio
 
 
-def _save(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
+def save_figure(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
   """Writes ``fig`` as PNG to ``path`` (local or an object-store URL; parents created) and returns the path."""
   path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def plot_gap_shift_curve(curve: Mapping[str, Sequence[float]], path: str | pathl
   ax.set_title("embedding shift along the gap direction")
   ax.grid(True, alpha=0.3)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, max_pairs: int = 500,
@@ -73,7 +73,7 @@ def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, 
   left_out = zv.shape[0] - finite.size
   ax.set_title("paired embeddings, joint PCA" + (f" ({left_out} non-finite pairs left out)" if left_out else ""))
   if keep.size == 0:
-    return _save(fig, path)
+    return save_figure(fig, path)
   coords, _, ratio = pca_2d(np.concatenate([zv[keep], zt[keep]]))
   image_xy, text_xy = coords[:keep.size], coords[keep.size:]
   ax.add_collection(LineCollection(np.stack([image_xy, text_xy], axis=1), colors="0.7", linewidths=0.5))
@@ -83,4 +83,4 @@ def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, 
   ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% var)" if ratio.size > 1 else "PC2")
   ax.legend(loc="best")
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)

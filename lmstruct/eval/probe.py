@@ -11,17 +11,23 @@ final refit, and rows are zero-weight padded to a power of two, so XLA compiles 
 L2 selection (CLIP's protocol, log-spaced sweep then refine): fit on the train part, score top-1 on the validation
 part for ``lam = 10^e`` with ``e`` on a coarse grid (default -6, -4, ..., 6); then for each refinement step ``d``
 (default 1, 0.5) also try ``e* - d`` and ``e* + d`` around the current best ``e*``, kept within the coarse grid's
-range. The best exponent maximises validation accuracy; ties go to the larger ``lam``. The probe is then refitted
-on train + validation with that ``lam`` and scored on the test set.
+range. The best exponent maximises validation accuracy (``criterion='acc1'``, CLIP's protocol) or minimises the
+validation cross-entropy (``criterion='ce'``: the probe that comes closest to the best achievable cross-entropy of
+the features, what Theorem 3.1 bounds); ties go to the larger ``lam``. The probe is then refitted on train +
+validation with that ``lam`` and scored on the test set: top-1 accuracy and the mean cross-entropy
+``-(1/N) Σ_i log softmax(x_i W + b)_{y_i}`` in nats.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lmstruct.choices import unknown_choice
 
 COARSE_EXPONENTS: tuple[float, ...] = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 REFINE_STEPS: tuple[float, ...] = (1.0, 0.5)
@@ -96,6 +102,21 @@ def predict(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
   return np.where(np.isfinite(logits).all(axis=1), np.argmax(logits, axis=1), -1)
 
 
+def cross_entropy(w: np.ndarray, b: np.ndarray, x: np.ndarray, labels: np.ndarray) -> float:
+  """Mean cross-entropy ``-(1/N) Σ_i log softmax(x_i W + b)_{y_i}`` in nats (float64 log-sum-exp); ``inf`` when a
+  row has a non-finite logit (a NaN or infinite feature never earns a finite score)."""
+  with np.errstate(invalid="ignore", over="ignore"):
+    logits = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+  if not np.isfinite(logits).all():
+    return math.inf
+  top = logits.max(axis=1, keepdims=True)
+  log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+  return float(np.mean(log_norm - logits[np.arange(len(logits)), np.asarray(labels)]))
+
+
+CRITERIA = ("acc1", "ce")
+
+
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
   """Top-1 accuracy ``mean_i [prediction_i = y_i]`` in [0, 1]."""
   return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
@@ -103,12 +124,15 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int, *,
               coarse_exponents: Sequence[float] = COARSE_EXPONENTS, refine_steps: Sequence[float] = REFINE_STEPS,
-              max_iter: int = 1000, tol: float = 1e-5) -> tuple[float, dict[float, float]]:
+              max_iter: int = 1000, tol: float = 1e-5, criterion: str = "acc1") -> tuple[float, dict[float, float]]:
   """L2 strength chosen by the sweep of the module docstring.
 
   Rows with ``is_val`` true form the validation part, the others the train part. Returns ``(10^e*, scores)`` where
-  ``scores`` maps every tried exponent ``e`` to the validation top-1 accuracy.
+  ``scores`` maps every tried exponent ``e`` to the validation score: top-1 accuracy (``criterion='acc1'``) or
+  minus the cross-entropy (``'ce'``), so that larger is better for both.
   """
+  if criterion not in CRITERIA:
+    raise unknown_choice("probe criterion", criterion, CRITERIA)
   is_val = np.asarray(is_val, bool)
   train_weights = (~is_val).astype(np.float32)
   scores: dict[float, float] = {}
@@ -116,7 +140,8 @@ def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int
   def score(exponent: float) -> float:
     if exponent not in scores:
       w, b = fit_logreg(x, y, num_classes, 10.0 ** exponent, weights=train_weights, max_iter=max_iter, tol=tol)
-      scores[exponent] = accuracy(predict(w, b, x[is_val]), y[is_val])
+      scores[exponent] = (accuracy(predict(w, b, x[is_val]), y[is_val]) if criterion == "acc1" else
+                          -cross_entropy(w, b, x[is_val], y[is_val]))
     return scores[exponent]
 
   def best(exponents: Sequence[float]) -> float:
@@ -142,11 +167,12 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  val_x: np.ndarray | None = None, val_y: np.ndarray | None = None, num_classes: int | None = None,
                  val_fraction: float = 0.2, seed: int = 0, coarse_exponents: Sequence[float] = COARSE_EXPONENTS,
                  refine_steps: Sequence[float] = REFINE_STEPS, max_iter: int = 1000,
-                 tol: float = 1e-5) -> dict[str, float]:
-  """Linear probe top-1 on the test set after the L2 sweep (module docstring).
+                 tol: float = 1e-5, criterion: str = "acc1") -> dict[str, float]:
+  """Linear probe on the test set after the L2 sweep by ``criterion`` (module docstring).
 
   The validation part is ``(val_x, val_y)`` when given, else a ``val_fraction`` random split of the train set
-  (``validation_split``). Returns ``acc1`` (test), ``val_acc1`` (best validation accuracy) and ``l2``.
+  (``validation_split``). Returns ``acc1`` and ``test_ce`` (test top-1 and mean cross-entropy in nats),
+  ``val_acc1`` (criterion 'acc1') or ``val_ce`` (criterion 'ce') of the chosen strength, and ``l2``.
   """
   if (val_x is None) != (val_y is None):
     raise ValueError("give both val_x and val_y, or neither")
@@ -161,9 +187,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
   if num_classes is None:
     num_classes = int(max(y.max(), np.max(test_y))) + 1
   l2, scores = select_l2(x, y, is_val, num_classes, coarse_exponents=coarse_exponents,
-                         refine_steps=refine_steps, max_iter=max_iter, tol=tol)
+                         refine_steps=refine_steps, max_iter=max_iter, tol=tol, criterion=criterion)
   w, b = fit_logreg(x, y, num_classes, l2, max_iter=max_iter, tol=tol)
-  return {"acc1": accuracy(predict(w, b, test_x), test_y), "val_acc1": max(scores.values()), "l2": l2}
+  best = max(scores.values())
+  return {"acc1": accuracy(predict(w, b, test_x), test_y), "test_ce": cross_entropy(w, b, test_x, test_y),
+          **({"val_acc1": best} if criterion == "acc1" else {"val_ce": -best}), "l2": l2}
 
 
 def sample_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmstruct.choices import unknown_choice
-from lmstruct.eval.evaluators import (Evaluator, FewShotEvaluator, LinearProbeEvaluator, RetrievalEvaluator,
-                                      StructureEvaluator, ZeroShotEvaluator)
+from lmstruct.eval.evaluators import (Evaluator, FewShotEvaluator, LabelProbesEvaluator, LinearProbeEvaluator,
+                                      RetrievalEvaluator, StructureEvaluator, ZeroShotEvaluator)
 from lmstruct.eval.features import EncodeFn
 
 EVALUATORS: dict[str, type[Evaluator]] = {
-    cls.kind: cls for cls in (ZeroShotEvaluator, LinearProbeEvaluator, FewShotEvaluator, RetrievalEvaluator,
-                              StructureEvaluator)}
+    cls.kind: cls for cls in (ZeroShotEvaluator, LinearProbeEvaluator, FewShotEvaluator, LabelProbesEvaluator,
+                              RetrievalEvaluator, StructureEvaluator)}
 
 
 def available_evaluators() -> list[str]:

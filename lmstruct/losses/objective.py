@@ -130,6 +130,30 @@ class ObjectiveConfig:
     return any(term.reads_independent_features for term in self.terms)
 
 
+#: The objectives the paper compares (Tables 1–3) by name, as configs select them: the in-modal base L_Con alone and
+#: with each regulariser, all three (`full`, the paper's method), plain CLIP and CyCLIP.
+NAMED_OBJECTIVES: types.MappingProxyType = types.MappingProxyType({
+    "full": ObjectiveConfig(base="inmodal", weights=PAPER_WEIGHTS),
+    "clip": ObjectiveConfig(base="clip", weights={}),
+    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
+    "cyclip": ObjectiveConfig(base="clip", weights={"cyclip": 1.0}),
+    "sep": ObjectiveConfig(base="inmodal", weights={"separation": 1.0}),
+    "br": ObjectiveConfig(base="inmodal", weights={"bridge": 1.0}),
+    "gc": ObjectiveConfig(base="inmodal", weights={"geometric": 1.0}),
+})
+
+
+def named_objective(name: str, gap_alignment: float = 0.0) -> ObjectiveConfig:
+  """The objective called `name` (`NAMED_OBJECTIVES`), plus the forced-alignment term at weight `gap_alignment`
+  when it is > 0 (the information-gap experiment's λ)."""
+  if name not in NAMED_OBJECTIVES:
+    raise unknown_choice("objective", name, NAMED_OBJECTIVES)
+  objective = NAMED_OBJECTIVES[name]
+  if gap_alignment == 0:
+    return objective
+  return dataclasses.replace(objective, weights={**objective.weights, "gap_alignment": gap_alignment})
+
+
 def term_draws(config: ObjectiveConfig, batch_size: int, rng: jax.Array) -> dict[str, Draw]:
   """The per-example random inputs of every active term that draws any, over the global batch: the base draws from
   `rng`, the r-th active regulariser (by name) from `fold_in(rng, r)`."""

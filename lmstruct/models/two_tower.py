@@ -16,6 +16,15 @@ def clamped_logit_scale(log_logit_scale: jax.Array, max_scale: float = MAX_LOGIT
   return jnp.exp(jnp.minimum(log_logit_scale, math.log(max_scale)))
 
 
+class PooledFeatures(nn.Module):
+  """A tower whose inputs already are its pooled features [B, W] (cached outputs of a locked tower): identity."""
+
+  @nn.compact
+  def __call__(self, features: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    return features
+
+
 class TwoTower(nn.Module):
   """Embeds images and/or texts into one L2-normalised space (see docs/contracts.md for the output keys).
 

@@ -7,6 +7,7 @@
     evals.retrieval = {'kind': 'retrieval', 'data': {...}, 'captions': 5}
     evals.probe = {'kind': 'linear_probe', 'train_data': {...}, 'test_data': {...}, 'label': 'shape'}
     evals.few = {'kind': 'few_shot', 'train_data': {...}, 'test_data': {...}, 'label': 'colour'}
+    evals.probes = {'kind': 'label_probes', 'train_data': {...}, 'test_data': {...}, 'label': ['shape', 'size']}
     evals.structure = {'kind': 'structure', 'data': {...}}
 
 Which keys name data sources (lmstruct.data.sources configs), and what else an evaluator is given, comes from the
@@ -14,7 +15,7 @@ evaluator class's own declaration (`Evaluator.inputs`, lmstruct.eval.evaluators.
 per-kind code. Besides the evaluator's fields (validated by lmstruct.eval.registry), an entry may hold:
 
   label         the class label to read (scenes: shape, colour, size, material, count; otherwise the source's
-                `label` column), for evaluators that read labels;
+                `label` column), for evaluators that read labels; a list for `label_probes`;
   class_names   the class names, for evaluators that need them: a list, a file (one per line, or a JSON list) or a
                 registered list (imagenet, imagenet_a, imagenet_r, cifar10, cifar100). Default: the source's own
                 names (ImageFolder folders, the tfds label feature), ImageNet WordNet ids and indices mapped to
@@ -204,7 +205,11 @@ def build_evaluators(evals: Mapping[str, Mapping[str, Any]], *, data_dir: str, b
                                tokenize=tokenize if inputs.captions else None,
                                captions=int(entry["captions"] or 1), augmentation=augmentation, augment_seed=seed)
     first = opened[next(iter(inputs.sources.values()))][0]
-    if inputs.labels:
+    if inputs.several_labels:
+      labels = list(entry["label"]) if isinstance(entry["label"], (list, tuple)) else [entry["label"]]
+      fields["label_keys"] = {label: sources.label_key(first, label) for label in labels}
+      fields["num_classes"] = {label: len(sources.class_names(first, label)) for label in labels}
+    elif inputs.labels:
       fields["label_key"] = sources.label_key(first, entry["label"])
     if inputs.class_names or inputs.num_classes:
       names = (classnames.load_class_names(entry["class_names"]) if entry["class_names"] is not None

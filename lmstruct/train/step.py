@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from lmstruct.losses.objective import ObjectiveConfig, compute_objective
 from lmstruct.losses.ring import compute_objective_ring
-from lmstruct.losses.term import Features, feature_fields
+from lmstruct.losses.term import Features
 from lmstruct.models.two_tower import MAX_LOGIT_SCALE
 from lmstruct.train.optimizer import trainable_labels
 from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings

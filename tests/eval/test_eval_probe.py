@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from lmstruct.eval import get_evaluator
+from lmstruct.eval import get_evaluator, probe
 from lmstruct.eval.probe import (fit_logreg, few_shot_probe, linear_probe, predict, sample_few_shot, select_l2,
                                  validation_split)
 
@@ -185,3 +185,66 @@ def test_probe_evaluators_on_batches():
   metrics = few.run(encode_image, None)
   assert set(metrics) == {"2shot_acc1_mean", "2shot_acc1_std", "nonfinite_fraction"}
   assert metrics["2shot_acc1_mean"] >= 0.9 and metrics["nonfinite_fraction"] == 0.0
+
+
+def test_cross_entropy_matches_hand_worked_logits():
+  """Logits x W + b = [[ln 3, 0], [0, 0], [0, ln 3]] for labels (0, 1, 0): CE = (ln(4/3) + ln 2 + ln 4) / 3."""
+  w = np.array([[np.log(3.0), 0.0], [0.0, np.log(3.0)]])
+  x = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+  expected = (np.log(4 / 3) + np.log(2.0) + np.log(4.0)) / 3
+  assert probe.cross_entropy(w, np.zeros(2), x, np.array([0, 1, 0])) == pytest.approx(expected, rel=1e-12)
+  assert probe.cross_entropy(w, np.zeros(2), np.array([[np.nan, 0.0]]), np.array([0])) == np.inf
+
+
+def test_probe_selected_by_cross_entropy_reports_the_test_cross_entropy_of_its_refit():
+  """Two Gaussian classes with overlap: the CE-selected probe's test CE is near the Bayes cross-entropy of the
+  generating model (float64 NumPy reference), and below the chance value ln 2."""
+  rng = np.random.default_rng(0)
+  mean = np.array([1.0, 0.0])
+
+  def sample(n):
+    y = rng.integers(0, 2, n)
+    return rng.normal(size=(n, 2)) + np.where(y[:, None] == 1, mean, -mean), y
+
+  train_x, train_y = sample(600)
+  test_x, test_y = sample(4000)
+  result = probe.linear_probe(train_x, train_y, test_x, test_y, criterion="ce")
+  # Bayes posterior of class 1: sigmoid(2 μ·x); its cross-entropy on the test set.
+  margin = 2 * test_x @ mean
+  bayes = np.mean(np.logaddexp(0.0, np.where(test_y == 1, -margin, margin)))
+  assert set(result) == {"acc1", "test_ce", "val_ce", "l2"}
+  assert result["test_ce"] == pytest.approx(bayes, abs=0.02)
+  assert result["test_ce"] < np.log(2.0) - 0.2
+  with pytest.raises(ValueError, match=r"unknown probe criterion 'loss'.*valid choices: \['acc1', 'ce'\]"):
+    probe.linear_probe(train_x, train_y, test_x, test_y, criterion="loss")
+
+
+def test_label_probes_read_each_feature_kind_from_its_own_encoder_output():
+  """A label written only into the text features is read perfectly by the text and joint probes and at chance by
+  the image probes; a label written only into the backbone is read only by the backbone probe. Cross-entropies are
+  checked against the label entropy ln 4 (chance) and 0 (separable)."""
+  rng = np.random.default_rng(0)
+  n = 400
+  text_label, backbone_label = rng.integers(0, 4, n), rng.integers(0, 4, n)
+  onehot = lambda y: np.eye(4, dtype=np.float32)[y] * 5
+  noise = lambda: rng.normal(size=(n, 4)).astype(np.float32)
+  hv, zv, zt = onehot(backbone_label) + 0.1 * noise(), noise(), onehot(text_label) + 0.1 * noise()
+  ids = np.arange(n)
+  batches = [{"image": ids[i:i + 100], "text": ids[i:i + 100, None], "mask": np.ones(100, bool),
+              "labels": {"t": text_label[i:i + 100], "b": backbone_label[i:i + 100]}} for i in range(0, n, 100)]
+  train, test = batches[:2], batches[2:]
+  encode_image = lambda idx: {"zv": zv[np.asarray(idx)], "hv": hv[np.asarray(idx)]}
+  encode_text = lambda tok: {"zt": zt[np.asarray(tok)[:, 0]]}
+  evaluator = get_evaluator("label_probes", {"train_batches": train, "test_batches": test,
+                                             "label_keys": {"t": "labels/t", "b": "labels/b"},
+                                             "num_classes": {"t": 4, "b": 4}, "shots": [2]})
+  metrics = evaluator.run(encode_image, encode_text)
+  assert metrics["t/text/acc1"] == metrics["t/joint/acc1"] == metrics["b/backbone/acc1"] == 1.0
+  assert metrics["t/text/test_ce"] < 0.05 and metrics["b/backbone/test_ce"] < 0.05
+  for key in ("t/backbone", "t/projected", "b/projected", "b/text"):
+    assert metrics[f"{key}/acc1"] < 0.45
+    assert metrics[f"{key}/test_ce"] == pytest.approx(np.log(4), abs=0.1)
+  assert metrics["b/backbone/2shot_acc1"] > 0.9
+  with pytest.raises(ValueError, match=r"unknown evaluator 'label_probes' feature kind 'pooled'"):
+    get_evaluator("label_probes", {"train_batches": train, "test_batches": test, "label_keys": {"t": "labels/t"},
+                                   "num_classes": {"t": 4}, "features": ["pooled"]})
