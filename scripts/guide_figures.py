@@ -85,6 +85,7 @@ def emit(record: Mapping[str, Any], sink: Any) -> None:
   line = json.dumps(record, sort_keys=True)
   print(line, flush=True)
   sink.write(line + "\n")
+  sink.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
