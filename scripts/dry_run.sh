@@ -11,7 +11,7 @@
 #    shards, assembles the global batch, runs the sharded update and writes a checkpoint to the workdir
 #    (DRY_RUN_WORKDIR, default a new temporary folder; a bucket URL tests the bucket path too).
 # The overrides apply to both; shrink what a CPU cannot run quickly with them (the model with a config's `variant`
-# argument, the batch with --config.data.global_batch_size=...). Evaluators are left out of the training run.
+# argument, the batch with --config.data.global_batch_size=...). The config's evaluators run after the last step.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
@@ -42,7 +42,7 @@ for (( i = 0; i < processes; i++ )); do
   fi
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$((devices / processes))" \
     "$python" -m lmstruct.cli train --config "$config" --workdir "$workdir" "${cluster[@]}" \
-      --config.train.steps="$steps" --config.train.checkpoint_every="$steps" --config.evals='{}' "$@" &
+      --config.train.steps="$steps" --config.train.checkpoint_every="$steps" "$@" &
   pids+=($!)
 done
 status=0
