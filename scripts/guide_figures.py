@@ -1,0 +1,114 @@
+"""The figures and reference values of docs/guide.md: one real run per objective, and real vs random CLIP.
+
+    PYTHONPATH=$PWD python scripts/guide_figures.py [--steps 250] [--objectives clip,sep,br,gc,full] \
+        [--runs runs/guide] [--out docs/guide]
+
+For each objective of `configs/clip_scenes.py` (the `small` variant, the main job's size) it trains a run of
+`--steps` updates with only the structure evaluator (the other evaluators do not change the figures), then copies
+the run's final joint-PCA and gap-shift plots to `OUT/pca_<objective>.png` and `OUT/gap_shift_<objective>.png`.
+It then reads the real CLIP features (`$LMSTRUCT_SHARED_DATA/clip-features/`, default `../shared/data` beside the
+checkout: OpenAI CLIP ViT-B/16 and a random CLIP on 500 COCO val2017 pairs), computes every structure diagnostic
+and one-caption retrieval among the 500 pairs, and draws their PCA plots (`OUT/pca_clip_vitb16.png`,
+`OUT/pca_clip_random.png`).
+
+One JSON line per run or feature set is printed and written to `OUT/structure.jsonl`, each with the machine,
+commit and date. Runs already finished are not retrained (rerunning only collects).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+OBJECTIVES = ("clip", "sep", "br", "gc", "full")
+FEATURE_SETS = {"clip_vitb16": "features_clip.npy", "clip_random": "features_clip_random.npy"}
+
+
+def shared_data() -> pathlib.Path:
+  """The shared real-data folder: ``$LMSTRUCT_SHARED_DATA`` or ``../shared/data`` beside the checkout."""
+  return pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def provenance() -> dict[str, Any]:
+  """The commit, machine and date every record carries."""
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                          text=True).stdout.strip()
+  cpu = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")), "unknown cpu") if pathlib.Path("/proc/cpuinfo").exists() else "?"
+  return {"commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores",
+          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def train_objective(objective: str, steps: int, runs: pathlib.Path) -> tuple[pathlib.Path, int, dict[str, float]]:
+  """Trains (or finds finished) `configs/clip_scenes.py:objective=<objective>,steps=<steps>` with only the
+  structure evaluator; returns (its structure evaluation folder, final step, structure metrics)."""
+  from lmstruct.config import load_config
+  from lmstruct.train.loop import train_and_evaluate
+  config = load_config(str(REPO_ROOT / f"configs/clip_scenes.py:objective={objective},steps={steps}"))
+  config.unlock()
+  config.evals = {"structure": config.evals.structure.to_dict()}
+  config.lock()
+  workdir = runs / objective
+  results = train_and_evaluate(config, workdir)
+  step = json.loads((workdir / "results.json").read_text())["step"]
+  return workdir / "eval" / "structure", step, results["structure"]
+
+
+def clip_features(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(zv, zt) [500, 512] of one shared CLIP feature file, rows re-normalised to unit length."""
+  from lmstruct.eval.features import l2_normalize
+  features = np.load(shared_data() / "clip-features" / FEATURE_SETS[name])
+  return l2_normalize(features[0]), l2_normalize(features[1])
+
+
+def feature_set_record(name: str, out: pathlib.Path) -> dict[str, Any]:
+  """Every structure diagnostic and retrieval among the pairs of one CLIP feature set; draws its PCA plot."""
+  from lmstruct.eval import plots, retrieval, structure
+  zv, zt = clip_features(name)
+  metrics = structure.structure_metrics(zv, zt)
+  metrics.update(retrieval.retrieval_metrics(zv, zt, np.arange(zv.shape[0])))
+  plots.plot_modality_pca(zv, zt, out / f"pca_{name}.png")
+  return {"kind": "clip_features", "name": name, "pairs": int(zv.shape[0]), "metrics": metrics}
+
+
+def emit(record: Mapping[str, Any], sink: Any) -> None:
+  line = json.dumps(record, sort_keys=True)
+  print(line, flush=True)
+  sink.write(line + "\n")
+  sink.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--steps", type=int, default=250)
+  parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+  parser.add_argument("--runs", default="runs/guide")
+  parser.add_argument("--out", default="docs/guide")
+  args = parser.parse_args(argv)
+  out, runs = pathlib.Path(args.out), pathlib.Path(args.runs)
+  out.mkdir(parents=True, exist_ok=True)
+  facts = provenance()
+  with (out / "structure.jsonl").open("w") as sink:
+    for name in FEATURE_SETS:
+      emit({**feature_set_record(name, out), **facts}, sink)
+    for objective in args.objectives.split(","):
+      folder, step, metrics = train_objective(objective, args.steps, runs)
+      for figure in ("pca", "gap_shift"):
+        shutil.copyfile(folder / f"step_{step}_{figure}.png", out / f"{figure}_{objective}.png")
+      emit({"kind": "run", "name": objective, "config": f"configs/clip_scenes.py:objective={objective},steps={step}",
+            "step": step, "metrics": metrics, **facts}, sink)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
