@@ -108,8 +108,8 @@ USER_ERRORS = {
     ("train", f"--config={CONFIG}:variant=tinny", "--workdir=w"):
         "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']",
     ("train", f"--config={CONFIG}:varaint=tiny", "--workdir=w"):
-        "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['batch', 'eval_size', "
-        "'objective', 'scenes', 'steps', 'train_size', 'variant']",
+        "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['align', 'batch', "
+        "'eval_size', 'objective', 'scenes', 'steps', 'train_size', 'variant']",
     ("train", f"--config={REPO / 'configs' / 'clip_scene.py'}", "--workdir=w"):
         f"config file {REPO / 'configs' / 'clip_scene.py'} not found (did you mean '{CONFIG}'?)",
     ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.steps=many"):
@@ -118,7 +118,7 @@ USER_ERRORS = {
         "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
         "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
         "--config.KEY=VALUE",
-    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'plan', 'train']",
+    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'plan', 'study', 'train']",
     ("plan", f"--config={CONFIG}", "--devices=0"): "lmstruct plan: --devices must be at least 1, got 0",
     ("plan", f"--config={CONFIG}"): "lmstruct plan: the following arguments are required: --devices",
     ("convert", "dta"): "lmstruct convert: argument CONVERTER: unknown converter 'dta' (did you mean 'data'?); "
@@ -183,7 +183,7 @@ def test_config_values_and_overrides():
   config = apply_overrides(base_config(), {"train.steps": "7", "model.image.width": "64",
                                            "optimizer.learning_rate": "1"})
   assert config.train.steps == 7 and config.model.image.width == 64 and config.optimizer.learning_rate == 1.0
-  with pytest.raises(ValueError, match=r"config argument 'train.steps' must be of type int"):
+  with pytest.raises(ValueError, match=r"config key 'train.steps' must be of type int"):
     apply_overrides(base_config(), {"train.steps": "off"})
   with pytest.raises(ValueError, match=r"cannot override config key 'train.steps.x': 'train.steps' is not a mapping"):
     apply_overrides(base_config(), {"train.steps.x": "1"})
@@ -302,7 +302,8 @@ def test_two_processes_evaluate_a_checkpoint_to_the_results_of_one(data_dir, tmp
     extra, extra_two = flatten(record["extra"]), flatten(two[name]["extra"])
     assert set(extra_two) == set(extra), name
     for key, value in extra.items():
-      assert extra_two[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6, abs=1e-7)), key
+      exact = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+      assert extra_two[key] == (value if exact else pytest.approx(value, rel=1e-6, abs=1e-7)), key
   assert one["retrieval"]["extra"] == {"num_images": 32, "num_texts": 160}
   # Process 0 alone writes: each record and figure once, no temporary file left by the other process.
   assert sorted(p.name for p in (workdir / "eval" / "structure").iterdir()) == [

@@ -57,7 +57,8 @@ def test_every_registered_evaluator_declares_its_inputs():
     assert isinstance(cls.inputs, DataInputs), kind
     fields = {f.name for f in dataclasses.fields(cls)}
     assert set(cls.inputs.sources.values()) | set(cls.inputs.optional_sources.values()) <= fields, kind
-    for flag, field in (("labels", "label_key"), ("class_names", "class_names"), ("num_classes", "num_classes"),
+    label_field = "label_keys" if cls.inputs.several_labels else "label_key"
+    for flag, field in (("labels", label_field), ("class_names", "class_names"), ("num_classes", "num_classes"),
                         ("mesh", "mesh")):
       assert not getattr(cls.inputs, flag) or field in fields, (kind, flag)
 
@@ -136,7 +137,7 @@ def test_caption_less_imagefolder_of_wordnet_ids_evaluates_with_human_names(shar
   assert len(warnings) == 1 and "'digits'" in warnings[0] and "set class_names" in warnings[0]
   results = {e.name: e.run(*make_encoders(model, variables, mesh)) for e in evaluators}
   assert set(results["zs"]) == {"acc1", "acc3", "acc5", "mean_per_class_recall", "nonfinite_fraction"}
-  assert set(results["probe"]) == {"acc1", "val_acc1", "l2", "nonfinite_fraction"}
+  assert set(results["probe"]) == {"acc1", "test_ce", "val_acc1", "l2", "nonfinite_fraction"}
   assert "2shot_acc1_mean" in results["few"]
   assert evaluators[0].class_names == ["tench", "goldfish", "great white shark"]
   assert sorted(set(tokenize.texts) - {""}) == sorted(["a photo of the tench.", "a photo of the goldfish.",
