@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   -- runs the main job on the embedded default data
-#   make test    -- runs the whole test suite
+#   make test    -- checks the style (ruff) and runs the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,8 @@ train: $(STAMP)
 	$(PY) -m lmstruct.cli train --config configs/clip_scenes.py --workdir runs/default
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check lmstruct configs tests benchmarks scripts
+	$(VENV)/bin/ruff format --check lmstruct configs tests benchmarks scripts
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 clean:

@@ -11,6 +11,7 @@ runs in its own virtual environment without lmstruct or JAX, can import this fil
 
 The lmstruct side of every update benchmark is built by :func:`build_lmstruct_update` (imports JAX lazily).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -35,15 +36,42 @@ EOT_TOKEN = 49407
 # The two reference configurations of the issue. `preset` is lmstruct's; the peer builds open_clip's model from the
 # same numbers (open_clip's own 'ViT-B-32' config for B/32).
 REFERENCE: dict[str, dict[str, Any]] = {
-    "tiny": dict(preset="tiny", image_size=64, patch=8, vision_width=256, vision_layers=6, vision_heads=4,
-                 text_width=256, text_layers=6, text_heads=4, context=32, vocab=49408, embed=256, batch=128),
-    "B32": dict(preset="ViT-B-32", image_size=224, patch=32, vision_width=768, vision_layers=12, vision_heads=12,
-                text_width=512, text_layers=12, text_heads=8, context=77, vocab=49408, embed=512, batch=32),
+  "tiny": dict(
+    preset="tiny",
+    image_size=64,
+    patch=8,
+    vision_width=256,
+    vision_layers=6,
+    vision_heads=4,
+    text_width=256,
+    text_layers=6,
+    text_heads=4,
+    context=32,
+    vocab=49408,
+    embed=256,
+    batch=128,
+  ),
+  "B32": dict(
+    preset="ViT-B-32",
+    image_size=224,
+    patch=32,
+    vision_width=768,
+    vision_layers=12,
+    vision_heads=12,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+    context=77,
+    vocab=49408,
+    embed=512,
+    batch=32,
+  ),
 }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # FLOPs
+
 
 def _transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: float = 4.0) -> float:
   """Matmul FLOPs of `layers` pre-LN blocks on one sequence: QKV, QKᵀ, AV, output projection, MLP (2 per MAC)."""
@@ -54,11 +82,15 @@ def _transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: 
 def forward_flops_per_pair(ref: Mapping[str, Any]) -> float:
   """Forward matmul FLOPs of one image and one caption (patch embedding, both transformers, both projections)."""
   patches = (ref["image_size"] // ref["patch"]) ** 2
-  vision = (2 * patches * 3 * ref["patch"] ** 2 * ref["vision_width"]
-            + _transformer_forward_flops(patches + 1, ref["vision_width"], ref["vision_layers"])
-            + 2 * ref["vision_width"] * ref["embed"])
-  text = (_transformer_forward_flops(ref["context"], ref["text_width"], ref["text_layers"])
-          + 2 * ref["text_width"] * ref["embed"])
+  vision = (
+    2 * patches * 3 * ref["patch"] ** 2 * ref["vision_width"]
+    + _transformer_forward_flops(patches + 1, ref["vision_width"], ref["vision_layers"])
+    + 2 * ref["vision_width"] * ref["embed"]
+  )
+  text = (
+    _transformer_forward_flops(ref["context"], ref["text_width"], ref["text_layers"])
+    + 2 * ref["text_width"] * ref["embed"]
+  )
   return vision + text
 
 
@@ -70,6 +102,7 @@ def update_model_flops(ref: Mapping[str, Any], batch: int, views: int = 1) -> fl
 
 # ----------------------------------------------------------------------------------------------------------------
 # Machine facts
+
 
 def machine() -> dict[str, Any]:
   """CPU model, core count, the ISA flags that decide matmul speed, commit and date."""
@@ -83,20 +116,29 @@ def machine() -> dict[str, Any]:
         flags = set(value.split())
   except OSError:
     pass
-  isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-         if f in flags]
-  return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "commit": git_commit(REPO_ROOT),
-          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-          "python": platform.python_version(), "loadavg": load()}
+  isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8") if f in flags]
+  return {
+    "cpu": model,
+    "cores": os.cpu_count(),
+    "isa": isa,
+    "commit": git_commit(REPO_ROOT),
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "python": platform.python_version(),
+    "loadavg": load(),
+  }
 
 
 def git_commit(checkout: str | os.PathLike) -> str:
   """Short commit of `checkout`, with '+dirty' when tracked files differ from it; '?' outside git."""
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                            check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
-                                capture_output=True, text=True).stdout.strip())
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = bool(
+      subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True
+      ).stdout.strip()
+    )
   except (OSError, subprocess.CalledProcessError):
     return "?"
   return commit + ("+dirty" if dirty else "")
@@ -112,6 +154,7 @@ def load() -> list[float]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Output
+
 
 def emit(record: Mapping[str, Any]) -> None:
   """One JSON line on stdout (the machine-readable output; tables are printed after them)."""
@@ -132,20 +175,25 @@ def summary(seconds: Sequence[float]) -> dict[str, float]:
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], title: str = "") -> str:
   """A fixed-width text table of `rows` with (key, header) `columns`; floats are shown with 3 significant digits."""
+
   def fmt(value: Any) -> str:
     if isinstance(value, float):
       return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
     return "-" if value is None else str(value)
+
   cells = [[fmt(row.get(key)) for key, _ in columns] for row in rows]
   widths = [max([len(header)] + [len(c[i]) for c in cells]) for i, (_, header) in enumerate(columns)]
-  lines = ([title] if title else []) + ["  ".join(h.rjust(w) for (_, h), w in zip(columns, widths)),
-                                        "  ".join("-" * w for w in widths)]
+  lines = ([title] if title else []) + [
+    "  ".join(h.rjust(w) for (_, h), w in zip(columns, widths)),
+    "  ".join("-" * w for w in widths),
+  ]
   lines += ["  ".join(c.rjust(w) for c, w in zip(cell, widths)) for cell in cells]
   return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Memory
+
 
 def memory_mib() -> dict[str, float]:
   """Resident set now (VmRSS) and its peak over the process's life or since the last reset (VmHWM), in MiB."""
@@ -172,7 +220,10 @@ def reset_peak_rss() -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Synthetic batches (identical content for lmstruct and the peer)
 
-def synthetic_batch(ref: Mapping[str, Any], batch: int, seed: int = 0, augmented: bool = False) -> dict[str, np.ndarray]:
+
+def synthetic_batch(
+  ref: Mapping[str, Any], batch: int, seed: int = 0, augmented: bool = False
+) -> dict[str, np.ndarray]:
   """Normal-noise images NHWC float32 and token rows (ids < EOT, one EOT at a random position, zero after it)."""
   rng = np.random.default_rng(seed)
   size, length = ref["image_size"], ref["context"]
@@ -182,7 +233,7 @@ def synthetic_batch(ref: Mapping[str, Any], batch: int, seed: int = 0, augmented
     ends = rng.integers(length // 4, length, batch)
     for row, end in enumerate(ends):
       tokens[row, end] = EOT_TOKEN
-      tokens[row, end + 1:] = 0
+      tokens[row, end + 1 :] = 0
     return tokens
 
   out = {"image": rng.standard_normal((batch, size, size, 3), dtype=np.float32), "text": texts()}
@@ -195,6 +246,7 @@ def synthetic_batch(ref: Mapping[str, Any], batch: int, seed: int = 0, augmented
 # ----------------------------------------------------------------------------------------------------------------
 # Worker processes
 
+
 class WorkerError(RuntimeError):
   pass
 
@@ -204,8 +256,15 @@ class Worker:
 
   def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None):
     self.name = name
-    self.process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    env=dict(os.environ if env is None else env), cwd=REPO_ROOT, bufsize=1)
+    self.process = subprocess.Popen(
+      list(argv),
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ if env is None else env),
+      cwd=REPO_ROOT,
+      bufsize=1,
+    )
     self.pid = self.process.pid
 
   def call(self, cmd: str, **kwargs: Any) -> dict[str, Any]:
@@ -236,7 +295,7 @@ class Worker:
         self.process.kill()
         self.process.wait()
 
-  def __enter__(self) -> "Worker":
+  def __enter__(self) -> Worker:
     return self
 
   def __exit__(self, *exc: Any) -> None:
@@ -278,7 +337,7 @@ def interleave(workers: Sequence[Worker], rounds: int, cmd: str = "step", **kwar
   """`rounds` rounds of one `cmd` per worker, alternating the order (A B, B A, A B, …); replies per worker."""
   replies: dict[str, list[Any]] = {w.name: [] for w in workers}
   for r in range(rounds):
-    for worker in (workers if r % 2 == 0 else list(reversed(workers))):
+    for worker in workers if r % 2 == 0 else list(reversed(workers)):
       replies[worker.name].append(worker.call(cmd, **kwargs))
   return replies
 
@@ -301,25 +360,32 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------------
 # The lmstruct update under test (JAX imported lazily)
 
+
 def jax_matmul_rate(dtype: str, n: int = 3072, repeats: int = 5) -> dict[str, Any]:
   """FLOP/s of a jitted n×n @ n×n matmul in `dtype` ('float32' | 'bfloat16'), median of `repeats` after one warm-up
   call. bfloat16 inputs accumulate into float32 (`preferred_element_type`), the form lmstruct's bf16 layers emit on
   CPU (a bf16-output dot is run by XLA:CPU as a float32 GEMM between conversions)."""
   import jax
   import jax.numpy as jnp
+
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   a = jax.random.normal(jax.random.key(0), (n, n), dt)
   b = jax.random.normal(jax.random.key(1), (n, n), dt)
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   times = time_calls(lambda: f(a, b).block_until_ready(), repeats)
-  return {"framework": "jax", "dtype": dtype, "n": n, "flops": 2.0 * n ** 3 / statistics.median(times),
-          "times_s": times}
+  return {"framework": "jax", "dtype": dtype, "n": n, "flops": 2.0 * n**3 / statistics.median(times), "times_s": times}
 
 
-def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapping[str, Any]], *,
-                           dtype: str = "float32", batch: int | None = None, independent_heads: bool = True,
-                           seed: int = 0) -> dict[str, Any]:
+def build_lmstruct_updates(
+  ref: Mapping[str, Any],
+  objectives: Mapping[str, Mapping[str, Any]],
+  *,
+  dtype: str = "float32",
+  batch: int | None = None,
+  independent_heads: bool = True,
+  seed: int = 0,
+) -> dict[str, Any]:
   """lmstruct's jitted updates for a reference configuration, one per objective, compiled ahead of time.
 
   All updates share one model, one state (threaded through whichever runs; it is donated) and one synthetic batch
@@ -340,20 +406,30 @@ def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapp
   model_config = {"preset": ref["preset"], "dtype": dtype, "independent_heads": independent_heads}
   check_reference(resolve_model_config(model_config), ref)
   model = build_model(model_config)
-  tx = make_optimizer({"learning_rate": 1e-5, "warmup_steps": 0, "total_steps": 10_000, "weight_decay": 0.1,
-                       "grad_clip_norm": 1.0})
+  tx = make_optimizer(
+    {"learning_rate": 1e-5, "warmup_steps": 0, "total_steps": 10_000, "weight_decay": 0.1, "grad_clip_norm": 1.0}
+  )
   mesh = make_mesh(devices=jax.devices()[:1])
   shape, length = input_shapes(model_config)
   start = time.perf_counter()
-  state, shardings = init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh,
-                                      rules=DEFAULT_RULES, seed=seed)
+  state, shardings = init_train_state(
+    model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=DEFAULT_RULES, seed=seed
+  )
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
   augmented = any(ObjectiveConfig.from_dict(o).needs_augmented_view for o in objectives.values())
   device_batch = jax.device_put(synthetic_batch(ref, batch, seed, augmented=augmented), batch_sharding(mesh))
-  out: dict[str, Any] = {"steps": {}, "state": state, "batch": device_batch, "init_s": init_s, "compile_s": {},
-                         "lower_s": {}, "memory": {}, "xla_flops": {},
-                         "params": sum(x.size for x in jax.tree.leaves(state.params))}
+  out: dict[str, Any] = {
+    "steps": {},
+    "state": state,
+    "batch": device_batch,
+    "init_s": init_s,
+    "compile_s": {},
+    "lower_s": {},
+    "memory": {},
+    "xla_flops": {},
+    "params": sum(x.size for x in jax.tree.leaves(state.params)),
+  }
   for name, objective in objectives.items():
     jitted = make_train_step(model, tx, objective=objective, mesh=mesh, state_shardings=shardings)
     start = time.perf_counter()
@@ -363,9 +439,16 @@ def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapp
     compiled = lowered.compile()
     out["compile_s"][name] = time.perf_counter() - start
     analysis = compiled.memory_analysis()
-    out["memory"][name] = {} if analysis is None else {
-        "temp_mib": analysis.temp_size_in_bytes / 2 ** 20, "argument_mib": analysis.argument_size_in_bytes / 2 ** 20,
-        "output_mib": analysis.output_size_in_bytes / 2 ** 20, "alias_mib": analysis.alias_size_in_bytes / 2 ** 20}
+    out["memory"][name] = (
+      {}
+      if analysis is None
+      else {
+        "temp_mib": analysis.temp_size_in_bytes / 2**20,
+        "argument_mib": analysis.argument_size_in_bytes / 2**20,
+        "output_mib": analysis.output_size_in_bytes / 2**20,
+        "alias_mib": analysis.alias_size_in_bytes / 2**20,
+      }
+    )
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out["xla_flops"][name] = float(cost.get("flops", 0.0)) if cost else None
@@ -373,36 +456,52 @@ def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapp
   return out
 
 
-def build_lmstruct_update(ref: Mapping[str, Any], *, objective: Mapping[str, Any] | None = None,
-                          **kwargs: Any) -> dict[str, Any]:
+def build_lmstruct_update(
+  ref: Mapping[str, Any], *, objective: Mapping[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
   """One update (default: plain CLIP); as build_lmstruct_updates, with 'step', 'compile_s', 'lower_s', 'memory'
   and 'xla_flops' for that single objective."""
   built = build_lmstruct_updates(ref, {"update": objective or {"base": "clip", "weights": {}}}, **kwargs)
-  return {**built, "step": built["steps"]["update"], "compile_s": built["compile_s"]["update"],
-          "lower_s": built["lower_s"]["update"], "memory": built["memory"]["update"],
-          "xla_flops": built["xla_flops"]["update"]}
+  return {
+    **built,
+    "step": built["steps"]["update"],
+    "compile_s": built["compile_s"]["update"],
+    "lower_s": built["lower_s"]["update"],
+    "memory": built["memory"]["update"],
+    "xla_flops": built["xla_flops"]["update"],
+  }
 
 
 def check_reference(resolved: Mapping[str, Any], ref: Mapping[str, Any]) -> None:
   """Raises if lmstruct's resolved preset differs from the reference numbers (so the comparison stays exact)."""
   from lmstruct.models.text import TEXT_SIZES
   from lmstruct.models.vit import VIT_SIZES
+
   image = {**VIT_SIZES[resolved["image"]["size"]], **resolved["image"]}
   text = {**TEXT_SIZES[resolved["text"]["size"]], **resolved["text"]}
-  got = dict(image_size=image["image_size"], patch=image["patch"], vision_width=image["width"],
-             vision_layers=image["layers"], vision_heads=image["heads"], text_width=text["width"],
-             text_layers=text["layers"], text_heads=text["heads"], context=text.get("context_length", 77),
-             vocab=text.get("vocab_size", 49408), embed=resolved["embed_dim"])
+  got = dict(
+    image_size=image["image_size"],
+    patch=image["patch"],
+    vision_width=image["width"],
+    vision_layers=image["layers"],
+    vision_heads=image["heads"],
+    text_width=text["width"],
+    text_layers=text["layers"],
+    text_heads=text["heads"],
+    context=text.get("context_length", 77),
+    vocab=text.get("vocab_size", 49408),
+    embed=resolved["embed_dim"],
+  )
   wrong = {k: (v, ref[k]) for k, v in got.items() if v != ref[k]}
   if wrong:
     raise ValueError(f"lmstruct preset {ref['preset']!r} differs from the reference configuration: {wrong}")
 
 
-def run_lmstruct_steps(update: dict[str, Any], steps: int, name: str | None = None,
-                       batch: Any = None) -> list[float]:
+def run_lmstruct_steps(update: dict[str, Any], steps: int, name: str | None = None, batch: Any = None) -> list[float]:
   """Runs `steps` updates (state threaded through, donated), blocking on each; seconds per step. `name` picks one of
   build_lmstruct_updates' steps (default: the single 'step'); `batch` replaces the built synthetic batch."""
   import jax
+
   step = update["step"] if name is None else update["steps"][name]
   batch = update["batch"] if batch is None else batch
   times = []
@@ -419,28 +518,42 @@ def run_lmstruct_steps(update: dict[str, Any], steps: int, name: str | None = No
 def iter_rows(records: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
   return [r for r in records if r.get("kind") == kind]
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # Profiles
+
 
 def _op_category(op_name: str, opcode: str, kind: str) -> str:
   """A coarse class for one XLA:CPU thunk from its HLO metadata: matmul, attention softmax, layer norm, …"""
   last = op_name.rsplit("/", 1)[-1]
-  if opcode in ("dot", "convolution") or "dot_general" in last or "conv_general" in last or "ynn" in kind and (
-      "dot_general" in op_name):
+  if (
+    opcode in ("dot", "convolution")
+    or "dot_general" in last
+    or "conv_general" in last
+    or "ynn" in kind
+    and ("dot_general" in op_name)
+  ):
     return "matmul / conv"
   if "opt_state" in op_name or "/adam" in op_name or "clip_by_global_norm" in op_name:
     return "optimizer"
-  for key, label in (("/ln_", "layer norm"), ("ln_final", "layer norm"), ("/mlp/", "MLP activation"),
-                     ("/attn/", "attention (softmax, mask, reshapes)"), ("token_embedding", "token embedding"),
-                     ("positional", "embedding add"), ("select_n", "non-finite guard / select"),
-                     ("loss", "loss")):
+  for key, label in (
+    ("/ln_", "layer norm"),
+    ("ln_final", "layer norm"),
+    ("/mlp/", "MLP activation"),
+    ("/attn/", "attention (softmax, mask, reshapes)"),
+    ("token_embedding", "token embedding"),
+    ("positional", "embedding add"),
+    ("select_n", "non-finite guard / select"),
+    ("loss", "loss"),
+  ):
     if key in op_name:
       return label
   return f"other ({last or opcode})"
 
 
-def profile_steps(update: dict[str, Any], steps: int, directory: str | os.PathLike, name: str | None = None,
-                  top: int = 12) -> dict[str, Any]:
+def profile_steps(
+  update: dict[str, Any], steps: int, directory: str | os.PathLike, name: str | None = None, top: int = 12
+) -> dict[str, Any]:
   """Traces `steps` updates with jax.profiler and sums XLA:CPU thunk time by class (from the compiled HLO's
   metadata); ms per step, summed over threads. The trace stays in `directory` (TensorBoard / Perfetto)."""
   import collections
@@ -449,6 +562,7 @@ def profile_steps(update: dict[str, Any], steps: int, directory: str | os.PathLi
   import re
 
   import jax
+
   compiled = update["step"] if name is None else update["steps"][name]
   meta = {}
   for line in compiled.as_text().splitlines():
@@ -468,7 +582,12 @@ def profile_steps(update: dict[str, Any], steps: int, directory: str | os.PathLi
     by_class[_op_category(op_name, opcode, kind)] += e["dur"] / 1e3 / steps
     by_op[e["name"]] += e["dur"] / 1e3 / steps
   total = sum(by_class.values())
-  return {"step_s": times, "thunk_ms_per_step": total, "trace": trace,
-          "classes": {k: {"ms": v, "share": v / total} for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
-          "top_ops": [{"name": k, "ms": v, "op": meta[k][1][-120:]}
-                      for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]}
+  return {
+    "step_s": times,
+    "thunk_ms_per_step": total,
+    "trace": trace,
+    "classes": {k: {"ms": v, "share": v / total} for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+    "top_ops": [
+      {"name": k, "ms": v, "op": meta[k][1][-120:]} for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]
+    ],
+  }

@@ -9,6 +9,7 @@ configurations are compiled in turn, the order reversed every round (A B C … C
 and the medians over `--repeats` rounds are reported: `lower_s` (tracing + lowering to StableHLO), `compile_s`
 (XLA), and the ratio of each preset's total to ViT-B/32's in the same layout.
 """
+
 import argparse
 import os
 import statistics
@@ -19,13 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import emit, machine, table, write_json_lines  # noqa: E402
 
-OBJECTIVES = {"clip": {"base": "clip", "weights": {}},
-              "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}}}
+OBJECTIVES = {
+  "clip": {"base": "clip", "weights": {}},
+  "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
+}
 
 
 def update_config(preset: str, scan_layers: bool, objective: str, batch: int):
   """The base config with `preset` (blocks scanned or not), one device, `batch` examples."""
   from lmstruct.config import base_config
+
   config = base_config()
   config.model = {"preset": preset, "scan_layers": scan_layers}
   config.objective = {**OBJECTIVES[objective], "impl": "global"}
@@ -38,6 +42,7 @@ def layers(preset: str) -> str:
   from lmstruct.models.factory import resolve_model_config
   from lmstruct.models.text import TEXT_SIZES
   from lmstruct.models.vit import VIT_SIZES
+
   resolved = resolve_model_config({"preset": preset})
   return f"{VIT_SIZES[resolved['image']['size']]['layers']}+{TEXT_SIZES[resolved['text']['size']]['layers']}"
 
@@ -52,8 +57,9 @@ def main() -> None:
   args = parser.parse_args()
   from lmstruct.plan import compile_update
 
-  records = [{"kind": "machine", **machine(), "benchmark": "compile_depth", "objective": args.objective,
-              "batch": args.batch}]
+  records = [
+    {"kind": "machine", **machine(), "benchmark": "compile_depth", "objective": args.objective, "batch": args.batch}
+  ]
   emit(records[0])
   compile_update(update_config("test", False, args.objective, args.batch), "replicate")  # warm-up
   # Scanned first: on a busy machine the figures that decide the depth question come before the slow unrolled ones.
@@ -62,9 +68,15 @@ def main() -> None:
   for round_ in range(args.repeats):
     for preset, scan in configurations if round_ % 2 == 0 else configurations[::-1]:
       result = compile_update(update_config(preset, scan, args.objective, args.batch), "replicate")
-      record = {"kind": "compile", "round": round_, "preset": preset, "scan_layers": scan,
-                "lower_s": result["lower_s"], "compile_s": result["compile_s"],
-                "temp_mib": result["memory"]["temp_bytes"] / 2 ** 20}
+      record = {
+        "kind": "compile",
+        "round": round_,
+        "preset": preset,
+        "scan_layers": scan,
+        "lower_s": result["lower_s"],
+        "compile_s": result["compile_s"],
+        "temp_mib": result["memory"]["temp_bytes"] / 2**20,
+      }
       emit(record)
       records.append(record)
       runs[preset, scan].append(record)
@@ -73,8 +85,16 @@ def main() -> None:
   for preset, scan in configurations:
     lower = statistics.median(r["lower_s"] for r in runs[preset, scan])
     compile_ = statistics.median(r["compile_s"] for r in runs[preset, scan])
-    rows.append({"preset": preset, "layers": layers(preset), "blocks": "scanned" if scan else "unrolled",
-                 "lower_s": lower, "compile_s": compile_, "total_s": lower + compile_})
+    rows.append(
+      {
+        "preset": preset,
+        "layers": layers(preset),
+        "blocks": "scanned" if scan else "unrolled",
+        "lower_s": lower,
+        "compile_s": compile_,
+        "total_s": lower + compile_,
+      }
+    )
   first = args.presets.split(",")[0]
   for row in rows:
     base = next(r for r in rows if r["preset"] == first and r["blocks"] == row["blocks"])
@@ -84,10 +104,22 @@ def main() -> None:
     records.append({"kind": "median", **row})
   write_json_lines(args.json_out, records)
   print()
-  print(table(rows, [("preset", "preset"), ("layers", "image+text layers"), ("blocks", "blocks"),
-                     ("lower_s", "lower s"), ("compile_s", "compile s"), ("total_s", "total s"),
-                     ("compile_vs_first", f"compile ÷ {first}"), ("total_vs_first", f"total ÷ {first}")],
-              title=f"update compile time, median of {args.repeats} ({args.objective} objective, batch {args.batch})"))
+  print(
+    table(
+      rows,
+      [
+        ("preset", "preset"),
+        ("layers", "image+text layers"),
+        ("blocks", "blocks"),
+        ("lower_s", "lower s"),
+        ("compile_s", "compile s"),
+        ("total_s", "total s"),
+        ("compile_vs_first", f"compile ÷ {first}"),
+        ("total_vs_first", f"total ÷ {first}"),
+      ],
+      title=f"update compile time, median of {args.repeats} ({args.objective} objective, batch {args.batch})",
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ first batch (worker start-up) and times the next ``--batches`` batches.
 
     python benchmarks/input_pipeline.py --image_size=224 --batch_size=32 --batches=6 --runs=3
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def coco_source(root: pathlib.Path) -> list[dict]:
       captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
     for image in annotations["images"]:
       if image["id"] in captions:
-        source.append({"image_bytes": (root / "coco-mini" / split / image["file_name"]).read_bytes(),
-                       "captions": captions[image["id"]], "image_id": str(image["id"])})
+        source.append(
+          {
+            "image_bytes": (root / "coco-mini" / split / image["file_name"]).read_bytes(),
+            "captions": captions[image["id"]],
+            "image_id": str(image["id"]),
+          }
+        )
   if not source:
     raise FileNotFoundError(f"no coco-mini captions/images under {root}")
   return source
@@ -58,8 +64,8 @@ def whitespace_tokenize(texts: Sequence[str], context_length: int = 77) -> np.nd
   """Fallback tokenizer: lower-cased words hashed to ids, start 1, end 2, zero padding."""
   out = np.zeros((len(texts), context_length), np.int32)
   for row, text in enumerate(texts):
-    ids = [1] + [3 + sum(word.encode()) % 49000 for word in text.lower().split()][:context_length - 2] + [2]
-    out[row, :len(ids)] = ids
+    ids = [1] + [3 + sum(word.encode()) % 49000 for word in text.lower().split()][: context_length - 2] + [2]
+    out[row, : len(ids)] = ids
   return out
 
 
@@ -67,6 +73,7 @@ def tokenizer() -> tuple[str, pipeline.Tokenize]:
   """CLIP's tokenizer when it can be built here, else the whitespace fallback; with its name."""
   try:
     from lmstruct.data.tokenize import get_tokenizer
+
     return "clip", get_tokenizer("clip")
   except (ImportError, OSError, RuntimeError) as error:
     print(f"CLIP tokenizer unavailable ({error}); using a whitespace tokenizer", file=sys.stderr)
@@ -75,9 +82,16 @@ def tokenizer() -> tuple[str, pipeline.Tokenize]:
 
 def run_once(source: list[dict], tokenize: pipeline.Tokenize, workers: int, seed: int) -> float:
   """Examples per second over ``--batches`` batches of a fresh pipeline, after one warm-up batch."""
-  iterator = pipeline.train_pipeline(source, tokenize=tokenize, global_batch_size=_BATCH_SIZE.value, seed=seed,
-                                     image_size=_IMAGE_SIZE.value, worker_count=workers, shard_index=0,
-                                     shard_count=1)
+  iterator = pipeline.train_pipeline(
+    source,
+    tokenize=tokenize,
+    global_batch_size=_BATCH_SIZE.value,
+    seed=seed,
+    image_size=_IMAGE_SIZE.value,
+    worker_count=workers,
+    shard_index=0,
+    shard_count=1,
+  )
   try:
     next(iterator)
     start = time.perf_counter()
@@ -97,11 +111,28 @@ def main(argv: Sequence[str]) -> None:
   results = []
   for workers in (int(w) for w in _WORKERS.value):
     runs = [run_once(source, tokenize, workers, seed) for seed in range(_RUNS.value)]
-    results.append({"worker_count": workers, "examples_per_s_median": round(statistics.median(runs), 2),
-                    "examples_per_s_runs": [round(r, 2) for r in runs]})
-  print(json.dumps({"benchmark": "input_pipeline", "image_size": _IMAGE_SIZE.value,
-                    "batch_size": _BATCH_SIZE.value, "timed_batches": _BATCHES.value, "tokenizer": name,
-                    "num_images": len(source), "cpu_count": os.cpu_count(), "results": results}, indent=2))
+    results.append(
+      {
+        "worker_count": workers,
+        "examples_per_s_median": round(statistics.median(runs), 2),
+        "examples_per_s_runs": [round(r, 2) for r in runs],
+      }
+    )
+  print(
+    json.dumps(
+      {
+        "benchmark": "input_pipeline",
+        "image_size": _IMAGE_SIZE.value,
+        "batch_size": _BATCH_SIZE.value,
+        "timed_batches": _BATCHES.value,
+        "tokenizer": name,
+        "num_images": len(source),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Each side is its own process; the sides are measured alternately (round robin, `
 builds a fresh pipeline, discards ``--warmup`` batches and times ``--batches``. Output: JSON lines (``kind``:
 machine, side), then a table with medians and the ratio to the best peer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,14 +85,22 @@ class LmstructSide:
   def __init__(self, spec: dict[str, Any]):
     from lmstruct.data import pipeline, streaming
     from lmstruct.data.tokenize import get_tokenizer
+
     self.spec, self.pipeline, self.streaming = spec, pipeline, streaming
     self.tokenize = get_tokenizer("clip", context_length=CONTEXT)
 
   def rate(self, batches: int, warmup: int, seed: int) -> dict[str, Any]:
     iterator = self.pipeline.train_pipeline(
-        self.streaming.WebDatasetStream(self.spec["shards"], shuffle_buffer=100), tokenize=self.tokenize,
-        global_batch_size=BATCH, seed=seed, image_size=IMAGE_SIZE, worker_count=0, read_threads=1,
-        shard_index=0, shard_count=1)
+      self.streaming.WebDatasetStream(self.spec["shards"], shuffle_buffer=100),
+      tokenize=self.tokenize,
+      global_batch_size=BATCH,
+      seed=seed,
+      image_size=IMAGE_SIZE,
+      worker_count=0,
+      read_threads=1,
+      shard_index=0,
+      shard_count=1,
+    )
     try:
       for _ in range(warmup):
         next(iterator)
@@ -101,8 +110,11 @@ class LmstructSide:
       seconds = time.perf_counter() - start
     finally:
       iterator.close()
-    return {"examples_per_s": batches * BATCH / seconds, "seconds": seconds,
-            "shapes": {k: list(v.shape) for k, v in batch.items()}}
+    return {
+      "examples_per_s": batches * BATCH / seconds,
+      "seconds": seconds,
+      "shapes": {k: list(v.shape) for k, v in batch.items()},
+    }
 
 
 def lmstruct_worker(spec: dict[str, Any]) -> None:
@@ -112,6 +124,7 @@ def lmstruct_worker(spec: dict[str, Any]) -> None:
     if command["cmd"] == "rate":
       return side.rate(int(command["batches"]), int(command["warmup"]), int(command["seed"]))
     raise ValueError(f"unknown command {command['cmd']!r}")
+
   common.serve(handle)
 
 
@@ -119,8 +132,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sides", default="lmstruct,open_clip,tf.data")
   parser.add_argument("--peer-python", default=common.DEFAULT_PEER_PYTHON, help="open_clip's virtualenv python")
-  parser.add_argument("--tf-python", default=os.environ.get("LMSTRUCT_TF_PYTHON",
-                                                             str(common.REPO_ROOT.parent / "tf-venv/bin/python")))
+  parser.add_argument(
+    "--tf-python", default=os.environ.get("LMSTRUCT_TF_PYTHON", str(common.REPO_ROOT.parent / "tf-venv/bin/python"))
+  )
   parser.add_argument("--rounds", type=int, default=5, help="alternations of the sides (medians reported)")
   parser.add_argument("--batches", type=int, default=4, help="timed batches per measurement")
   parser.add_argument("--warmup", type=int, default=1, help="discarded batches per measurement")
@@ -135,11 +149,19 @@ def main() -> None:
   count = write_shards(folder / "shards")
   spec = {"shards": str(folder / "shards"), "image_size": IMAGE_SIZE, "context": CONTEXT, "batch": BATCH}
   from lmstruct.data import eda
-  env = {**os.environ, "PYTHONPATH": str(common.REPO_ROOT), "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
-         "LMSTRUCT_WORDNET_DIR": str(eda.wordnet_directory())}
-  commands = {"lmstruct": [sys.executable, __file__, "--worker", json.dumps(spec)],
-              "open_clip": [args.peer_python, str(WORKER), "--side", "open_clip", json.dumps(spec)],
-              "tf.data": [args.tf_python, str(WORKER), "--side", "tf.data", json.dumps(spec)]}
+
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(common.REPO_ROOT),
+    "JAX_PLATFORMS": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "LMSTRUCT_WORDNET_DIR": str(eda.wordnet_directory()),
+  }
+  commands = {
+    "lmstruct": [sys.executable, __file__, "--worker", json.dumps(spec)],
+    "open_clip": [args.peer_python, str(WORKER), "--side", "open_clip", json.dumps(spec)],
+    "tf.data": [args.tf_python, str(WORKER), "--side", "tf.data", json.dumps(spec)],
+  }
   sides = args.sides.split(",")
   workers = {name: common.Worker(name, commands[name], env) for name in sides}
   records: list[dict[str, Any]] = [{"kind": "machine", **common.machine(), "samples": count, **spec}]
@@ -147,7 +169,7 @@ def main() -> None:
   runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
   try:
     for round_index in range(args.rounds):
-      for name in (sides if round_index % 2 == 0 else sides[::-1]):
+      for name in sides if round_index % 2 == 0 else sides[::-1]:
         runs[name].append(workers[name].call("rate", batches=args.batches, warmup=args.warmup, seed=round_index))
   finally:
     for worker in workers.values():
@@ -155,17 +177,26 @@ def main() -> None:
   rates = {name: statistics.median(r["examples_per_s"] for r in results) for name, results in runs.items()}
   peers = [rates[name] for name in sides if name != "lmstruct"]
   for name in sides:
-    record = {"kind": "side", "side": name, "examples_per_s_per_core": rates[name],
-              "runs": [r["examples_per_s"] for r in runs[name]], "versions": runs[name][0].get("versions"),
-              "ratio_to_best_peer": rates[name] / max(peers) if peers else None}
+    record = {
+      "kind": "side",
+      "side": name,
+      "examples_per_s_per_core": rates[name],
+      "runs": [r["examples_per_s"] for r in runs[name]],
+      "versions": runs[name][0].get("versions"),
+      "ratio_to_best_peer": rates[name] / max(peers) if peers else None,
+    }
     common.emit(record)
     records.append(record)
   common.write_json_lines(args.json_out, records)
   print()
-  print(common.table(list(common.iter_rows(records, "side")), [
-      ("side", "side"), ("examples_per_s_per_core", "examples/s per core"), ("ratio_to_best_peer", "÷ best peer")],
+  print(
+    common.table(
+      list(common.iter_rows(records, "side")),
+      [("side", "side"), ("examples_per_s_per_core", "examples/s per core"), ("ratio_to_best_peer", "÷ best peer")],
       title=f"input rate per core, {records[0]['cpu']} ({records[0]['cores']} cores), commit {records[0]['commit']}, "
-            f"{records[0]['date']}"))
+      f"{records[0]['date']}",
+    )
+  )
 
 
 if __name__ == "__main__":

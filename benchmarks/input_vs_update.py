@@ -23,6 +23,7 @@ sharing the two cores with the input work costs.
 
 Output: JSON lines (``kind``: machine, input), then a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,9 @@ def coco_examples(root: pathlib.Path) -> list[dict[str, Any]]:
     for image in data["images"]:
       file = root / "coco-mini" / split / image["file_name"]
       if image["id"] in by_image and file.exists():
-        examples.append({"image_bytes": file.read_bytes(), "captions": by_image[image["id"]],
-                         "image_id": str(image["id"])})
+        examples.append(
+          {"image_bytes": file.read_bytes(), "captions": by_image[image["id"]], "image_id": str(image["id"])}
+        )
   if not examples:
     raise FileNotFoundError(f"no captioned coco-mini images under {root} (set LMSTRUCT_SHARED_DATA)")
   return examples
@@ -68,8 +70,17 @@ def coco_examples(root: pathlib.Path) -> list[dict[str, Any]]:
 
 def make_pipeline(source, ref: dict[str, Any], tokenize, workers: int, seed: int):
   from lmstruct.data import pipeline
-  return pipeline.train_pipeline(source, tokenize=tokenize, global_batch_size=ref["batch"], seed=seed,
-                                 image_size=ref["image_size"], worker_count=workers, shard_index=0, shard_count=1)
+
+  return pipeline.train_pipeline(
+    source,
+    tokenize=tokenize,
+    global_batch_size=ref["batch"],
+    seed=seed,
+    image_size=ref["image_size"],
+    worker_count=workers,
+    shard_index=0,
+    shard_count=1,
+  )
 
 
 def pipeline_rate(source, ref, tokenize, workers: int, batches: int, seed: int) -> dict[str, Any]:
@@ -86,14 +97,21 @@ def pipeline_rate(source, ref, tokenize, workers: int, batches: int, seed: int) 
   finally:
     iterator.close()
   shapes = {k: list(v.shape) for k, v in first.items()}
-  return {"workers": workers, "examples_per_s": batches * ref["batch"] / seconds, "seconds": seconds,
-          "first_batch_s": startup_s, "shapes": shapes}
+  return {
+    "workers": workers,
+    "examples_per_s": batches * ref["batch"] / seconds,
+    "seconds": seconds,
+    "first_batch_s": startup_s,
+    "shapes": shapes,
+  }
 
 
 def fed_rate(built, source, ref, tokenize, workers: int, steps: int, seed: int) -> dict[str, Any]:
   """Update steps fed by the pipeline's own batches (host batch → device → update); seconds per step."""
   import jax
+
   from lmstruct.train.sharding import batch_sharding, make_mesh
+
   sharding = batch_sharding(make_mesh(devices=jax.devices()[:1]))
   iterator = make_pipeline(source, ref, tokenize, workers, seed)
   try:
@@ -111,6 +129,7 @@ def fed_rate(built, source, ref, tokenize, workers: int, steps: int, seed: int) 
 
 def measure(config: str, args: argparse.Namespace, source: list[dict[str, Any]]) -> dict[str, Any]:
   from lmstruct.data.tokenize import get_tokenizer
+
   ref = common.REFERENCE[config]
   tokenize = get_tokenizer("clip", context_length=ref["context"])
   workers = [int(w) for w in args.workers.split(",")]
@@ -125,10 +144,17 @@ def measure(config: str, args: argparse.Namespace, source: list[dict[str, Any]])
     update_times += common.run_lmstruct_steps(built, per_round, "full")
   update_rate = ref["batch"] / statistics.median(update_times)
   record: dict[str, Any] = {
-      "kind": "input", "config": config, "dtype": args.dtype, "batch": ref["batch"],
-      "image_size": ref["image_size"], "context": ref["context"], "examples_in_source": len(source),
-      "update": {**common.summary(update_times), "times_s": update_times, "examples_per_s": update_rate},
-      "pipeline": {}, "fed": {}}
+    "kind": "input",
+    "config": config,
+    "dtype": args.dtype,
+    "batch": ref["batch"],
+    "image_size": ref["image_size"],
+    "context": ref["context"],
+    "examples_in_source": len(source),
+    "update": {**common.summary(update_times), "times_s": update_times, "examples_per_s": update_rate},
+    "pipeline": {},
+    "fed": {},
+  }
   for w, runs in pipe.items():
     rate = statistics.median(run["examples_per_s"] for run in runs)
     record["pipeline"][str(w)] = {"examples_per_s": rate, "runs": runs, "ratio_to_update": rate / update_rate}
@@ -166,21 +192,51 @@ def main() -> None:
 
   rows = []
   for r in common.iter_rows(records, "input"):
-    rows.append({"config": r["config"], "what": "update (synthetic batch)", "ex_s": r["update"]["examples_per_s"],
-                 "ratio": 1.0})
+    rows.append(
+      {"config": r["config"], "what": "update (synthetic batch)", "ex_s": r["update"]["examples_per_s"], "ratio": 1.0}
+    )
     for w, p in r["pipeline"].items():
-      rows.append({"config": r["config"], "what": f"pipeline, {w} workers", "ex_s": p["examples_per_s"],
-                   "ratio": p["ratio_to_update"]})
+      rows.append(
+        {
+          "config": r["config"],
+          "what": f"pipeline, {w} workers",
+          "ex_s": p["examples_per_s"],
+          "ratio": p["ratio_to_update"],
+        }
+      )
     for w, f in r["fed"].items():
-      rows.append({"config": r["config"], "what": f"update fed by pipeline, {w} workers", "ex_s": f["examples_per_s"],
-                   "ratio": f["ratio_to_synthetic"]})
-    rows.append({"config": r["config"], "what": "grain workers needed", "ex_s": None, "ratio": None,
-                 "needed": r["workers_needed"]})
+      rows.append(
+        {
+          "config": r["config"],
+          "what": f"update fed by pipeline, {w} workers",
+          "ex_s": f["examples_per_s"],
+          "ratio": f["ratio_to_synthetic"],
+        }
+      )
+    rows.append(
+      {
+        "config": r["config"],
+        "what": "grain workers needed",
+        "ex_s": None,
+        "ratio": None,
+        "needed": r["workers_needed"],
+      }
+    )
   print()
-  print(common.table(rows, [("config", "config"), ("what", "measurement"), ("ex_s", "examples/s"),
-                            ("ratio", "÷ update"), ("needed", "workers needed")],
-                     title=f"input pipeline vs update, {records[0]['cpu']} ({records[0]['cores']} cores), "
-                           f"commit {records[0]['commit']}, {records[0]['date']}"))
+  print(
+    common.table(
+      rows,
+      [
+        ("config", "config"),
+        ("what", "measurement"),
+        ("ex_s", "examples/s"),
+        ("ratio", "÷ update"),
+        ("needed", "workers needed"),
+      ],
+      title=f"input pipeline vs update, {records[0]['cpu']} ({records[0]['cores']} cores), "
+      f"commit {records[0]['commit']}, {records[0]['date']}",
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ For each device count P the global batch is P × per-device batch, sharded on a 
 (fake CPU) devices. Nothing is run: each objective is lowered and compiled, and XLA's memory analysis of the
 partitioned program gives the per-device temp buffer size. Prints one JSON line per (impl, P), then a table.
 """
+
 import argparse
 import json
 import os
@@ -28,11 +29,13 @@ FEATURES = ("zv", "zt", "zv_aug", "zt_aug", "zv_ind", "zt_ind", "zv_ind_aug", "z
 
 def objective_and_gradient(impl: str, config: dict, mesh: jax.sharding.Mesh):
   """A jitted (features, logit_scale, logit_bias) ↦ ((L, metrics), ∂L/∂(features, scale, bias)) for `impl`."""
+
   def loss(arrays, logit_scale, logit_bias):
     features = Features(logit_scale=logit_scale, logit_bias=logit_bias, **arrays)
     if impl == "ring":
       return compute_objective_ring(features, config, jax.random.key(0), mesh)
     return compute_objective(features, config, jax.random.key(0))
+
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
@@ -48,10 +51,16 @@ def measure(impl: str, config: dict, devices: int, per_device_batch: int, dim: i
   analysis = compiled.memory_analysis()
   hlo = compiled.as_text()
   return {
-      "impl": impl, "devices": devices, "global_batch": batch, "per_device_batch": per_device_batch, "dim": dim,
-      "temp_bytes": int(analysis.temp_size_in_bytes), "argument_bytes": int(analysis.argument_size_in_bytes),
-      "output_bytes": int(analysis.output_size_in_bytes),
-      "all_gathers": hlo.count(" all-gather("), "collective_permutes": hlo.count(" collective-permute("),
+    "impl": impl,
+    "devices": devices,
+    "global_batch": batch,
+    "per_device_batch": per_device_batch,
+    "dim": dim,
+    "temp_bytes": int(analysis.temp_size_in_bytes),
+    "argument_bytes": int(analysis.argument_size_in_bytes),
+    "output_bytes": int(analysis.output_size_in_bytes),
+    "all_gathers": hlo.count(" all-gather("),
+    "collective_permutes": hlo.count(" collective-permute("),
   }
 
 
@@ -61,11 +70,17 @@ def main() -> None:
   parser.add_argument("--dim", type=int, default=512)
   parser.add_argument("--devices", default="1,2,4,8")
   parser.add_argument("--base", default="inmodal", choices=("clip", "inmodal", "sigmoid"))
-  parser.add_argument("--regularizers", default="separation,bridge,geometric,cyclip,alignment",
-                      help="comma-separated regularisers, each with weight 1 ('' for none)")
+  parser.add_argument(
+    "--regularizers",
+    default="separation,bridge,geometric,cyclip,alignment",
+    help="comma-separated regularisers, each with weight 1 ('' for none)",
+  )
   args = parser.parse_args()
-  config = {"base": args.base, "weights": {name: 1.0 for name in args.regularizers.split(",") if name},
-            "bridge_t": "uniform"}
+  config = {
+    "base": args.base,
+    "weights": {name: 1.0 for name in args.regularizers.split(",") if name},
+    "bridge_t": "uniform",
+  }
 
   rows = []
   for impl in ("global", "ring"):
@@ -74,14 +89,18 @@ def main() -> None:
       print(json.dumps(row), flush=True)
       rows.append(row)
 
-  print(f"\nper-device temp memory (MiB), objective + gradient, base={args.base}, "
-        f"regularizers={args.regularizers or 'none'}, {args.per_device_batch} examples per device, D={args.dim}")
+  print(
+    f"\nper-device temp memory (MiB), objective + gradient, base={args.base}, "
+    f"regularizers={args.regularizers or 'none'}, {args.per_device_batch} examples per device, D={args.dim}"
+  )
   print(f"{'impl':<8}{'devices':>8}{'batch':>8}{'temp MiB':>11}{'vs 2 dev':>10}{'all-gathers':>13}")
   for row in rows:
     two = next((r["temp_bytes"] for r in rows if r["impl"] == row["impl"] and r["devices"] == 2), None)
     ratio = f"{row['temp_bytes'] / two:.3f}" if two else "-"
-    print(f"{row['impl']:<8}{row['devices']:>8}{row['global_batch']:>8}{row['temp_bytes'] / 2 ** 20:>11.2f}"
-          f"{ratio:>10}{row['all_gathers']:>13}")
+    print(
+      f"{row['impl']:<8}{row['devices']:>8}{row['global_batch']:>8}{row['temp_bytes'] / 2**20:>11.2f}"
+      f"{ratio:>10}{row['all_gathers']:>13}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ The update is the one open_clip's own training loop performs: forward of both to
 clipping at 1.0 (as lmstruct's optimizer does), ``torch.optim.AdamW`` (β = 0.9, 0.98, ε = 1e-6, weight decay 0.1
 on matrices only), and the logit-scale clamp at log 100.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,25 @@ import common  # noqa: E402  (stdlib + numpy only)
 def build_open_clip_model(name: str):
   """open_clip's own 'ViT-B-32' for B/32; for tiny, open_clip's CLIP class with the reference numbers."""
   import open_clip
+
   ref = common.REFERENCE[name]
   if name == "B32":
     model = open_clip.create_model("ViT-B-32", pretrained=None)
   else:
-    vision = open_clip.CLIPVisionCfg(layers=ref["vision_layers"], width=ref["vision_width"],
-                                     head_width=ref["vision_width"] // ref["vision_heads"],
-                                     patch_size=ref["patch"], image_size=ref["image_size"])
-    text = open_clip.CLIPTextCfg(context_length=ref["context"], vocab_size=ref["vocab"], width=ref["text_width"],
-                                 heads=ref["text_heads"], layers=ref["text_layers"])
+    vision = open_clip.CLIPVisionCfg(
+      layers=ref["vision_layers"],
+      width=ref["vision_width"],
+      head_width=ref["vision_width"] // ref["vision_heads"],
+      patch_size=ref["patch"],
+      image_size=ref["image_size"],
+    )
+    text = open_clip.CLIPTextCfg(
+      context_length=ref["context"],
+      vocab_size=ref["vocab"],
+      width=ref["text_width"],
+      heads=ref["text_heads"],
+      layers=ref["text_layers"],
+    )
     model = open_clip.model.CLIP(embed_dim=ref["embed"], vision_cfg=vision, text_cfg=text)
   return model
 
@@ -50,8 +61,9 @@ class Peer:
     self.update = None
 
   def build(self) -> dict[str, Any]:
-    import torch
     import open_clip
+    import torch
+
     spec = self.spec
     if spec.get("threads"):
       torch.set_num_threads(int(spec["threads"]))
@@ -62,8 +74,12 @@ class Peer:
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+      [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+      lr=1e-5,
+      betas=(0.9, 0.98),
+      eps=1e-6,
+    )
     loss_fn = open_clip.ClipLoss()
     host = common.synthetic_batch(ref, int(spec.get("batch") or ref["batch"]), spec.get("seed", 0))
     images = torch.from_numpy(host["image"]).permute(0, 3, 1, 2).contiguous()
@@ -85,10 +101,15 @@ class Peer:
       return float(loss.detach())
 
     self.update = update
-    return {"build_s": time.perf_counter() - start, "params": sum(p.numel() for p in params),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: None)()),
-            **common.memory_mib()}
+    return {
+      "build_s": time.perf_counter() - start,
+      "params": sum(p.numel() for p in params),
+      "threads": torch.get_num_threads(),
+      "torch": torch.__version__,
+      "open_clip": open_clip.__version__,
+      "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: None)()),
+      **common.memory_mib(),
+    }
 
   def step(self, n: int = 1) -> dict[str, Any]:
     times = []
@@ -104,28 +125,49 @@ class Peer:
     """torch.profiler over `steps` updates: self CPU time per aten operation (ms per step), matmuls summed."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
     pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
       times = [self.step(1)["times_s"][0] for _ in range(steps)]
     prof.export_chrome_trace(str(pathlib.Path(directory) / "trace.json"))
     ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()), key=lambda kv: -kv[1])
     total = sum(ms for _, ms in ops)
-    matmul_names = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution",
-                    "aten::mkldnn_convolution", "aten::_mkldnn", "aten::linear", "aten::matmul")
+    matmul_names = (
+      "aten::mm",
+      "aten::addmm",
+      "aten::bmm",
+      "aten::baddbmm",
+      "aten::convolution",
+      "aten::mkldnn_convolution",
+      "aten::_mkldnn",
+      "aten::linear",
+      "aten::matmul",
+    )
     matmul = sum(ms for name, ms in ops if name.startswith(matmul_names))
-    return {"step_s": times, "self_cpu_ms_per_step": total, "matmul_ms_per_step": matmul,
-            "matmul_share": matmul / total if total else None,
-            "top_ops": [{"name": name, "ms": ms} for name, ms in ops[:top]], "torch_threads": torch.get_num_threads()}
+    return {
+      "step_s": times,
+      "self_cpu_ms_per_step": total,
+      "matmul_ms_per_step": matmul,
+      "matmul_share": matmul / total if total else None,
+      "top_ops": [{"name": name, "ms": ms} for name, ms in ops[:top]],
+      "torch_threads": torch.get_num_threads(),
+    }
 
   @staticmethod
   def matmul(dtype: str, n: int = 3072, repeats: int = 5) -> dict[str, Any]:
     import torch
+
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
     torch.matmul(a, b)
     times = common.time_calls(lambda: torch.matmul(a, b), repeats)
-    return {"framework": "torch", "dtype": dtype, "n": n, "flops": 2.0 * n ** 3 / statistics.median(times),
-            "times_s": times}
+    return {
+      "framework": "torch",
+      "dtype": dtype,
+      "n": n,
+      "flops": 2.0 * n**3 / statistics.median(times),
+      "times_s": times,
+    }
 
   def handle(self, command: dict[str, Any]) -> dict[str, Any]:
     cmd = command.pop("cmd")

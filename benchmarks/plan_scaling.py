@@ -7,6 +7,7 @@ For each N it runs `python -m lmstruct.cli plan --config CONFIG:devices=N --devi
 paper's config keeps 128 examples per device, so the global batch is 128·N), and prints its JSON object as one line,
 then a table of the per-device figures.
 """
+
 import argparse
 import json
 import os
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import REPO_ROOT, emit, machine, table, write_json_lines  # noqa: E402
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def main() -> None:
@@ -30,8 +31,17 @@ def main() -> None:
   emit(records[0])
   rows = []
   for devices in (int(n) for n in args.devices.split(",")):
-    command = [sys.executable, "-m", "lmstruct.cli", "plan", "--config", f"{args.config}:devices={devices}",
-               "--devices", str(devices), "--json"]
+    command = [
+      sys.executable,
+      "-m",
+      "lmstruct.cli",
+      "plan",
+      "--config",
+      f"{args.config}:devices={devices}",
+      "--devices",
+      str(devices),
+      "--json",
+    ]
     out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if out.returncode:
       raise SystemExit(f"{' '.join(command)} failed:\n{out.stderr}")
@@ -40,22 +50,42 @@ def main() -> None:
     emit(record)
     records.append(record)
     memory = result["memory"]
-    rows.append({"devices": devices, "batch": result["global_batch"],
-                 "argument_gib": memory["argument_bytes"] / GIB, "temp_gib": memory["temp_bytes"] / GIB,
-                 "peak_gib": memory["peak_bytes"] / GIB,
-                 "fsdp_peak_gib": result["by_rules"].get("fsdp", {}).get("peak_bytes", 0) / GIB,
-                 "tflop": result["flops_per_step"] / 1e12,
-                 "permute_mib": result["collective_bytes"].get("collective-permute", 0) / 2 ** 20,
-                 "all_reduce_mib": result["collective_bytes"].get("all-reduce", 0) / 2 ** 20,
-                 "compile_s": result["compile_s"],
-                 "fits": ", ".join(f"{name}" for name, rules in result["fits"].items() if rules) or "none"})
+    rows.append(
+      {
+        "devices": devices,
+        "batch": result["global_batch"],
+        "argument_gib": memory["argument_bytes"] / GIB,
+        "temp_gib": memory["temp_bytes"] / GIB,
+        "peak_gib": memory["peak_bytes"] / GIB,
+        "fsdp_peak_gib": result["by_rules"].get("fsdp", {}).get("peak_bytes", 0) / GIB,
+        "tflop": result["flops_per_step"] / 1e12,
+        "permute_mib": result["collective_bytes"].get("collective-permute", 0) / 2**20,
+        "all_reduce_mib": result["collective_bytes"].get("all-reduce", 0) / 2**20,
+        "compile_s": result["compile_s"],
+        "fits": ", ".join(f"{name}" for name, rules in result["fits"].items() if rules) or "none",
+      }
+    )
   write_json_lines(args.json_out, records)
   print()
-  print(table(rows, [("devices", "devices"), ("batch", "global batch"), ("argument_gib", "args GiB"),
-                     ("temp_gib", "temp GiB"), ("peak_gib", "peak GiB"), ("fsdp_peak_gib", "fsdp peak GiB"),
-                     ("tflop", "TFLOP/step"), ("all_reduce_mib", "all-reduce MiB"),
-                     ("permute_mib", "permute MiB"), ("compile_s", "compile s"), ("fits", "fits")],
-              title=f"lmstruct plan of {args.config}, per device"))
+  print(
+    table(
+      rows,
+      [
+        ("devices", "devices"),
+        ("batch", "global batch"),
+        ("argument_gib", "args GiB"),
+        ("temp_gib", "temp GiB"),
+        ("peak_gib", "peak GiB"),
+        ("fsdp_peak_gib", "fsdp peak GiB"),
+        ("tflop", "TFLOP/step"),
+        ("all_reduce_mib", "all-reduce MiB"),
+        ("permute_mib", "permute MiB"),
+        ("compile_s", "compile s"),
+        ("fits", "fits"),
+      ],
+      title=f"lmstruct plan of {args.config}, per device",
+    )
+  )
 
 
 if __name__ == "__main__":

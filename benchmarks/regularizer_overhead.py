@@ -16,6 +16,7 @@ then clip, inmodal, full, …) so each sees the same machine load; ``--steps`` t
 
 Output: JSON lines (``kind``: machine, overhead), then a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 OBJECTIVES: dict[str, dict[str, Any]] = {
-    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "bridge_t": 0.25},
-    "inmodal": {"base": "inmodal", "weights": {}},
-    "clip": {"base": "clip", "weights": {}},
+  "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "bridge_t": 0.25},
+  "inmodal": {"base": "inmodal", "weights": {}},
+  "clip": {"base": "clip", "weights": {}},
 }
 
 
@@ -44,14 +45,25 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
     common.run_lmstruct_steps(built, args.warmup, name)
   times: dict[str, list[float]] = {name: [] for name in names}
   for r in range(args.steps):
-    for name in (names if r % 2 == 0 else names[::-1]):
+    for name in names if r % 2 == 0 else names[::-1]:
       times[name] += common.run_lmstruct_steps(built, 1, name)
-  record: dict[str, Any] = {"kind": "overhead", "config": config, "dtype": args.dtype, "batch": ref["batch"],
-                            "objectives": OBJECTIVES, "compile_s": built["compile_s"],
-                            "xla_flops": built["xla_flops"], "memory": built["memory"], "sides": {}}
+  record: dict[str, Any] = {
+    "kind": "overhead",
+    "config": config,
+    "dtype": args.dtype,
+    "batch": ref["batch"],
+    "objectives": OBJECTIVES,
+    "compile_s": built["compile_s"],
+    "xla_flops": built["xla_flops"],
+    "memory": built["memory"],
+    "sides": {},
+  }
   for name in names:
-    record["sides"][name] = {**common.summary(times[name]), "times_s": times[name],
-                             "examples_per_s": ref["batch"] / statistics.median(times[name])}
+    record["sides"][name] = {
+      **common.summary(times[name]),
+      "times_s": times[name],
+      "examples_per_s": ref["batch"] / statistics.median(times[name]),
+    }
   med = {name: record["sides"][name]["median_s"] for name in names}
   record["full_over_inmodal"] = med["full"] / med["inmodal"]
   record["clip_over_inmodal"] = med["clip"] / med["inmodal"]
@@ -78,8 +90,19 @@ def main() -> None:
   common.emit(records[0])
   for config in args.configs.split(","):
     # A fresh process per configuration keeps one configuration's programs and buffers out of the other's timings.
-    argv = [sys.executable, __file__, "--configs", config, "--dtype", args.dtype, "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--child"]
+    argv = [
+      sys.executable,
+      __file__,
+      "--configs",
+      config,
+      "--dtype",
+      args.dtype,
+      "--steps",
+      str(args.steps),
+      "--warmup",
+      str(args.warmup),
+      "--child",
+    ]
     lines = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()
     record = json.loads(next(line for line in lines if line.startswith('{"kind": "overhead"')))
     common.emit(record)
@@ -89,15 +112,36 @@ def main() -> None:
   rows = []
   for r in common.iter_rows(records, "overhead"):
     for name, side in r["sides"].items():
-      rows.append({"config": r["config"], "dtype": r["dtype"], "objective": name, "step_s": side["median_s"],
-                   "ex_s": side["examples_per_s"], "vs_inmodal": side["median_s"] / r["sides"]["inmodal"]["median_s"],
-                   "compile": r["compile_s"][name], "gflop": (r["xla_flops"][name] or 0) / 1e9})
+      rows.append(
+        {
+          "config": r["config"],
+          "dtype": r["dtype"],
+          "objective": name,
+          "step_s": side["median_s"],
+          "ex_s": side["examples_per_s"],
+          "vs_inmodal": side["median_s"] / r["sides"]["inmodal"]["median_s"],
+          "compile": r["compile_s"][name],
+          "gflop": (r["xla_flops"][name] or 0) / 1e9,
+        }
+      )
   print()
-  print(common.table(rows, [("config", "config"), ("dtype", "dtype"), ("objective", "objective"),
-                            ("step_s", "step s (med)"), ("ex_s", "examples/s"), ("vs_inmodal", "× in-modal"),
-                            ("gflop", "XLA GFLOP"), ("compile", "compile s")],
-                     title=f"regularizer overhead, {records[0]['cpu']} ({records[0]['cores']} cores), "
-                           f"commit {records[0]['commit']}, {records[0]['date']}  (goal: full ≤ 1.05 × in-modal)"))
+  print(
+    common.table(
+      rows,
+      [
+        ("config", "config"),
+        ("dtype", "dtype"),
+        ("objective", "objective"),
+        ("step_s", "step s (med)"),
+        ("ex_s", "examples/s"),
+        ("vs_inmodal", "× in-modal"),
+        ("gflop", "XLA GFLOP"),
+        ("compile", "compile s"),
+      ],
+      title=f"regularizer overhead, {records[0]['cpu']} ({records[0]['cores']} cores), "
+      f"commit {records[0]['commit']}, {records[0]['date']}  (goal: full ≤ 1.05 × in-modal)",
+    )
+  )
 
 
 if __name__ == "__main__":

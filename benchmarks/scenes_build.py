@@ -7,6 +7,7 @@ temporary directory with ``--workers`` render processes, then reads ``--reads`` 
 
     .venv/bin/python benchmarks/scenes_build.py --train 20000 --workers 2
 """
+
 from __future__ import annotations
 
 import argparse

@@ -22,6 +22,7 @@ Against the shard count all sources run as process 0 of 1; against the process c
 ``n`` processes at once on ``--shards``'s largest value (no JAX distributed runtime is needed: each process is
 given its index). Output: JSON lines (``kind``: machine, startup), then a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,11 @@ SOURCES = ("stream", "index", "records", "imagefolder")
 def _tiny_jpeg(seed: int) -> bytes:
   import numpy as np
   from PIL import Image
+
   buffer = io.BytesIO()
   Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
-      buffer, format="JPEG", quality=70)
+    buffer, format="JPEG", quality=70
+  )
   return buffer.getvalue()
 
 
@@ -62,18 +65,23 @@ def write_data(cache: pathlib.Path, num_shards: int, per_shard: int, max_files: 
     with tarfile.open(path.with_suffix(".tmp"), "w") as tar:
       for i in range(per_shard):
         key = f"{shard:05d}{i:05d}"
-        for name, data in ((f"{key}.jpg", images[i % 16]), (f"{key}.txt", f"a photo number {i} of shard {shard}"
-                                                                          .encode())):
+        for name, data in (
+          (f"{key}.jpg", images[i % 16]),
+          (f"{key}.txt", f"a photo number {i} of shard {shard}".encode()),
+        ):
           info = tarfile.TarInfo(name)
           info.size = len(data)
           tar.addfile(info, io.BytesIO(data))
     path.with_suffix(".tmp").rename(path)
   from lmstruct.data import records
+
   for count in sorted({40, num_shards}):
     name = f"n{count}"
     if not list((cache / "records").glob(f"{name}-*")):
-      examples = ({"image_bytes": images[i % 16], "captions": [f"a photo number {i}"], "image_id": str(i)}
-                  for i in range(count * per_shard))
+      examples = (
+        {"image_bytes": images[i % 16], "captions": [f"a photo number {i}"], "image_id": str(i)}
+        for i in range(count * per_shard)
+      )
       (cache / "records").mkdir(exist_ok=True)
       records.write_shard(cache / "records" / records.shard_name(name, 0, 1), examples)
   folder = cache / "imagefolder"
@@ -100,6 +108,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
   start = time.perf_counter()
   from lmstruct.data import pipeline, sources
   from lmstruct.data.tokenize import get_tokenizer
+
   tokenize = get_tokenizer("clip", context_length=32)
   imported = common.memory_mib()
   opened_at = time.perf_counter()
@@ -107,23 +116,43 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
   opened = common.memory_mib()
   open_s = time.perf_counter() - opened_at
   if spec["source"]["kind"] == "imagefolder":
-    return {"open_s": open_s, "first_batch_s": None, "since_launch_s": time.perf_counter() - start, "rows": 0,
-            "rss_import_mib": imported["rss_mib"], "rss_open_mib": opened["rss_mib"],
-            "rss_first_batch_mib": None}
-  batches = pipeline.train_pipeline(source, tokenize=tokenize, global_batch_size=spec["batch"] * spec["count"],
-                                    seed=0, image_size=64, shard_index=spec["index"], shard_count=spec["count"])
+    return {
+      "open_s": open_s,
+      "first_batch_s": None,
+      "since_launch_s": time.perf_counter() - start,
+      "rows": 0,
+      "rss_import_mib": imported["rss_mib"],
+      "rss_open_mib": opened["rss_mib"],
+      "rss_first_batch_mib": None,
+    }
+  batches = pipeline.train_pipeline(
+    source,
+    tokenize=tokenize,
+    global_batch_size=spec["batch"] * spec["count"],
+    seed=0,
+    image_size=64,
+    shard_index=spec["index"],
+    shard_count=spec["count"],
+  )
   first = next(batches)
   first_batch_s = time.perf_counter() - opened_at
   batches.close()
-  return {"open_s": open_s, "first_batch_s": first_batch_s, "since_launch_s": time.perf_counter() - start,
-          "rows": int(first["text"].shape[0]), "rss_import_mib": imported["rss_mib"],
-          "rss_open_mib": opened["rss_mib"], "rss_first_batch_mib": common.memory_mib()["rss_mib"]}
+  return {
+    "open_s": open_s,
+    "first_batch_s": first_batch_s,
+    "since_launch_s": time.perf_counter() - start,
+    "rows": int(first["text"].shape[0]),
+    "rss_import_mib": imported["rss_mib"],
+    "rss_open_mib": opened["rss_mib"],
+    "rss_first_batch_mib": common.memory_mib()["rss_mib"],
+  }
 
 
 def launch(spec: dict[str, Any]) -> subprocess.Popen:
   env = {**os.environ, "PYTHONPATH": str(common.REPO_ROOT), "JAX_PLATFORMS": "cpu"}
-  return subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                          stdout=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, stdout=subprocess.PIPE, text=True
+  )
 
 
 def run(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,25 +195,44 @@ def main() -> None:
     for num_shards in shard_counts:
       for kind in kinds:
         samples = num_shards * args.per_shard
-        if (kind == "imagefolder" and samples > args.max_files) or (kind == "records" and num_shards not in
-                                                                      (40, max(shard_counts))):
+        if (kind == "imagefolder" and samples > args.max_files) or (
+          kind == "records" and num_shards not in (40, max(shard_counts))
+        ):
           continue
-        spec = {"source": source_config(kind, cache, num_shards, args.per_shard), "index": 0, "count": 1,
-                "batch": args.batch}
+        spec = {
+          "source": source_config(kind, cache, num_shards, args.per_shard),
+          "index": 0,
+          "count": 1,
+          "batch": args.batch,
+        }
         result = run([spec])[0]
         common.emit({"kind": "run", "source": kind, "shards": num_shards, "processes": 1, **result})
         runs.setdefault((kind, num_shards, 1), []).append(result)
     for count in (int(p) for p in args.processes.split(",")):
-      specs = [{"source": source_config("stream", cache, max(shard_counts), args.per_shard), "index": k,
-                "count": count, "batch": args.batch} for k in range(count)]
+      specs = [
+        {
+          "source": source_config("stream", cache, max(shard_counts), args.per_shard),
+          "index": k,
+          "count": count,
+          "batch": args.batch,
+        }
+        for k in range(count)
+      ]
       results = run(specs)
       for result in results:
         common.emit({"kind": "run", "source": "stream", "shards": max(shard_counts), "processes": count, **result})
       runs.setdefault(("stream", max(shard_counts), count), []).extend(results)
   import statistics
+
   for (kind, num_shards, count), results in runs.items():
-    record = {"kind": "startup", "source": kind, "shards": num_shards, "samples": num_shards * args.per_shard,
-              "processes": count, "runs": results}
+    record = {
+      "kind": "startup",
+      "source": kind,
+      "shards": num_shards,
+      "samples": num_shards * args.per_shard,
+      "processes": count,
+      "runs": results,
+    }
     for key in ("open_s", "first_batch_s", "since_launch_s", "rss_import_mib", "rss_open_mib", "rss_first_batch_mib"):
       values = [r[key] for r in results if r[key] is not None]
       record[key] = statistics.median(values) if values else None
@@ -193,12 +241,23 @@ def main() -> None:
     records.append(record)
   common.write_json_lines(args.json_out, records)
   print()
-  print(common.table(list(common.iter_rows(records, "startup")), [
-      ("source", "source"), ("shards", "shards"), ("samples", "samples"), ("processes", "processes"),
-      ("open_s", "open s"), ("first_batch_s", "first batch s"), ("index_mib", "index MiB"),
-      ("rss_first_batch_mib", "RSS MiB")],
+  print(
+    common.table(
+      list(common.iter_rows(records, "startup")),
+      [
+        ("source", "source"),
+        ("shards", "shards"),
+        ("samples", "samples"),
+        ("processes", "processes"),
+        ("open_s", "open s"),
+        ("first_batch_s", "first batch s"),
+        ("index_mib", "index MiB"),
+        ("rss_first_batch_mib", "RSS MiB"),
+      ],
       title=f"input start-up, {records[0]['cpu']} ({records[0]['cores']} cores), commit {records[0]['commit']}, "
-            f"{records[0]['date']}"))
+      f"{records[0]['date']}",
+    )
+  )
 
 
 if __name__ == "__main__":

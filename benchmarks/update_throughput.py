@@ -25,6 +25,7 @@ worktree of an older commit), interleaved with the other two, so a change is mea
 
 Output: one JSON line per measurement (``kind``: machine, matmul, pair), then a table. Exit status 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 # ----------------------------------------------------------------------------------------------------------------
 # lmstruct worker (runs in its own process)
 
+
 class LmstructWorker:
   def __init__(self, spec: dict[str, Any]):
     self.spec = spec
@@ -53,15 +55,28 @@ class LmstructWorker:
     cmd = command.pop("cmd")
     if cmd == "build":
       import jax
+
       ref = common.REFERENCE[self.spec["config"]]
       self.update = common.build_lmstruct_update(
-          ref, dtype=self.spec.get("dtype", "float32"), batch=self.spec.get("batch"),
-          objective=self.spec.get("objective") or {"base": "clip", "weights": {}},
-          independent_heads=bool(self.spec.get("independent_heads", False)), seed=self.spec.get("seed", 0))
-      return {"compile_s": self.update["compile_s"], "lower_s": self.update["lower_s"], "init_s": self.update["init_s"],
-              "compiled_memory": self.update["memory"], "xla_flops": self.update["xla_flops"],
-              "params": int(self.update["params"]), "jax": jax.__version__, "lmstruct_from": lmstruct_checkout(),
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), **common.memory_mib()}
+        ref,
+        dtype=self.spec.get("dtype", "float32"),
+        batch=self.spec.get("batch"),
+        objective=self.spec.get("objective") or {"base": "clip", "weights": {}},
+        independent_heads=bool(self.spec.get("independent_heads", False)),
+        seed=self.spec.get("seed", 0),
+      )
+      return {
+        "compile_s": self.update["compile_s"],
+        "lower_s": self.update["lower_s"],
+        "init_s": self.update["init_s"],
+        "compiled_memory": self.update["memory"],
+        "xla_flops": self.update["xla_flops"],
+        "params": int(self.update["params"]),
+        "jax": jax.__version__,
+        "lmstruct_from": lmstruct_checkout(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        **common.memory_mib(),
+      }
     if cmd == "step":
       assert self.update is not None, "build first"
       return {"times_s": common.run_lmstruct_steps(self.update, int(command.get("n", 1)))}
@@ -78,9 +93,11 @@ class LmstructWorker:
 # ----------------------------------------------------------------------------------------------------------------
 # Driver
 
+
 def lmstruct_checkout() -> str:
   """The checkout the imported lmstruct comes from, with its commit (the baseline worker imports another one)."""
   import lmstruct
+
   root = pathlib.Path(lmstruct.__file__).resolve().parent.parent
   return f"{root} @ {common.git_commit(root)}"
 
@@ -92,8 +109,7 @@ def lmstruct_env(xla_flags: str, checkout: str | None = None) -> dict[str, str]:
   if xla_flags:
     env["XLA_FLAGS"] = xla_flags
   if checkout:
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pathlib.Path(checkout).resolve()), env.get("PYTHONPATH"))
-                                        if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pathlib.Path(checkout).resolve()), env.get("PYTHONPATH")) if p)
   return env
 
 
@@ -102,14 +118,19 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
   ref = common.REFERENCE[config]
   batch = ref["batch"]
   spec = {"config": config, "dtype": dtype, "batch": batch, "seed": 0}
-  workers = [common.Worker("lmstruct", common.worker_argv(__file__, sys.executable, **spec),
-                           env=lmstruct_env(args.xla_flags))]
+  workers = [
+    common.Worker("lmstruct", common.worker_argv(__file__, sys.executable, **spec), env=lmstruct_env(args.xla_flags))
+  ]
   if args.baseline:
-    workers.append(common.Worker("baseline", common.worker_argv(__file__, sys.executable, **spec),
-                                 env=lmstruct_env(args.xla_flags, args.baseline)))
+    workers.append(
+      common.Worker(
+        "baseline",
+        common.worker_argv(__file__, sys.executable, **spec),
+        env=lmstruct_env(args.xla_flags, args.baseline),
+      )
+    )
   if not args.no_peer:
-    workers.append(common.Worker("open_clip", common.worker_argv(HERE / "peer_openclip.py", args.peer_python,
-                                                                 **spec)))
+    workers.append(common.Worker("open_clip", common.worker_argv(HERE / "peer_openclip.py", args.peer_python, **spec)))
   load_before = common.load()
   try:
     builds = {w.name: w.call("build") for w in workers}
@@ -123,8 +144,9 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     profiles = {}
     if args.profile:
       for w in workers:
-        profiles[w.name] = w.call("profile", steps=2,
-                                  directory=str(pathlib.Path(args.profile) / f"{config}_{dtype}_{w.name}"))
+        profiles[w.name] = w.call(
+          "profile", steps=2, directory=str(pathlib.Path(args.profile) / f"{config}_{dtype}_{w.name}")
+        )
   finally:
     for w in workers:
       w.close()
@@ -132,17 +154,33 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
   flops = common.update_model_flops(ref, batch)
   peaks = {name: statistics.median(r["flops"] for r in replies) for name, replies in matmul.items()}
   peak = max(peaks.values())
-  record: dict[str, Any] = {"kind": "pair", "config": config, "dtype": dtype, "batch": batch,
-                            "model_flops_per_update": flops, "matmul_peak_flops": peaks, "peak_used": peak,
-                            "loadavg_before": load_before, "loadavg_after": common.load(), "sides": {}}
+  record: dict[str, Any] = {
+    "kind": "pair",
+    "config": config,
+    "dtype": dtype,
+    "batch": batch,
+    "model_flops_per_update": flops,
+    "matmul_peak_flops": peaks,
+    "peak_used": peak,
+    "loadavg_before": load_before,
+    "loadavg_after": common.load(),
+    "sides": {},
+  }
   for name, replies in timed.items():
     times = [t for r in replies for t in r["times_s"]]
     s = common.summary(times)
     record["sides"][name] = {
-        **s, "times_s": times, "images_per_s": batch / s["median_s"], "flops_per_s": flops / s["median_s"],
-        "utilisation": flops / s["median_s"] / peak,
-        "peak_rss_life_mib": life[name].get("peak_rss_mib"), "peak_rss_steps_mib": steady[name].get("peak_rss_mib"),
-        "peak_reset": life[name].get("reset"), "build": builds[name], "profile": profiles.get(name)}
+      **s,
+      "times_s": times,
+      "images_per_s": batch / s["median_s"],
+      "flops_per_s": flops / s["median_s"],
+      "utilisation": flops / s["median_s"] / peak,
+      "peak_rss_life_mib": life[name].get("peak_rss_mib"),
+      "peak_rss_steps_mib": steady[name].get("peak_rss_mib"),
+      "peak_reset": life[name].get("reset"),
+      "build": builds[name],
+      "profile": profiles.get(name),
+    }
   if "open_clip" in record["sides"]:
     lm, oc = record["sides"]["lmstruct"], record["sides"]["open_clip"]
     record["speed_ratio"] = oc["median_s"] / lm["median_s"]
@@ -161,12 +199,20 @@ def compile_only(config: str, dtype: str, xla_flags: str) -> dict[str, Any]:
   """A fresh lmstruct worker with `xla_flags` that only initialises and compiles the update (no steps)."""
   ref = common.REFERENCE[config]
   spec = {"config": config, "dtype": dtype, "batch": ref["batch"], "seed": 0}
-  with common.Worker("lmstruct", common.worker_argv(__file__, sys.executable, **spec),
-                     env=lmstruct_env(xla_flags)) as worker:
+  with common.Worker(
+    "lmstruct", common.worker_argv(__file__, sys.executable, **spec), env=lmstruct_env(xla_flags)
+  ) as worker:
     build = worker.call("build")
-  return {"kind": "compile", "config": config, "dtype": dtype, "xla_flags": xla_flags,
-          "compile_s": build["compile_s"], "lower_s": build["lower_s"], "init_s": build["init_s"],
-          "compiled_memory": build["compiled_memory"]}
+  return {
+    "kind": "compile",
+    "config": config,
+    "dtype": dtype,
+    "xla_flags": xla_flags,
+    "compile_s": build["compile_s"],
+    "lower_s": build["lower_s"],
+    "init_s": build["init_s"],
+    "compiled_memory": build["compiled_memory"],
+  }
 
 
 def main() -> None:
@@ -178,29 +224,45 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2, help="untimed updates per side after compilation")
   parser.add_argument("--matmul-n", type=int, default=3072, help="side of the square matmul for the peak rate")
   parser.add_argument("--matmul-rounds", type=int, default=4, help="alternated matmul measurements per side")
-  parser.add_argument("--peer-python", default=common.DEFAULT_PEER_PYTHON,
-                      help="python of the open_clip virtual environment (default $LMSTRUCT_PEER_PYTHON or "
-                           "../peer-venv/bin/python)")
+  parser.add_argument(
+    "--peer-python",
+    default=common.DEFAULT_PEER_PYTHON,
+    help="python of the open_clip virtual environment (default $LMSTRUCT_PEER_PYTHON or ../peer-venv/bin/python)",
+  )
   parser.add_argument("--no-peer", action="store_true", help="lmstruct alone (no ratio)")
-  parser.add_argument("--baseline", metavar="CHECKOUT",
-                      help="also run the update from the lmstruct in this checkout (e.g. a git worktree of an older "
-                           "commit), interleaved, and report the speed-up over it")
-  parser.add_argument("--xla-flags", default=os.environ.get("XLA_FLAGS", ""),
-                      help="XLA_FLAGS for the lmstruct worker (default: the environment's)")
-  parser.add_argument("--compare-flags", default="--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
-                      help="after the pairs, compile each configuration again in a fresh process with these XLA_FLAGS "
-                           "(compile time only; '' to skip)")
-  parser.add_argument("--profile", metavar="DIR",
-                      help="after the timed steps, profile 2 more updates of each side into DIR (jax.profiler trace "
-                           "and torch.profiler) and add the time per operation class to the JSON")
+  parser.add_argument(
+    "--baseline",
+    metavar="CHECKOUT",
+    help="also run the update from the lmstruct in this checkout (e.g. a git worktree of an older "
+    "commit), interleaved, and report the speed-up over it",
+  )
+  parser.add_argument(
+    "--xla-flags",
+    default=os.environ.get("XLA_FLAGS", ""),
+    help="XLA_FLAGS for the lmstruct worker (default: the environment's)",
+  )
+  parser.add_argument(
+    "--compare-flags",
+    default="--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
+    help="after the pairs, compile each configuration again in a fresh process with these XLA_FLAGS "
+    "(compile time only; '' to skip)",
+  )
+  parser.add_argument(
+    "--profile",
+    metavar="DIR",
+    help="after the timed steps, profile 2 more updates of each side into DIR (jax.profiler trace "
+    "and torch.profiler) and add the time per operation class to the JSON",
+  )
   parser.add_argument("--json-out", help="also write the JSON lines to this file")
   args = parser.parse_args()
   if args.worker:
     common.serve(LmstructWorker(json.loads(args.worker)).handle)
     return
   if not args.no_peer and not pathlib.Path(args.peer_python).exists():
-    parser.error(f"peer python {args.peer_python} not found: install the peer (see benchmarks/README.md) or pass "
-                 "--peer-python / --no-peer")
+    parser.error(
+      f"peer python {args.peer_python} not found: install the peer (see benchmarks/README.md) or pass "
+      "--peer-python / --no-peer"
+    )
 
   records = [{"kind": "machine", **common.machine(), "xla_flags": args.xla_flags}]
   common.emit(records[0])
@@ -221,44 +283,89 @@ def main() -> None:
   for r in common.iter_rows(records, "pair"):
     for name, side in r["sides"].items():
       build = side["build"]
-      rows.append({"config": r["config"], "dtype": r["dtype"], "side": name, "step_s": side["median_s"],
-                   "img_s": side["images_per_s"], "gflops": side["flops_per_s"] / 1e9,
-                   "util": side["utilisation"], "peak": r["peak_used"] / 1e9,
-                   "ratio": r.get("speed_ratio") if name == "lmstruct" else None,
-                   "compile": build.get("compile_s"), "rss_life": round(side["peak_rss_life_mib"]),
-                   "rss_steps": round(side["peak_rss_steps_mib"]),
-                   "rss_ratio": r.get("rss_ratio_life") if name == "lmstruct" else None,
-                   "vs_base": r.get("speedup_over_baseline") if name == "lmstruct" else None})
+      rows.append(
+        {
+          "config": r["config"],
+          "dtype": r["dtype"],
+          "side": name,
+          "step_s": side["median_s"],
+          "img_s": side["images_per_s"],
+          "gflops": side["flops_per_s"] / 1e9,
+          "util": side["utilisation"],
+          "peak": r["peak_used"] / 1e9,
+          "ratio": r.get("speed_ratio") if name == "lmstruct" else None,
+          "compile": build.get("compile_s"),
+          "rss_life": round(side["peak_rss_life_mib"]),
+          "rss_steps": round(side["peak_rss_steps_mib"]),
+          "rss_ratio": r.get("rss_ratio_life") if name == "lmstruct" else None,
+          "vs_base": r.get("speedup_over_baseline") if name == "lmstruct" else None,
+        }
+      )
   print()
-  print(common.table(rows, [("config", "config"), ("dtype", "dtype"), ("side", "side"), ("step_s", "step s (med)"),
-                            ("img_s", "img/s"), ("gflops", "GFLOP/s"), ("peak", "peak GFLOP/s"),
-                            ("util", "of peak"), ("ratio", "lm/oc speed"), ("compile", "compile s"),
-                            ("rss_life", "max RSS MiB"), ("rss_steps", "RSS steps MiB"),
-                            ("rss_ratio", "lm/oc RSS")] + ([("vs_base", "speed-up vs baseline")]
-                                                          if args.baseline else []),
-                     title=f"update throughput, {records[0]['cpu']} ({records[0]['cores']} cores), "
-                           f"commit {records[0]['commit']}, {records[0]['date']}"))
+  print(
+    common.table(
+      rows,
+      [
+        ("config", "config"),
+        ("dtype", "dtype"),
+        ("side", "side"),
+        ("step_s", "step s (med)"),
+        ("img_s", "img/s"),
+        ("gflops", "GFLOP/s"),
+        ("peak", "peak GFLOP/s"),
+        ("util", "of peak"),
+        ("ratio", "lm/oc speed"),
+        ("compile", "compile s"),
+        ("rss_life", "max RSS MiB"),
+        ("rss_steps", "RSS steps MiB"),
+        ("rss_ratio", "lm/oc RSS"),
+      ]
+      + ([("vs_base", "speed-up vs baseline")] if args.baseline else []),
+      title=f"update throughput, {records[0]['cpu']} ({records[0]['cores']} cores), "
+      f"commit {records[0]['commit']}, {records[0]['date']}",
+    )
+  )
   compiles = common.iter_rows(records, "compile")
   if compiles:
     default = {(r["config"], r["dtype"]): r["sides"]["lmstruct"]["build"] for r in common.iter_rows(records, "pair")}
     print()
-    print(common.table([{"config": c["config"], "dtype": c["dtype"],
-                         "default": default.get((c["config"], c["dtype"]), {}).get("compile_s"),
-                         "flags": c["compile_s"], "lower": c["lower_s"], "init": c["init_s"]} for c in compiles],
-                       [("config", "config"), ("dtype", "dtype"), ("default", "XLA compile s (default flags)"),
-                        ("flags", "XLA compile s (--compare-flags)"), ("lower", "trace+lower s"),
-                        ("init", "init s")],
-                       title=f"compile time; --compare-flags = {args.compare_flags}"))
+    print(
+      common.table(
+        [
+          {
+            "config": c["config"],
+            "dtype": c["dtype"],
+            "default": default.get((c["config"], c["dtype"]), {}).get("compile_s"),
+            "flags": c["compile_s"],
+            "lower": c["lower_s"],
+            "init": c["init_s"],
+          }
+          for c in compiles
+        ],
+        [
+          ("config", "config"),
+          ("dtype", "dtype"),
+          ("default", "XLA compile s (default flags)"),
+          ("flags", "XLA compile s (--compare-flags)"),
+          ("lower", "trace+lower s"),
+          ("init", "init s"),
+        ],
+        title=f"compile time; --compare-flags = {args.compare_flags}",
+      )
+    )
   for r in common.iter_rows(records, "pair"):
     lm, oc = r["sides"]["lmstruct"].get("profile"), r["sides"].get("open_clip", {}).get("profile")
     if lm:
-      print(f"\nprofile {r['config']} {r['dtype']}: lmstruct XLA thunk time by class (ms per update, summed over "
-            "threads)")
+      print(
+        f"\nprofile {r['config']} {r['dtype']}: lmstruct XLA thunk time by class (ms per update, summed over threads)"
+      )
       for name, c in list(lm["classes"].items())[:10]:
         print(f"  {c['ms']:9.0f}  {100 * c['share']:5.1f}%  {name}")
     if oc:
-      print(f"profile {r['config']} {r['dtype']}: open_clip self CPU time, matmuls {oc['matmul_ms_per_step']:.0f} of "
-            f"{oc['self_cpu_ms_per_step']:.0f} ms per update; top operations:")
+      print(
+        f"profile {r['config']} {r['dtype']}: open_clip self CPU time, matmuls {oc['matmul_ms_per_step']:.0f} of "
+        f"{oc['self_cpu_ms_per_step']:.0f} ms per update; top operations:"
+      )
       for op in oc["top_ops"][:8]:
         print(f"  {op['ms']:9.0f}  {op['name']}")
 

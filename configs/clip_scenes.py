@@ -15,17 +15,24 @@ Arguments:
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
 """
+
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.data import augment
 from lmstruct.losses.objective import named_objective
 
 VARIANTS = {
-    "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
-    "small": dict(model={"preset": "tiny", "image": {"width": 128, "layers": 4, "heads": 4, "patch": 8},
-                         "text": {"width": 128, "layers": 4, "heads": 4, "context_length": 32},
-                         "embed_dim": 128}, image_size=64),
-    "tiny": dict(model={"preset": "tiny"}, image_size=64),
+  "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
+  "small": dict(
+    model={
+      "preset": "tiny",
+      "image": {"width": 128, "layers": 4, "heads": 4, "patch": 8},
+      "text": {"width": 128, "layers": 4, "heads": 4, "context_length": 32},
+      "embed_dim": 128,
+    },
+    image_size=64,
+  ),
+  "tiny": dict(model={"preset": "tiny"}, image_size=64),
 }
 
 LABELS = ("shape", "colour", "size", "count")
@@ -34,14 +41,27 @@ LABELS = ("shape", "colour", "size", "count")
 def scenes_source(split: str, arg) -> dict:
   """One split of the scenes preset `arg.scenes`, rendered at the variant's image size, with only the splits the
   run reads (train, validation, test) built."""
-  return {"kind": "scenes", "split": split, "preset": arg.scenes,
-          "knobs": {"image_size": VARIANTS[arg.variant]["image_size"]},
-          "split_sizes": {"train": arg.train_size, "validation": arg.eval_size, "test": arg.eval_size}}
+  return {
+    "kind": "scenes",
+    "split": split,
+    "preset": arg.scenes,
+    "knobs": {"image_size": VARIANTS[arg.variant]["image_size"]},
+    "split_sizes": {"train": arg.train_size, "validation": arg.eval_size, "test": arg.eval_size},
+  }
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, variant="small", objective="full", align=0.0, steps=250, batch=64, scenes="default",
-                  train_size=6000, eval_size=500)
+  arg = parse_arg(
+    arg,
+    variant="small",
+    objective="full",
+    align=0.0,
+    steps=250,
+    batch=64,
+    scenes="default",
+    train_size=6000,
+    eval_size=500,
+  )
   if arg.variant not in VARIANTS:
     raise unknown_choice("variant", arg.variant, VARIANTS)
   config = base_config()
@@ -66,10 +86,14 @@ def get_config(arg: str | None = None):
   config.train.checkpoint_every = max(1, arg.steps // 2)
   test = scenes_source("test", arg)
   config.evals = {
-      **{f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS},
-      "retrieval": {"kind": "retrieval", "data": test, "captions": 5},
-      "linear_probe_shape": {"kind": "linear_probe", "train_data": scenes_source("validation", arg),
-                             "test_data": test, "label": "shape"},
-      "structure": {"kind": "structure", "data": test, "write_plots": True},
+    **{f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS},
+    "retrieval": {"kind": "retrieval", "data": test, "captions": 5},
+    "linear_probe_shape": {
+      "kind": "linear_probe",
+      "train_data": scenes_source("validation", arg),
+      "test_data": test,
+      "label": "shape",
+    },
+    "structure": {"kind": "structure", "data": test, "write_plots": True},
   }
   return config

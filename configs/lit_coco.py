@@ -18,6 +18,7 @@ Arguments:
   steps        training steps
   batch        global batch size
 """
+
 import os
 import pathlib
 
@@ -26,8 +27,9 @@ from lmstruct.data import augment
 from lmstruct.losses.objective import named_objective
 from lmstruct.pretrained import assets
 
-SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA",
-                                          pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = pathlib.Path(
+  os.environ.get("LMSTRUCT_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 # Parameters the optimizer updates (regexes on 'a/b/kernel' paths); everything else — both towers — is locked.
 TRAINABLE = (r"^(image|text)_projection(_ind)?/", r"^log_logit_scale$", r"^logit_bias$")
 TOWERS = ("efficientnet_lite0", "all-MiniLM-L6-v2")
@@ -39,8 +41,9 @@ def coco_split(root: str, split: str) -> dict:
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", align=0.0, steps=300,
-                  batch=32)
+  arg = parse_arg(
+    arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", align=0.0, steps=300, batch=32
+  )
   config = base_config()
   config.model = {"preset": "LiT-EfficientNetLite0-MiniLM"}
   config.init.towers = TOWERS
@@ -65,6 +68,9 @@ def get_config(arg: str | None = None):
   config.train.checkpoint_every = max(1, arg.steps // 2)
   config.evals = {"retrieval_coco_val": {"kind": "retrieval", "data": coco_split(arg.coco, "val2017"), "captions": 5}}
   if arg.imagefolder:
-    config.evals["zeroshot"] = {"kind": "zeroshot", "data": {"kind": "imagefolder", "root": arg.imagefolder},
-                                "templates": "paper"}
+    config.evals["zeroshot"] = {
+      "kind": "zeroshot",
+      "data": {"kind": "imagefolder", "root": arg.imagefolder},
+      "templates": "paper",
+    }
   return config

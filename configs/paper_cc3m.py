@@ -22,18 +22,24 @@ Arguments:
              get CLIP's class names); configs/paper_eval.py runs the paper's whole evaluation suite
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
+
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 from lmstruct.data import augment
 from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
-    "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
-    "all": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "cyclip": {"cyclip": 1.0},
+  "none": {},
+  "sep": {"separation": 1.0},
+  "br": {"bridge": 1.0},
+  "gc": {"geometric": 1.0},
+  "all": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0},
+  "cyclip": {"cyclip": 1.0},
 }
 MODELS = {"paper": {"preset": "RN50"}, "test": {"preset": "test-rn"}}
-ARGS = dict(shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
-            variant="paper")
+ARGS = dict(
+  shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="", variant="paper"
+)
 
 
 def get_config(arg: str | None = None):
@@ -48,8 +54,9 @@ def config_from_args(arg):
     raise unknown_choice("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
-  config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",
-                                     weights=REGULARIZERS[arg.reg]).to_dict()
+  config.objective = ObjectiveConfig(
+    base="clip" if arg.reg == "cyclip" else "inmodal", weights=REGULARIZERS[arg.reg]
+  ).to_dict()
   batch = 128 * arg.devices
   steps = arg.examples * arg.epochs // batch
   config.optimizer.learning_rate = 5e-4
@@ -57,8 +64,11 @@ def config_from_args(arg):
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
   config.optimizer.warmup_steps = min(10_000, steps // 10)
-  config.data.train = ({"kind": "records", "path": arg.shards} if arg.records else
-                       {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer})
+  config.data.train = (
+    {"kind": "records", "path": arg.shards}
+    if arg.records
+    else {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer}
+  )
   config.data.global_batch_size = batch
   config.data.worker_count = 8
   # CyCLIP's augmented views (a RandAugment-style policy on images, EDA on captions), restricted to what cannot
@@ -67,8 +77,10 @@ def config_from_args(arg):
   # zoom-out that keeps every object whole; no flip, crop, translation, rotation, shear or colour op. EDA replaces
   # words by WordNet synonyms, inserts synonyms and deletes words, at rate 0.1: it adds no object, colour or side
   # that the image could contradict; random swap, which could exchange two colours or objects, is off.
-  config.data.augment = {"random_zoom_out": {"scale": (0.8, 1.0)},
-                         "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}
+  config.data.augment = {
+    "random_zoom_out": {"scale": (0.8, 1.0)},
+    "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS},
+  }
   config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = steps
   config.train.log_every = 100
@@ -76,6 +88,7 @@ def config_from_args(arg):
   config.train.keep_checkpoints = 3
   if arg.get("imagenet"):  # configs/paper_eval.py has no `imagenet`: its suite has ImageNet
     imagenet = {"kind": "imagefolder", "root": arg.imagenet}
-    config.evals = {"zeroshot_imagenet": {"kind": "zeroshot", "data": imagenet, "templates": "paper",
-                                          "every_steps": 10_000}}
+    config.evals = {
+      "zeroshot_imagenet": {"kind": "zeroshot", "data": imagenet, "templates": "paper", "every_steps": 10_000}
+    }
   return config

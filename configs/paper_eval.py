@@ -19,6 +19,7 @@ Arguments (besides those of configs/paper_cc3m.py, which set up training: shards
   only         run only these datasets, joined by '+' (default: all)
   batch        evaluation batch size (a multiple of the devices)
 """
+
 import importlib.util
 import os
 import pathlib
@@ -26,8 +27,16 @@ import pathlib
 from lmstruct.config import parse_arg
 from lmstruct.eval.suite import suite_evals
 
-SUITE_ARGS = dict(tfds_dir="~/tensorflow_datasets", folders="~/lmstruct_eval", prompts="paper", features="backbone",
-                  every=0, use_folders="", only="", batch=256)
+SUITE_ARGS = dict(
+  tfds_dir="~/tensorflow_datasets",
+  folders="~/lmstruct_eval",
+  prompts="paper",
+  features="backbone",
+  every=0,
+  use_folders="",
+  only="",
+  batch=256,
+)
 
 
 def _paper_cc3m():
@@ -50,8 +59,13 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, **training_args, **SUITE_ARGS)
   config = paper_cc3m.config_from_args(arg)
   config.data.eval_batch_size = arg.batch
-  config.evals = suite_evals(tfds_dir=os.path.expanduser(arg.tfds_dir), folders=os.path.expanduser(arg.folders),
-                             prompts=arg.prompts,
-                             every_steps=arg.every, features=arg.features, use_folders=_datasets(arg.use_folders),
-                             only=_datasets(arg.only))
+  config.evals = suite_evals(
+    tfds_dir=os.path.expanduser(arg.tfds_dir),
+    folders=os.path.expanduser(arg.folders),
+    prompts=arg.prompts,
+    every_steps=arg.every,
+    features=arg.features,
+    use_folders=_datasets(arg.use_folders),
+    only=_datasets(arg.only),
+  )
   return config

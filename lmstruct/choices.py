@@ -1,4 +1,5 @@
 """One-line errors for a name that is not among the valid choices, with the closest valid name (difflib)."""
+
 import difflib
 from collections.abc import Iterable
 
@@ -12,5 +13,7 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
 def unknown_choice(what: str, name: str, valid: Iterable[str], alternatives: str = "") -> ValueError:
   """ValueError("unknown <what> 'name' (did you mean 'x'?); valid choices: [...] <alternatives>")."""
   valid = sorted(valid)
-  return ValueError(f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid choices: {valid}"
-                    + (f" {alternatives}" if alternatives else ""))
+  return ValueError(
+    f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid choices: {valid}"
+    + (f" {alternatives}" if alternatives else "")
+  )

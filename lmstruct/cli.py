@@ -13,6 +13,7 @@ A user error (a config typo, an unknown choice, a missing file or checkpoint, an
 Multi-host: on TPU pods and SLURM/Kubernetes clusters JAX finds its peers itself (`--distributed`); elsewhere pass
 `--coordinator_address host:port --num_processes N --process_id i` to every process.
 """
+
 import argparse
 import json
 import logging
@@ -27,14 +28,16 @@ from lmstruct.config import load_config
 from lmstruct.study.presets import PRESETS
 
 COMMANDS = ("train", "eval", "convert", "plan", "study")
-CONVERTERS = {"data": "a dataset in a supported format → array_record shards (`lmstruct convert data --help`)",
-              "openclip": "an OpenAI / open_clip checkpoint → lmstruct weights (`lmstruct convert openclip --help`)"}
+CONVERTERS = {
+  "data": "a dataset in a supported format → array_record shards (`lmstruct convert data --help`)",
+  "openclip": "an OpenAI / open_clip checkpoint → lmstruct weights (`lmstruct convert openclip --help`)",
+}
 # Exceptions whose message is the whole story for a user: bad config values, missing files, unknown keys.
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 # Library log records that say nothing a user can act on, hidden unless --debug.
 LIBRARY_CHATTER = (
-    "Using custom data configuration",  # tfds, for every opening of a scenes dataset built from knobs
-    "OpenCV is not installed",          # tfds decodes the scenes' PNGs with PIL instead, to the same pixels
+  "Using custom data configuration",  # tfds, for every opening of a scenes dataset built from knobs
+  "OpenCV is not installed",  # tfds decodes the scenes' PNGs with PIL instead, to the same pixels
 )
 _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent) + os.sep
 
@@ -62,8 +65,9 @@ class _QuietLibraries(logging.Filter):
 def configure_logging(debug: bool) -> None:
   """INFO and above to stderr as `I1130 04:45:28 file.py:110] message`; without `debug`, through `_QuietLibraries`."""
   handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter("%(levelname).1s%(asctime)s %(filename)s:%(lineno)d] %(message)s",
-                                         datefmt="%m%d %H:%M:%S"))
+  handler.setFormatter(
+    logging.Formatter("%(levelname).1s%(asctime)s %(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
+  )
   if not debug:
     handler.addFilter(_QuietLibraries())
   root = logging.getLogger()
@@ -73,26 +77,39 @@ def configure_logging(debug: bool) -> None:
 
 def _run_flags(parser: argparse.ArgumentParser, *, eval_command: bool) -> None:
   """The flags of `train` and `eval`."""
-  parser.add_argument("--config", metavar="FILE[:ARGS]",
-                      help="a configs/*.py file, optionally with ':key=value,…' arguments for its get_config, or a "
-                           "run's config.json" + (" (default: WORKDIR/config.json, the run's own)" if eval_command
-                                                  else " (default: WORKDIR/config.json when resuming)"))
-  parser.add_argument("--workdir", metavar="DIR",
-                      help="(required) checkpoints, metrics, evaluation results" + (
-                          " of the run to evaluate" if eval_command else "; rerunning resumes"))
+  parser.add_argument(
+    "--config",
+    metavar="FILE[:ARGS]",
+    help="a configs/*.py file, optionally with ':key=value,…' arguments for its get_config, or a "
+    "run's config.json"
+    + (
+      " (default: WORKDIR/config.json, the run's own)"
+      if eval_command
+      else " (default: WORKDIR/config.json when resuming)"
+    ),
+  )
+  parser.add_argument(
+    "--workdir",
+    metavar="DIR",
+    help="(required) checkpoints, metrics, evaluation results"
+    + (" of the run to evaluate" if eval_command else "; rerunning resumes"),
+  )
   if eval_command:
     parser.add_argument("--step", type=int, metavar="N", help="the checkpoint step to evaluate (default: the latest)")
   cluster = parser.add_argument_group("multi-process")
-  cluster.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() with auto-detected cluster settings")
+  cluster.add_argument(
+    "--distributed", action="store_true", help="call jax.distributed.initialize() with auto-detected cluster settings"
+  )
   cluster.add_argument("--coordinator_address", metavar="HOST:PORT", help="address:port of process 0")
   cluster.add_argument("--num_processes", type=int, metavar="N", help="number of processes")
   cluster.add_argument("--process_id", type=int, metavar="I", help="index of this process")
   parser.set_defaults(flags=[flag for action in parser._actions for flag in action.option_strings])
 
 
-OVERRIDES_HELP = ("Any config key can be overridden with --config.KEY=VALUE (repeatable), e.g. "
-                  "--config.train.steps=600 --config.optimizer.learning_rate=5e-4 --config.evals={}.")
+OVERRIDES_HELP = (
+  "Any config key can be overridden with --config.KEY=VALUE (repeatable), e.g. "
+  "--config.train.steps=600 --config.optimizer.learning_rate=5e-4 --config.evals={}."
+)
 
 
 def _converter(name: str) -> str:
@@ -106,47 +123,79 @@ def build_parser() -> argparse.ArgumentParser:
   """`lmstruct` and its subcommands, each with its own `--help`."""
   debug = _Parser(add_help=False)
   debug.add_argument("--debug", action="store_true", help="on an error, print its traceback; show every library's log")
-  parser = _Parser(prog="lmstruct", description="Train, evaluate and convert data or weights for lmstruct.",
-                   parents=[debug], allow_abbrev=False,
-                   epilog="`lmstruct COMMAND --help` lists the flags of a command.")
+  parser = _Parser(
+    prog="lmstruct",
+    description="Train, evaluate and convert data or weights for lmstruct.",
+    parents=[debug],
+    allow_abbrev=False,
+    epilog="`lmstruct COMMAND --help` lists the flags of a command.",
+  )
   commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   commands.required = True
-  train = commands.add_parser("train", parents=[debug], allow_abbrev=False, help="train (or resume) a run",
-                              description="Train `train.steps` updates of the configured model, evaluating as "
-                                          "configured; a run already finished is left as it is.",
-                              epilog=OVERRIDES_HELP)
+  train = commands.add_parser(
+    "train",
+    parents=[debug],
+    allow_abbrev=False,
+    help="train (or resume) a run",
+    description="Train `train.steps` updates of the configured model, evaluating as "
+    "configured; a run already finished is left as it is.",
+    epilog=OVERRIDES_HELP,
+  )
   _run_flags(train, eval_command=False)
-  evaluate = commands.add_parser("eval", parents=[debug], allow_abbrev=False,
-                                 help="run every evaluator on a saved checkpoint",
-                                 description="Run every evaluator of the config on one checkpoint of a run.",
-                                 epilog=OVERRIDES_HELP)
+  evaluate = commands.add_parser(
+    "eval",
+    parents=[debug],
+    allow_abbrev=False,
+    help="run every evaluator on a saved checkpoint",
+    description="Run every evaluator of the config on one checkpoint of a run.",
+    epilog=OVERRIDES_HELP,
+  )
   _run_flags(evaluate, eval_command=True)
-  convert = commands.add_parser("convert", parents=[debug], allow_abbrev=False, help="convert a dataset or weights",
-                                description="Convert a dataset or pretrained weights:\n" + "\n".join(
-                                    f"  {name:9s} {text}" for name, text in CONVERTERS.items()),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  convert = commands.add_parser(
+    "convert",
+    parents=[debug],
+    allow_abbrev=False,
+    help="convert a dataset or weights",
+    description="Convert a dataset or pretrained weights:\n"
+    + "\n".join(f"  {name:9s} {text}" for name, text in CONVERTERS.items()),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   convert.add_argument("converter", type=_converter, metavar="CONVERTER", help=" or ".join(CONVERTERS))
   convert.add_argument("arguments", nargs=argparse.REMAINDER, metavar="...", help="the converter's flags")
-  plan = commands.add_parser("plan", parents=[debug], allow_abbrev=False,
-                             help="per-device memory, FLOPs, collectives and compile time of a config's update on N "
-                                  "devices",
-                             description="Compile the training update of a config for N fake CPU devices (nothing "
-                                         "is allocated) and report, per device, its memory, FLOPs per step, "
-                                         "collectives and compile time, and which accelerators' HBM it fits with "
-                                         "which sharding rules.",
-                             epilog=OVERRIDES_HELP)
-  plan.add_argument("--config", metavar="FILE[:ARGS]", required=True,
-                    help="a configs/*.py file, optionally with ':key=value,…' arguments for its get_config, or a "
-                         "run's config.json")
+  plan = commands.add_parser(
+    "plan",
+    parents=[debug],
+    allow_abbrev=False,
+    help="per-device memory, FLOPs, collectives and compile time of a config's update on N devices",
+    description="Compile the training update of a config for N fake CPU devices (nothing "
+    "is allocated) and report, per device, its memory, FLOPs per step, "
+    "collectives and compile time, and which accelerators' HBM it fits with "
+    "which sharding rules.",
+    epilog=OVERRIDES_HELP,
+  )
+  plan.add_argument(
+    "--config",
+    metavar="FILE[:ARGS]",
+    required=True,
+    help="a configs/*.py file, optionally with ':key=value,…' arguments for its get_config, or a run's config.json",
+  )
   plan.add_argument("--devices", type=int, metavar="N", required=True, help="the number of devices to plan for")
   plan.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
   plan.set_defaults(flags=[flag for action in plan._actions for flag in action.option_strings])
-  study = commands.add_parser("study", parents=[debug], allow_abbrev=False,
-                              help="measure the paper's claims: information gap, gap study, ablation",
-                              description="Train every run of the study (resuming; finished runs are read), "
-                                          "analyse them and write OUT/study.json and its figures.")
-  study.add_argument("--preset", required=True, choices=sorted(PRESETS),
-                     help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+  study = commands.add_parser(
+    "study",
+    parents=[debug],
+    allow_abbrev=False,
+    help="measure the paper's claims: information gap, gap study, ablation",
+    description="Train every run of the study (resuming; finished runs are read), "
+    "analyse them and write OUT/study.json and its figures.",
+  )
+  study.add_argument(
+    "--preset",
+    required=True,
+    choices=sorted(PRESETS),
+    help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
+  )
   study.add_argument("--out", required=True, help="output folder: runs/, study.json, figures")
   study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
   study.add_argument("--data-dir", default="data", help="where the scenes dataset is rendered (built on first use)")
@@ -162,7 +211,7 @@ def split_overrides(extra: Sequence[str], flags: Sequence[str]) -> dict[str, str
     token = tokens.pop(0)
     if not token.startswith("--config."):
       raise UsageError(unknown_choice("argument", token.partition("=")[0], flags, "or --config.KEY=VALUE"))
-    key, equals, value = token[len("--config."):].partition("=")
+    key, equals, value = token[len("--config.") :].partition("=")
     if not equals:
       if not tokens:
         raise UsageError(f"--config.{key} needs a value")
@@ -184,21 +233,31 @@ def _config(args: argparse.Namespace, overrides: dict[str, str]):
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
   import jax
+
   if args.coordinator_address or args.distributed:
-    jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-                               process_id=args.process_id)
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
+    jax.distributed.initialize(
+      coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
+    )
+    logging.info(
+      "process %d of %d, %d local / %d global devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+    )
 
 
 def _train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
   config = _config(args, overrides)
   _initialize_distributed(args)
   from lmstruct.train.loop import finished_step, results_table, train_and_evaluate
+
   done = finished_step(args.workdir, config.train.steps)
   if done is not None:
-    print(f"{args.workdir} has finished: step {done} of {config.train.steps} and its final evaluation "
-          f"({pathlib.Path(args.workdir) / 'results.md'}); nothing to do")
+    print(
+      f"{args.workdir} has finished: step {done} of {config.train.steps} and its final evaluation "
+      f"({pathlib.Path(args.workdir) / 'results.md'}); nothing to do"
+    )
     return 0
   results = train_and_evaluate(config, args.workdir)
   if results:
@@ -210,6 +269,7 @@ def _eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
   config = _config(args, overrides)
   _initialize_distributed(args)
   from lmstruct.train.loop import evaluate_checkpoint, results_table
+
   print(results_table(evaluate_checkpoint(config, args.workdir, args.step)))
   return 0
 
@@ -218,6 +278,7 @@ def _plan(args: argparse.Namespace, overrides: dict[str, str], argv: Sequence[st
   if args.devices < 1:
     raise UsageError(f"lmstruct plan: --devices must be at least 1, got {args.devices}")
   from lmstruct import plan
+
   if not plan.can_plan_here(args.devices):
     return plan.plan_in_subprocess(argv, args.devices)
   result = plan.plan(load_config(args.config, overrides), args.config)
@@ -228,8 +289,10 @@ def _plan(args: argparse.Namespace, overrides: dict[str, str], argv: Sequence[st
 def _convert(args: argparse.Namespace) -> int:
   if args.converter == "data":
     from lmstruct.data import convert
+
     return convert.main(args.arguments)
   from lmstruct.pretrained import openclip
+
   return openclip.main(args.arguments)
 
 
@@ -250,6 +313,7 @@ def _dispatch(argv: list[str]) -> int:
     if extra:
       raise UsageError(f"lmstruct study: unrecognized arguments: {' '.join(extra)}")
     from lmstruct.study import runner
+
     return runner.main(args)
   overrides = split_overrides(extra, args.flags)
   if args.command == "plan":
@@ -281,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _report(error, debug, status=2)
   except RuntimeError as error:
     from lmstruct.train.loop import NonFiniteError  # a run that diverged: its outcome, not a usage error
+
     if not isinstance(error, NonFiniteError):
       raise
     return _report(error, debug, status=1)

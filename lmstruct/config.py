@@ -11,6 +11,7 @@ its defaults), data sources by `lmstruct.data.sources`, `evals` by `lmstruct.eva
 `load_config` is what the CLI runs: a config file (or a run's saved `config.json`), then `--config.KEY=VALUE`
 overrides (`apply_overrides`), then `validate_config`.
 """
+
 import ast
 import importlib.util
 import json
@@ -57,8 +58,9 @@ def parse_arg_value(key: str, text: str, default: Any, what: str = "config argum
     return type(default)(literal)
   if isinstance(literal, type(default)) and not isinstance(literal, bool):
     return literal
-  raise ValueError(f"{what} {key!r} must be of type {type(default).__name__} like its default "
-                   f"{default!r}, got {text!r}")
+  raise ValueError(
+    f"{what} {key!r} must be of type {type(default).__name__} like its default {default!r}, got {text!r}"
+  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -78,25 +80,55 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   """Every training key with its default; see README 'Configs' for what each means."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "seed": 0,
       "model": {"preset": "tiny"},
       "objective": ObjectiveConfig().to_dict(),
-      "optimizer": {"learning_rate": 5e-4, "end_learning_rate": 0.0, "warmup_steps": 0, "total_steps": 0,
-                    "weight_decay": 0.1, "b1": 0.9, "b2": 0.98, "eps": 1e-6, "grad_clip_norm": 1.0,
-                    "trainable": ()},
+      "optimizer": {
+        "learning_rate": 5e-4,
+        "end_learning_rate": 0.0,
+        "warmup_steps": 0,
+        "total_steps": 0,
+        "weight_decay": 0.1,
+        "b1": 0.9,
+        "b2": 0.98,
+        "eps": 1e-6,
+        "grad_clip_norm": 1.0,
+        "trainable": (),
+      },
       "mesh": {"shape": {"data": -1}},
       "sharding": {"rules": "replicate"},
-      "data": {"train": {"kind": "scenes", "split": "train", "preset": "default"}, "data_dir": "data",
-               "global_batch_size": 128, "tokenizer": "clip", "worker_count": 0, "read_threads": 2,
-               "augment": {}, "eda": {}, "caption_choice": "random", "eval_batch_size": 256,
-               "tokenizer_path": ""},
-      "train": {"steps": 1000, "log_every": 50, "checkpoint_every": 500, "keep_checkpoints": 2, "best_metric": "",
-                "best_mode": "max", "accumulation_steps": 1, "nonfinite": "stop", "profile_start_step": -1,
-                "profile_steps": 5, "progress_bar": "auto"},
+      "data": {
+        "train": {"kind": "scenes", "split": "train", "preset": "default"},
+        "data_dir": "data",
+        "global_batch_size": 128,
+        "tokenizer": "clip",
+        "worker_count": 0,
+        "read_threads": 2,
+        "augment": {},
+        "eda": {},
+        "caption_choice": "random",
+        "eval_batch_size": 256,
+        "tokenizer_path": "",
+      },
+      "train": {
+        "steps": 1000,
+        "log_every": 50,
+        "checkpoint_every": 500,
+        "keep_checkpoints": 2,
+        "best_metric": "",
+        "best_mode": "max",
+        "accumulation_steps": 1,
+        "nonfinite": "stop",
+        "profile_start_step": -1,
+        "profile_steps": 5,
+        "progress_bar": "auto",
+      },
       "init": {"pretrained": "", "towers": ()},
       "evals": {},
-  })
+    }
+  )
 
 
 def _is_open(path: str) -> bool:
@@ -112,8 +144,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
     valid = sorted(schema)
     for key in value:
       if key not in schema:
-        raise ValueError(f"unknown config key {path + '.' + key if path else key!r}{did_you_mean(key, valid)}; "
-                         f"valid keys{' in ' + repr(path) if path else ''}: {valid}")
+        raise ValueError(
+          f"unknown config key {path + '.' + key if path else key!r}{did_you_mean(key, valid)}; "
+          f"valid keys{' in ' + repr(path) if path else ''}: {valid}"
+        )
       _check(value[key], schema[key], f"{path}.{key}" if path else key)
     return
   expected = type(schema)
@@ -133,10 +167,15 @@ def check_objective_fits_model(objective: ObjectiveConfig, model_config: Mapping
   if not objective.needs_independent_features or build_model(model_config).independent_heads:
     return
   term = next(t for t in objective.terms if t.reads_independent_features)
-  key, value = (("objective.base", term.name) if term.role == "base" else
-                (f"objective.weights.{term.name}", objective.weights[term.name]))
-  raise ValueError(f"{key} = {value!r} needs model.independent_heads = True (it is False): {term.name!r} reads "
-                   "the features of the independent heads")
+  key, value = (
+    ("objective.base", term.name)
+    if term.role == "base"
+    else (f"objective.weights.{term.name}", objective.weights[term.name])
+  )
+  raise ValueError(
+    f"{key} = {value!r} needs model.independent_heads = True (it is False): {term.name!r} reads "
+    "the features of the independent heads"
+  )
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
@@ -144,8 +183,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
   objective section (`ObjectiveConfig`) and an objective that reads features the model does not produce."""
   plain = config.to_dict() if hasattr(config, "to_dict") else config
   _check(plain, base_config().to_dict(), "")
-  choices = {"train.nonfinite": ("stop", "skip"), "train.best_mode": ("max", "min"),
-             "train.progress_bar": ("auto", "on", "off")}
+  choices = {
+    "train.nonfinite": ("stop", "skip"),
+    "train.best_mode": ("max", "min"),
+    "train.progress_bar": ("auto", "on", "off"),
+  }
   for path, valid in choices.items():
     section, key = path.split(".")
     if config[section][key] not in valid:
@@ -175,7 +217,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
         node[name] = {}
       node = node[name]
       if not isinstance(node, ml_collections.ConfigDict):
-        raise ValueError(f"cannot override config key {path!r}: {'.'.join(parents[:i + 1])!r} is not a mapping")
+        raise ValueError(f"cannot override config key {path!r}: {'.'.join(parents[: i + 1])!r} is not a mapping")
     node[key] = parse_arg_value(path, text, node.get(key), "config key")
   return config
 

@@ -5,6 +5,7 @@ process, a block of its rows (``jax.make_array_from_process_local_data`` puts a 
 ``process_rows`` returns that block; ``allgather_rows`` is its inverse across processes: the concatenation of every
 process's host rows, in process order, the same on every process. With one process both are the identity.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,10 @@ def _row_blocks(x: jax.Array) -> dict[tuple[int, int], jax.Array]:
   blocks: dict[tuple[int, int], jax.Array] = {}
   for shard in x.addressable_shards:
     if tuple(shard.data.shape[1:]) != tuple(x.shape[1:]):
-      raise ValueError(f"an array of shape {x.shape} sharded as {x.sharding} splits a trailing axis; only the "
-                       "leading (batch) axis may be sharded across processes")
+      raise ValueError(
+        f"an array of shape {x.shape} sharded as {x.sharding} splits a trailing axis; only the "
+        "leading (batch) axis may be sharded across processes"
+      )
     start, stop, _ = shard.index[0].indices(x.shape[0])
     blocks.setdefault((start, stop), shard.data)
   return blocks
@@ -63,7 +66,7 @@ def allgather_rows(x: np.ndarray) -> np.ndarray:
   if counts.sum() == 0 or row_bytes == 0:
     return np.zeros((int(counts.sum()), *x.shape[1:]), x.dtype)
   padded = np.zeros((int(counts.max()), row_bytes), np.uint8)
-  padded[:x.shape[0]] = np.frombuffer(np.ascontiguousarray(x).tobytes(), np.uint8).reshape(x.shape[0], row_bytes)
+  padded[: x.shape[0]] = np.frombuffer(np.ascontiguousarray(x).tobytes(), np.uint8).reshape(x.shape[0], row_bytes)
   gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(counts), -1, row_bytes)
   rows = np.concatenate([gathered[p, :count] for p, count in enumerate(counts)])
   return np.frombuffer(rows.tobytes(), x.dtype).reshape(-1, *x.shape[1:]).copy()

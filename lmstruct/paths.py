@@ -8,6 +8,7 @@ through :func:`as_path`, so a bucket works wherever a folder does.
 Shard lists (:func:`list_shards`) accept a folder, a glob (``cc3m/*.tar``), webdataset's brace notation
 (``cc3m/{00000..00331}.tar``, expanded without listing the bucket) or an explicit list.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,12 @@ def expand_braces(pattern: str) -> list[str]:
   if int(last) < int(first):
     raise ValueError(f"brace range {match.group(0)} in {pattern!r} runs backwards")
   width = len(first) if first.startswith("0") else 0
-  head, tail = pattern[:match.start()], pattern[match.end():]
-  return [expanded for number in range(int(first), int(last) + 1)
-          for expanded in expand_braces(f"{head}{number:0{width}d}{tail}")]
+  head, tail = pattern[: match.start()], pattern[match.end() :]
+  return [
+    expanded
+    for number in range(int(first), int(last) + 1)
+    for expanded in expand_braces(f"{head}{number:0{width}d}{tail}")
+  ]
 
 
 def list_shards(shards: PathLike | Sequence[PathLike], suffix: str = ".tar") -> list[epath.Path]:
@@ -76,6 +80,8 @@ def list_shards(shards: PathLike | Sequence[PathLike], suffix: str = ".tar") -> 
       raise FileNotFoundError(f"no *{suffix} shards in folder {text}")
     return found
   if not path.exists():
-    raise FileNotFoundError(f"shards not found: {text} (give a folder of {suffix} files, a glob, a brace pattern "
-                            f"such as shards/{{00000..00099}}{suffix}, or a list of files)")
+    raise FileNotFoundError(
+      f"shards not found: {text} (give a folder of {suffix} files, a glob, a brace pattern "
+      f"such as shards/{{00000..00099}}{suffix}, or a list of files)"
+    )
   return [path]

@@ -23,6 +23,7 @@ FLOPs and collectives are properties of the partitioned program and carry over.
 The fake devices must be configured before JAX's backends start (`jax_num_cpu_devices`); when they are already
 running here with another device count or platform, the plan is computed by `lmstruct plan` in a fresh process.
 """
+
 import os
 import subprocess
 import sys
@@ -40,10 +41,15 @@ from lmstruct.train.optimizer import make_optimizer
 from lmstruct.train.sharding import NAMED_RULES, batch_sharding, make_mesh, sharding_rules, tree_shardings
 from lmstruct.train.step import train_state_initializer
 
-GIB = 2 ** 30
+GIB = 2**30
 #: HBM per device of common accelerators (the A100 and H100 of the 80 GB kind).
-ACCELERATORS: dict[str, int] = {"TPU v5e": 16 * GIB, "TPU v4": 32 * GIB, "A100 80GB": 80 * GIB,
-                                "H100 80GB": 80 * GIB, "TPU v5p": 95 * GIB}
+ACCELERATORS: dict[str, int] = {
+  "TPU v5e": 16 * GIB,
+  "TPU v4": 32 * GIB,
+  "A100 80GB": 80 * GIB,
+  "H100 80GB": 80 * GIB,
+  "TPU v5p": 95 * GIB,
+}
 
 
 def can_plan_here(devices: int) -> bool:
@@ -82,8 +88,9 @@ def compile_update(config: Any, rules: Any) -> dict[str, Any]:
   initialize = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
   abstract = jax.eval_shape(initialize, jax.random.key(0))
   shardings = tree_shardings(abstract, mesh, sharding_rules(rules), data_axes)
-  state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                       abstract, shardings)
+  state = jax.tree.map(
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract, shardings
+  )
   batch = _abstract_batch(config, image_shape, context_length, batch_sharding(mesh, data_axes))
   update = training_update(config, model=model, tx=tx, mesh=mesh, shardings=shardings, data_axes=data_axes)
   start = time.perf_counter()
@@ -92,20 +99,24 @@ def compile_update(config: Any, rules: Any) -> dict[str, Any]:
   compiled = lowered.compile()
   compile_s, lower_s = time.perf_counter() - lowered_at, lowered_at - start
   memory = compiled.memory_analysis()
-  sizes = {"argument_bytes": int(memory.argument_size_in_bytes), "output_bytes": int(memory.output_size_in_bytes),
-           "alias_bytes": int(memory.alias_size_in_bytes), "temp_bytes": int(memory.temp_size_in_bytes)}
+  sizes = {
+    "argument_bytes": int(memory.argument_size_in_bytes),
+    "output_bytes": int(memory.output_size_in_bytes),
+    "alias_bytes": int(memory.alias_size_in_bytes),
+    "temp_bytes": int(memory.temp_size_in_bytes),
+  }
   text = compiled.as_text()
   summary = hlo.collective_summary(text)
   cost = compiled.cost_analysis()
   return {
-      "memory": {**sizes, "peak_bytes": peak_bytes(**sizes)},
-      "flops_per_step": hlo.matmul_flops(text),
-      "xla_cost_analysis_flops": float((cost or {}).get("flops", 0.0)),
-      "collectives": {kind: entry["count"] for kind, entry in summary.items()},
-      "collective_bytes": {kind: entry["bytes"] for kind, entry in summary.items()},
-      "compile_s": round(compile_s, 2),
-      "lower_s": round(lower_s, 2),
-      "parameters": sum(leaf.size for leaf in jax.tree.leaves(abstract.params)),
+    "memory": {**sizes, "peak_bytes": peak_bytes(**sizes)},
+    "flops_per_step": hlo.matmul_flops(text),
+    "xla_cost_analysis_flops": float((cost or {}).get("flops", 0.0)),
+    "collectives": {kind: entry["count"] for kind, entry in summary.items()},
+    "collective_bytes": {kind: entry["bytes"] for kind, entry in summary.items()},
+    "compile_s": round(compile_s, 2),
+    "lower_s": round(lower_s, 2),
+    "parameters": sum(leaf.size for leaf in jax.tree.leaves(abstract.params)),
   }
 
 
@@ -121,8 +132,10 @@ def _rules_name(rules: Any) -> str:
 
 def fits(peak_by_rules: Mapping[str, int]) -> dict[str, str | None]:
   """{accelerator: the first rules (in the given order) whose peak per device fits its HBM, or None}."""
-  return {name: next((rules for rules, peak in peak_by_rules.items() if peak <= capacity), None)
-          for name, capacity in ACCELERATORS.items()}
+  return {
+    name: next((rules for rules, peak in peak_by_rules.items() if peak <= capacity), None)
+    for name, capacity in ACCELERATORS.items()
+  }
 
 
 def plan(config: Any, config_spec: str) -> dict[str, Any]:
@@ -134,17 +147,28 @@ def plan(config: Any, config_spec: str) -> dict[str, Any]:
   main = results[_rules_name(own)]
   devices = jax.device_count()
   return {
-      "config": config_spec, "devices": devices, "platform": "cpu (fake devices)",
-      "mesh": config.mesh.shape.to_dict(), "rules": _rules_name(own),
-      "global_batch": config.data.global_batch_size,
-      "per_device_batch": config.data.global_batch_size / devices,
-      "accumulation_steps": config.train.accumulation_steps,
-      "model": config.model.to_dict(), "parameters": main["parameters"],
-      **{key: value for key, value in main.items() if key != "parameters"},
-      "by_rules": {name: {"peak_bytes": r["memory"]["peak_bytes"], "argument_bytes": r["memory"]["argument_bytes"],
-                          "temp_bytes": r["memory"]["temp_bytes"], "collectives": r["collectives"],
-                          "compile_s": r["compile_s"]} for name, r in results.items()},
-      "fits": fits({name: r["memory"]["peak_bytes"] for name, r in results.items()}),
+    "config": config_spec,
+    "devices": devices,
+    "platform": "cpu (fake devices)",
+    "mesh": config.mesh.shape.to_dict(),
+    "rules": _rules_name(own),
+    "global_batch": config.data.global_batch_size,
+    "per_device_batch": config.data.global_batch_size / devices,
+    "accumulation_steps": config.train.accumulation_steps,
+    "model": config.model.to_dict(),
+    "parameters": main["parameters"],
+    **{key: value for key, value in main.items() if key != "parameters"},
+    "by_rules": {
+      name: {
+        "peak_bytes": r["memory"]["peak_bytes"],
+        "argument_bytes": r["memory"]["argument_bytes"],
+        "temp_bytes": r["memory"]["temp_bytes"],
+        "collectives": r["collectives"],
+        "compile_s": r["compile_s"],
+      }
+      for name, r in results.items()
+    },
+    "fits": fits({name: r["memory"]["peak_bytes"] for name, r in results.items()}),
   }
 
 
@@ -155,20 +179,24 @@ def _gib(n: float) -> str:
 def format_plan(result: Mapping[str, Any]) -> str:
   """The plan as a short human-readable report."""
   memory = result["memory"]
-  lines = [f"plan of {result['config']} on {result['devices']} devices (mesh {result['mesh']}, rules "
-           f"{result['rules']!r}): global batch {result['global_batch']}, {result['per_device_batch']:g} per device, "
-           f"accumulation {result['accumulation_steps']}, {result['parameters'] / 1e6:.1f}M parameters",
-           "per device:",
-           f"  memory     arguments {_gib(memory['argument_bytes'])}, outputs {_gib(memory['output_bytes'])} "
-           f"({_gib(memory['alias_bytes'])} aliased to donated arguments), temporaries {_gib(memory['temp_bytes'])},"
-           f" peak {_gib(memory['peak_bytes'])}",
-           f"  compute    {result['flops_per_step'] / 1e12:.2f} TFLOP per step (matrix products and convolutions)",
-           f"  compile    {result['compile_s']:.1f} s (XLA:CPU)",
-           "  collectives per step:"]
+  lines = [
+    f"plan of {result['config']} on {result['devices']} devices (mesh {result['mesh']}, rules "
+    f"{result['rules']!r}): global batch {result['global_batch']}, {result['per_device_batch']:g} per device, "
+    f"accumulation {result['accumulation_steps']}, {result['parameters'] / 1e6:.1f}M parameters",
+    "per device:",
+    f"  memory     arguments {_gib(memory['argument_bytes'])}, outputs {_gib(memory['output_bytes'])} "
+    f"({_gib(memory['alias_bytes'])} aliased to donated arguments), temporaries {_gib(memory['temp_bytes'])},"
+    f" peak {_gib(memory['peak_bytes'])}",
+    f"  compute    {result['flops_per_step'] / 1e12:.2f} TFLOP per step (matrix products and convolutions)",
+    f"  compile    {result['compile_s']:.1f} s (XLA:CPU)",
+    "  collectives per step:",
+  ]
   for kind, count in result["collectives"].items():
-    lines.append(f"    {kind:<20} {count:>7} × → {result['collective_bytes'][kind] / 2 ** 20:10.1f} MiB")
-  lines.append("  peak per device by sharding rules: " + ", ".join(
-      f"{name} {_gib(r['peak_bytes'])}" for name, r in result["by_rules"].items()))
+    lines.append(f"    {kind:<20} {count:>7} × → {result['collective_bytes'][kind] / 2**20:10.1f} MiB")
+  lines.append(
+    "  peak per device by sharding rules: "
+    + ", ".join(f"{name} {_gib(r['peak_bytes'])}" for name, r in result["by_rules"].items())
+  )
   lines.append("fits:")
   for name, rules in result["fits"].items():
     lines.append(f"  {name:<10} {_gib(ACCELERATORS[name]):>10}  {('yes, with ' + rules) if rules else 'no'}")

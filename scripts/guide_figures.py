@@ -14,6 +14,7 @@ and one-caption retrieval among the 500 pairs, and draws their PCA plots (`OUT/p
 One JSON line per run or feature set is printed and written to `OUT/structure.jsonl`, each with the machine,
 commit and date. Runs already finished are not retrained (rerunning only collects).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,26 @@ def shared_data() -> pathlib.Path:
 
 def provenance() -> dict[str, Any]:
   """The commit, machine and date every record carries."""
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                          text=True).stdout.strip()
-  cpu = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")), "unknown cpu") if pathlib.Path("/proc/cpuinfo").exists() else "?"
-  return {"commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores",
-          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+  commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+  ).stdout.strip()
+  cpu = (
+    next(
+      (
+        line.split(":", 1)[1].strip()
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+      ),
+      "unknown cpu",
+    )
+    if pathlib.Path("/proc/cpuinfo").exists()
+    else "?"
+  )
+  return {
+    "commit": commit,
+    "machine": f"{cpu}, {os.cpu_count()} cores",
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+  }
 
 
 def train_objective(objective: str, steps: int, runs: pathlib.Path) -> tuple[pathlib.Path, int, dict[str, float]]:
@@ -54,6 +69,7 @@ def train_objective(objective: str, steps: int, runs: pathlib.Path) -> tuple[pat
   structure evaluator; returns (its structure evaluation folder, final step, structure metrics)."""
   from lmstruct.config import load_config
   from lmstruct.train.loop import train_and_evaluate
+
   config = load_config(str(REPO_ROOT / f"configs/clip_scenes.py:objective={objective},steps={steps}"))
   config.unlock()
   config.evals = {"structure": config.evals.structure.to_dict()}
@@ -67,6 +83,7 @@ def train_objective(objective: str, steps: int, runs: pathlib.Path) -> tuple[pat
 def clip_features(name: str) -> tuple[np.ndarray, np.ndarray]:
   """(zv, zt) [500, 512] of one shared CLIP feature file, rows re-normalised to unit length."""
   from lmstruct.eval.features import l2_normalize
+
   features = np.load(shared_data() / "clip-features" / FEATURE_SETS[name])
   return l2_normalize(features[0]), l2_normalize(features[1])
 
@@ -74,6 +91,7 @@ def clip_features(name: str) -> tuple[np.ndarray, np.ndarray]:
 def feature_set_record(name: str, out: pathlib.Path) -> dict[str, Any]:
   """Every structure diagnostic and retrieval among the pairs of one CLIP feature set; draws its PCA plot."""
   from lmstruct.eval import plots, retrieval, structure
+
   zv, zt = clip_features(name)
   metrics = structure.structure_metrics(zv, zt)
   metrics.update(retrieval.retrieval_metrics(zv, zt, np.arange(zv.shape[0])))
@@ -105,8 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
       folder, step, metrics = train_objective(objective, args.steps, runs)
       for figure in ("pca", "gap_shift"):
         shutil.copyfile(folder / f"step_{step}_{figure}.png", out / f"{figure}_{objective}.png")
-      emit({"kind": "run", "name": objective, "config": f"configs/clip_scenes.py:objective={objective},steps={step}",
-            "step": step, "metrics": metrics, **facts}, sink)
+      emit(
+        {
+          "kind": "run",
+          "name": objective,
+          "config": f"configs/clip_scenes.py:objective={objective},steps={step}",
+          "step": step,
+          "metrics": metrics,
+          **facts,
+        },
+        sink,
+      )
   return 0
 
 

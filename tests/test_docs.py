@@ -1,4 +1,5 @@
 """The docs stay true: docs/architecture.md names every module, and every config key the README names exists."""
+
 import pathlib
 import re
 
@@ -27,7 +28,7 @@ def package_map_modules(text: str) -> set[str]:
     if tokens[0].endswith("/"):
       stack = [(i, d) for i, d in stack if i < indent] + [(indent, tokens[0])]
       continue
-    names = [t for t in tokens[:next((k for k, t in enumerate(tokens) if not t.endswith(".py")), len(tokens))]]
+    names = [t for t in tokens[: next((k for k, t in enumerate(tokens) if not t.endswith(".py")), len(tokens))]]
     if names:
       directory = "".join(d for i, d in stack if i < indent)
       modules.update(directory + name for name in names)
@@ -36,8 +37,7 @@ def package_map_modules(text: str) -> set[str]:
 
 def test_the_package_map_names_every_module_and_no_other():
   modules = {p.relative_to(REPO).as_posix() for p in (REPO / "lmstruct").rglob("*.py") if p.name != "__init__.py"}
-  named = {m for m in package_map_modules((REPO / "docs" / "architecture.md").read_text())
-           if m.startswith("lmstruct/")}
+  named = {m for m in package_map_modules((REPO / "docs" / "architecture.md").read_text()) if m.startswith("lmstruct/")}
   assert sorted(modules - named) == [], "modules missing from docs/architecture.md's package map"
   assert sorted(named - modules) == [], "the package map names modules that do not exist"
 
@@ -58,7 +58,7 @@ def config_key_exists(path: str) -> bool:
     prefix = ".".join(parts[:i])
     if prefix == "model":
       value: object = 1
-      for name in reversed(parts[i + 1:]):
+      for name in reversed(parts[i + 1 :]):
         value = {name: value}
       try:
         resolve_model_config({"preset": "test", parts[i]: value})
@@ -70,16 +70,29 @@ def config_key_exists(path: str) -> bool:
 
 
 def test_config_key_exists_knows_the_schema_and_the_open_sections():
-  assert all(config_key_exists(k) for k in ("train.steps", "model.image.width", "model.dtype", "evals.mine.kind",
-                                             "objective.weights.cyclip", "data.train.kind", "init.towers"))
-  assert not any(config_key_exists(k) for k in ("init.checkpoint", "train.stpes", "model.widht", "model.image.patches",
-                                                "optimizer.lr"))
+  assert all(
+    config_key_exists(k)
+    for k in (
+      "train.steps",
+      "model.image.width",
+      "model.dtype",
+      "evals.mine.kind",
+      "objective.weights.cyclip",
+      "data.train.kind",
+      "init.towers",
+    )
+  )
+  assert not any(
+    config_key_exists(k)
+    for k in ("init.checkpoint", "train.stpes", "model.widht", "model.image.patches", "optimizer.lr")
+  )
 
 
 def readme_dotted_keys(text: str) -> set[str]:
   """Every `section.key…` the text names, as `--config.x.y`, `config.x.y` or a bare dotted path starting with a
   section of base_config() (`train.nonfinite=skip`); file names such as `model.json` are not keys."""
-  pattern = re.compile(r"(?<![\w./-])(?:--)?(?:config\.)?((?:%s)(?:\.[A-Za-z_]\w*)+)" % "|".join(SECTIONS))
+  sections = "|".join(SECTIONS)
+  pattern = re.compile(rf"(?<![\w./-])(?:--)?(?:config\.)?((?:{sections})(?:\.[A-Za-z_]\w*)+)")
   return {m for m in pattern.findall(text) if m.rsplit(".", 1)[1] not in FILE_SUFFIXES}
 
 
@@ -103,12 +116,16 @@ def readme_section_keys(text: str) -> dict[str, set[str]]:
 def test_readme_parsers_on_hand_written_text():
   assert without_section("a\n## Errors\nx\n## B\nb\n", "Errors") == "a\n## B\nb\n"
   assert without_section("a\n## Errors\nx\n", "Errors") == "a"
-  text = ("Use `--config.train.steps=3` or `train.log_every`, see `model.json` and config.init.towers.\n\n"
-          "## Configs\n\n- `train`: `steps` (0 = `x`), `log_every`;\n- `model`: `image.{width, heads}`, `remat`.\n"
-          "\n## Next\n- `no`: `more`\n")
+  text = (
+    "Use `--config.train.steps=3` or `train.log_every`, see `model.json` and config.init.towers.\n\n"
+    "## Configs\n\n- `train`: `steps` (0 = `x`), `log_every`;\n- `model`: `image.{width, heads}`, `remat`.\n"
+    "\n## Next\n- `no`: `more`\n"
+  )
   assert readme_dotted_keys(text) == {"train.steps", "train.log_every", "init.towers"}
-  assert readme_section_keys(text) == {"train": {"steps", "log_every"},
-                                       "model": {"image.width", "image.heads", "remat"}}
+  assert readme_section_keys(text) == {
+    "train": {"steps", "log_every"},
+    "model": {"image.width", "image.heads", "remat"},
+  }
 
 
 def without_section(text: str, title: str) -> str:
@@ -120,8 +137,9 @@ def without_section(text: str, title: str) -> str:
 def test_every_config_key_the_readme_names_exists():
   sections = readme_section_keys(README)
   # the Errors section shows misspelled keys on purpose
-  named = readme_dotted_keys(without_section(README, "Errors")) | {f"{s}.{k}" for s, keys in sections.items()
-                                                                    for k in keys}
+  named = readme_dotted_keys(without_section(README, "Errors")) | {
+    f"{s}.{k}" for s, keys in sections.items() for k in keys
+  }
   assert set(sections) == set(SECTIONS), "the README's Configs section documents every section of base_config()"
   assert sorted(k for k in named if not config_key_exists(k)) == []
 

@@ -1,5 +1,6 @@
 """lmstruct.multihost on 2 JAX processes on localhost (2 CPU devices each): rows of unequal counts and every dtype
 gathered bit for bit in process order, and each process's rows of a global batch."""
+
 import json
 import os
 import pathlib
@@ -11,7 +12,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-WORKER = '''
+WORKER = """
 import json, sys
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ out = {"floats_bits": gathered["floats"].view(np.uint64).tolist(), "flags": gath
        "row_count": multihost.process_row_count(global_batch),
        "json": pipeline._allgather_json({"process": p, "text": "x" * (5 * p)})}
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def _free_port() -> int:
@@ -46,11 +47,24 @@ def _free_port() -> int:
 
 
 def test_allgather_rows_and_process_rows_on_two_processes():
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  }
   address = f"127.0.0.1:{_free_port()}"
-  processes = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(i)], env=env, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, "-c", WORKER, address, str(i)],
+      env=env,
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   results = []
   for process in processes:
     stdout, stderr = process.communicate(timeout=300)

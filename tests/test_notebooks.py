@@ -5,6 +5,7 @@ Each notebook runs in its own kernel from colab/, so its setup cell finds this c
 the CLIP vocabulary is already cached by `make`). The quickstart's runs are shared with the analysis notebook, which
 evaluates one of them as its model.
 """
+
 import json
 import os
 import pathlib
@@ -17,19 +18,28 @@ from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
-TINY_SCENES = {"LMSTRUCT_NB_VARIANT": "test", "LMSTRUCT_NB_STEPS": "2", "LMSTRUCT_NB_TRAIN_SIZE": "32",
-               "LMSTRUCT_NB_EVAL_SIZE": "16"}
+TINY_SCENES = {
+  "LMSTRUCT_NB_VARIANT": "test",
+  "LMSTRUCT_NB_STEPS": "2",
+  "LMSTRUCT_NB_TRAIN_SIZE": "32",
+  "LMSTRUCT_NB_EVAL_SIZE": "16",
+}
 
 
 def execute(name: str, devices: int, **params: str) -> nbformat.NotebookNode:
   """Runs every cell of colab/`name` in a fresh kernel on `devices` CPU devices with `params` in its environment;
   returns the executed notebook (nbclient raises CellExecutionError on the first failing cell)."""
   notebook = nbformat.read(COLAB / name, as_version=4)
-  env = {**os.environ, **params, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-  NotebookClient(notebook, timeout=900, kernel_name="python3",
-                 resources={"metadata": {"path": str(COLAB)}}).execute(env=env)
+  env = {
+    **os.environ,
+    **params,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+  }
+  NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(COLAB)}}).execute(
+    env=env
+  )
   return notebook
 
 
@@ -57,8 +67,15 @@ def test_the_setup_cell_comes_first_and_every_notebook_states_its_runtime():
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> tuple[nbformat.NotebookNode, pathlib.Path]:
   runs = tmp_path_factory.mktemp("quickstart")
-  return execute("quickstart.ipynb", devices=1, LMSTRUCT_NB_RUNS=str(runs), LMSTRUCT_NB_BATCH="8",
-                 LMSTRUCT_NB_OBJECTIVE="full", LMSTRUCT_NB_SWAPPED="gc", **TINY_SCENES), runs
+  return execute(
+    "quickstart.ipynb",
+    devices=1,
+    LMSTRUCT_NB_RUNS=str(runs),
+    LMSTRUCT_NB_BATCH="8",
+    LMSTRUCT_NB_OBJECTIVE="full",
+    LMSTRUCT_NB_SWAPPED="gc",
+    **TINY_SCENES,
+  ), runs
 
 
 def test_quickstart_trains_both_objectives_and_compares_them(quickstart):
@@ -70,13 +87,18 @@ def test_quickstart_trains_both_objectives_and_compares_them(quickstart):
   assert len(outputs(notebook, "image/png")) == 4  # PCA and gap shift of each run
   comparison = next(text for text in outputs(notebook, "text/markdown") if text.startswith("| metric | full | gc |"))
   gap = json.loads((runs / "gc" / "results.json").read_text())["results"]["structure"]["modality_gap"]
-  assert f"| modality gap | " in comparison and f"{gap:.3f} |" in comparison
+  assert "| modality gap | " in comparison and f"{gap:.3f} |" in comparison
 
 
 def test_analysis_measures_real_clip_and_a_trained_run(quickstart, tmp_path, shared_data):
   _, runs = quickstart
-  notebook = execute("analysis.ipynb", devices=1, LMSTRUCT_NB_MODEL=str(runs / "full"),
-                     LMSTRUCT_NB_OUT=str(tmp_path), LMSTRUCT_SHARED_DATA=str(shared_data))
+  notebook = execute(
+    "analysis.ipynb",
+    devices=1,
+    LMSTRUCT_NB_MODEL=str(runs / "full"),
+    LMSTRUCT_NB_OUT=str(tmp_path),
+    LMSTRUCT_SHARED_DATA=str(shared_data),
+  )
   measured = json.loads((tmp_path / "structure.json").read_text())
   features = np.load(shared_data / "clip-features" / "features_clip.npy").astype(np.float64)
   zv, zt = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in features)
@@ -94,9 +116,15 @@ def test_analysis_measures_real_clip_and_a_trained_run(quickstart, tmp_path, sha
 
 def test_tpu_notebook_runs_the_ring_update_and_plans_on_cpu(tmp_path):
   pytest.importorskip("lmstruct.plan", reason="`lmstruct plan` comes with branch podscale")
-  notebook = execute("tpu.ipynb", devices=8, LMSTRUCT_NB_WORKDIR=str(tmp_path / "ring"),
-                     LMSTRUCT_NB_BATCH_PER_DEVICE="2", LMSTRUCT_NB_PLAN_DEVICES="8",
-                     LMSTRUCT_NB_PLAN_CONFIG="configs/paper_cc3m.py:variant=test,devices=8", **TINY_SCENES)
+  notebook = execute(
+    "tpu.ipynb",
+    devices=8,
+    LMSTRUCT_NB_WORKDIR=str(tmp_path / "ring"),
+    LMSTRUCT_NB_BATCH_PER_DEVICE="2",
+    LMSTRUCT_NB_PLAN_DEVICES="8",
+    LMSTRUCT_NB_PLAN_CONFIG="configs/paper_cc3m.py:variant=test,devices=8",
+    **TINY_SCENES,
+  )
   printed = "".join(outputs(notebook, "text/plain"))
   assert "backend: cpu | 8 devices" in printed and "mesh: {'data': 8}" in printed
   assert "skipped: the backend is cpu, not tpu" in printed

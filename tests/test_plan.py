@@ -1,11 +1,12 @@
 """`lmstruct plan`: the compiled update's per-device figures from abstract shapes, in this process when JAX already
 has the requested devices and in a fresh one otherwise; one-line errors."""
+
 import json
 
 import jax
 import jax.numpy as jnp
-
 from conftest import REPO_ROOT
+
 from lmstruct import cli, plan
 from lmstruct.models import build_model, input_shapes
 
@@ -30,8 +31,9 @@ def test_plan_on_the_eight_devices_of_this_process(capsys):
   assert result["memory"]["alias_bytes"] >= 3 * params  # the donated state is updated in place
   memory = result["memory"]
   assert memory["temp_bytes"] > 0
-  assert memory["peak_bytes"] == (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
-                                  + memory["temp_bytes"])
+  assert memory["peak_bytes"] == (
+    memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"] + memory["temp_bytes"]
+  )
   # The ring objective passes feature blocks; data parallelism reduces gradients; nothing is gathered.
   assert set(result["collectives"]) == {"all-reduce", "collective-permute"}
   assert result["collective_bytes"]["all-reduce"] >= params
@@ -53,13 +55,21 @@ def test_plan_for_another_device_count_runs_in_a_fresh_process(capfd):
 def test_fits_picks_the_first_rules_that_fit():
   gib = plan.GIB
   assert plan.fits({"replicate": 40 * gib, "fsdp": 20 * gib}) == {
-      "TPU v5e": None, "TPU v4": "fsdp", "A100 80GB": "replicate", "H100 80GB": "replicate", "TPU v5p": "replicate"}
+    "TPU v5e": None,
+    "TPU v4": "fsdp",
+    "A100 80GB": "replicate",
+    "H100 80GB": "replicate",
+    "TPU v5p": "replicate",
+  }
 
 
 def test_errors_are_one_line_with_exit_status_2(capsys):
   assert cli.main(["plan", "--config", CONFIG, "--devices", "8", "--config.trian.steps=3"]) == 2
-  assert capsys.readouterr().err.strip().startswith(
-      "error: unknown config key 'trian' (did you mean 'train'?); valid keys: ['data', 'evals', ")
+  assert (
+    capsys.readouterr()
+    .err.strip()
+    .startswith("error: unknown config key 'trian' (did you mean 'train'?); valid keys: ['data', 'evals', ")
+  )
   assert cli.main(["plan", "--config", "configs/none.py", "--devices", "8"]) == 2
   assert "config file configs/none.py not found" in capsys.readouterr().err
   assert cli.main(["plan", "--config", CONFIG, "--devices", "8", "--verbose"]) == 2

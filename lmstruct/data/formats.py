@@ -18,6 +18,7 @@ Supported formats:
 * ``vqa_v2``, ``gqa``, ``nlvr2``, ``snli_ve`` -- vision-language task formats.
 * ``TfdsExamples`` -- any tfds dataset already prepared in ``array_record`` format (a tfds data source).
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,7 +28,8 @@ import io
 import json
 import os
 import re
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from etils import epath
 
@@ -76,8 +78,13 @@ class FileExamples:
     skipped: the records the reader left out while indexing (:mod:`lmstruct.data.skips`).
   """
 
-  def __init__(self, fields: Sequence[dict[str, Any]], images: Sequence[Mapping[str, FileSlice]],
-               metadata: Mapping[str, Any] | None = None, skipped: skips_lib.Skips | None = None):
+  def __init__(
+    self,
+    fields: Sequence[dict[str, Any]],
+    images: Sequence[Mapping[str, FileSlice]],
+    metadata: Mapping[str, Any] | None = None,
+    skipped: skips_lib.Skips | None = None,
+  ):
     if len(fields) != len(images):
       raise ValueError(f"{len(fields)} field dicts but {len(images)} image dicts")
     self.fields = list(fields)
@@ -163,8 +170,10 @@ def coco_captions(annotations: PathLike, images: PathLike) -> FileExamples:
     if ann.get("image_id") in known and isinstance(ann.get("caption"), str):
       captions[ann["image_id"]].append(ann["caption"].strip())
     else:
-      skipped.add(skips_lib.BAD_RECORD, f"{annotations}: caption {ann.get('id')} of unknown image "
-                                        f"{ann.get('image_id')!r} or without text")
+      skipped.add(
+        skips_lib.BAD_RECORD,
+        f"{annotations}: caption {ann.get('id')} of unknown image {ann.get('image_id')!r} or without text",
+      )
   chosen = []
   for img in data["images"]:
     if captions[img["id"]]:
@@ -172,8 +181,9 @@ def coco_captions(annotations: PathLike, images: PathLike) -> FileExamples:
     else:
       skipped.add(skips_lib.NO_CAPTION, f"{annotations}: image {img['id']}")
   fields = [{"image_id": str(img["id"]), "captions": captions[img["id"]]} for img in chosen]
-  return FileExamples(fields, [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in chosen],
-                      skipped=skipped)
+  return FileExamples(
+    fields, [{"image_bytes": FileSlice(image_dir / img["file_name"])} for img in chosen], skipped=skipped
+  )
 
 
 def karpathy(split_file: PathLike, image_root: PathLike, splits: Sequence[str]) -> FileExamples:
@@ -243,14 +253,20 @@ def _table_rows(path: epath.Path, delimiter: str | None) -> list[dict[str, Any]]
   if delimiter is None:
     delimiters = {".csv": ",", ".tsv": "\t"}
     if suffix not in delimiters:
-      raise ValueError(f"{path}: cannot tell the table format from suffix {suffix!r}; use .csv, .tsv, .jsonl "
-                       "or pass a delimiter")
+      raise ValueError(
+        f"{path}: cannot tell the table format from suffix {suffix!r}; use .csv, .tsv, .jsonl or pass a delimiter"
+      )
     delimiter = delimiters[suffix]
   return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""), delimiter=delimiter))
 
 
-def caption_table(path: PathLike, image_root: PathLike | None = None, image_column: str = "filepath",
-                  caption_column: str = "caption", delimiter: str | None = None) -> FileExamples:
+def caption_table(
+  path: PathLike,
+  image_root: PathLike | None = None,
+  image_column: str = "filepath",
+  caption_column: str = "caption",
+  delimiter: str | None = None,
+) -> FileExamples:
   """(image path, caption) rows from CSV/TSV/JSONL; rows naming the same image are merged into one example.
 
   Relative image paths are resolved against ``image_root`` (default: the table's folder); ``image_id`` is the
@@ -288,8 +304,16 @@ def webdataset(shards: PathLike | Sequence[PathLike], caption_key: str = "captio
     try:
       size = shard.stat().length
       with shard.open("rb") as f:
-        located = list(tars.iter_samples(f, str(shard), caption_key, skipped, size=size,
-                                         locate=lambda m, s=shard: FileSlice(s, m.offset_data, m.size)))
+        located = list(
+          tars.iter_samples(
+            f,
+            str(shard),
+            caption_key,
+            skipped,
+            size=size,
+            locate=lambda m, s=shard: FileSlice(s, m.offset_data, m.size),
+          )
+        )
     except FileNotFoundError as error:
       skipped.add(skips_lib.UNREADABLE_SHARD, f"{shard}: {error}")
       continue
@@ -314,8 +338,15 @@ def image_folder(root: PathLike) -> FileExamples:
     raise ValueError(f"{root} has no class sub-folders (expected root/<class name>/<images>)")
   fields, images = [], []
   for label, name in enumerate(classes):
-    files = sorted((folder / file for folder, _, names in (root / name).walk() for file in names
-                    if os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES), key=os.fspath)
+    files = sorted(
+      (
+        folder / file
+        for folder, _, names in (root / name).walk()
+        for file in names
+        if os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES
+      ),
+      key=os.fspath,
+    )
     for path in files:
       fields.append({"image_id": path.relative_to(root).as_posix(), "label": label})
       images.append({"image_bytes": FileSlice(path)})
@@ -351,8 +382,9 @@ def vqa_v2(questions: PathLike, images: PathLike, annotations: PathLike | None =
         continue
       ann = answers[q["question_id"]]
       example["answers"] = [a["answer"] for a in ann["answers"]]
-      example["answer"] = ann.get("multiple_choice_answer") or \
-          collections.Counter(example["answers"]).most_common(1)[0][0]
+      example["answer"] = (
+        ann.get("multiple_choice_answer") or collections.Counter(example["answers"]).most_common(1)[0][0]
+      )
     fields.append(example)
     name = f"COCO_{data['data_subtype']}_{int(q['image_id']):012d}.jpg"
     slices.append({"image_bytes": FileSlice(image_dir / name)})
@@ -395,15 +427,21 @@ def nlvr2(path: PathLike, images: PathLike) -> FileExamples:
     if not _has_keys(row, ["identifier", "sentence", "label"], f"{path}:{number}", skipped):
       continue
     if row["label"] not in NLVR2_LABELS:
-      skipped.add(skips_lib.BAD_RECORD, f"{path}:{number}: label {row['label']!r} is not one of "
-                                        f"{list(NLVR2_LABELS)}")
+      skipped.add(skips_lib.BAD_RECORD, f"{path}:{number}: label {row['label']!r} is not one of {list(NLVR2_LABELS)}")
       continue
     pair = row["identifier"].rsplit("-", 1)[0]
     folder = image_dir / str(row["directory"]) if "directory" in row else image_dir
-    fields.append({"image_id": pair, "identifier": row["identifier"], "statement": row["sentence"],
-                   "label": NLVR2_LABELS.index(row["label"])})
-    slices.append({"image_bytes": FileSlice(folder / f"{pair}-img0.png"),
-                   "image2_bytes": FileSlice(folder / f"{pair}-img1.png")})
+    fields.append(
+      {
+        "image_id": pair,
+        "identifier": row["identifier"],
+        "statement": row["sentence"],
+        "label": NLVR2_LABELS.index(row["label"]),
+      }
+    )
+    slices.append(
+      {"image_bytes": FileSlice(folder / f"{pair}-img0.png"), "image2_bytes": FileSlice(folder / f"{pair}-img1.png")}
+    )
   return FileExamples(fields, slices, {"classes": list(NLVR2_LABELS)}, skipped=skipped)
 
 
@@ -420,11 +458,18 @@ def snli_ve(path: PathLike, images: PathLike) -> FileExamples:
     if not _has_keys(row, ["Flickr30K_ID", "sentence2", "gold_label", "pairID"], f"{path}:{number}", skipped):
       continue
     if row["gold_label"] not in SNLI_VE_LABELS:
-      skipped.add(skips_lib.BAD_RECORD, f"{path}:{number}: gold_label {row['gold_label']!r} is not one of "
-                                        f"{list(SNLI_VE_LABELS)}")
+      skipped.add(
+        skips_lib.BAD_RECORD, f"{path}:{number}: gold_label {row['gold_label']!r} is not one of {list(SNLI_VE_LABELS)}"
+      )
       continue
-    fields.append({"image_id": str(row["Flickr30K_ID"]), "pair_id": row["pairID"],
-                   "hypothesis": row["sentence2"], "label": SNLI_VE_LABELS.index(row["gold_label"])})
+    fields.append(
+      {
+        "image_id": str(row["Flickr30K_ID"]),
+        "pair_id": row["pairID"],
+        "hypothesis": row["sentence2"],
+        "label": SNLI_VE_LABELS.index(row["gold_label"]),
+      }
+    )
     slices.append({"image_bytes": FileSlice(image_dir / f"{row['Flickr30K_ID']}.jpg")})
   return FileExamples(fields, slices, {"classes": list(SNLI_VE_LABELS)}, skipped=skipped)
 
@@ -454,26 +499,40 @@ class TfdsExamples:
     image_key, caption_key, label_key, id_key: feature names overriding the defaults.
   """
 
-  def __init__(self, name: str, split: str = "train", data_dir: PathLike | None = None, image_key: str = "image",
-               caption_key: str | None = None, label_key: str | None = None, id_key: str | None = None):
+  def __init__(
+    self,
+    name: str,
+    split: str = "train",
+    data_dir: PathLike | None = None,
+    image_key: str = "image",
+    caption_key: str | None = None,
+    label_key: str | None = None,
+    id_key: str | None = None,
+  ):
     import tensorflow_datasets as tfds
 
     try:
       builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise FileNotFoundError(f"tfds dataset {name!r} is not prepared in data_dir={data_dir} (nothing is "
-                              f"downloaded; prepare it there in array_record format first): {e}") from e
+      raise FileNotFoundError(
+        f"tfds dataset {name!r} is not prepared in data_dir={data_dir} (nothing is "
+        f"downloaded; prepare it there in array_record format first): {e}"
+      ) from e
     if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
-      raise ValueError(f"tfds dataset {name!r} in {builder.data_dir} is stored as "
-                       f"{builder.info.file_format.value}; random access needs array_record (prepare it with "
-                       "file_format='array_record')")
+      raise ValueError(
+        f"tfds dataset {name!r} in {builder.data_dir} is stored as "
+        f"{builder.info.file_format.value}; random access needs array_record (prepare it with "
+        "file_format='array_record')"
+      )
     if split not in builder.info.splits:
-      raise ValueError(f"tfds dataset {name!r} has no split {split!r}; "
-                       f"valid splits: {sorted(builder.info.splits)}")
+      raise ValueError(f"tfds dataset {name!r} has no split {split!r}; valid splits: {sorted(builder.info.splits)}")
     features = builder.info.features
-    chosen = {"image_key": image_key, "caption_key": caption_key or _first_in(features, ("captions", "caption")),
-              "label_key": label_key or _first_in(features, ("label",)),
-              "id_key": id_key or _first_in(features, ("image/id", "id", "image/filename"))}
+    chosen = {
+      "image_key": image_key,
+      "caption_key": caption_key or _first_in(features, ("captions", "caption")),
+      "label_key": label_key or _first_in(features, ("label",)),
+      "id_key": id_key or _first_in(features, ("image/id", "id", "image/filename")),
+    }
     for arg, key in chosen.items():
       if key is not None and key not in features:
         raise KeyError(f"tfds dataset {name!r} has no feature {key!r} ({arg}); features: {sorted(features)}")

@@ -37,6 +37,7 @@ index)``, so every pass and every process sees the same view of an example.
 Both iterators are checkpointable: ``get_state()`` returns a dict and ``set_state(state)`` on a freshly built
 pipeline with the same arguments continues at exactly the next example.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,15 +51,14 @@ from typing import Any, Protocol
 
 import grain
 import jax
-from absl import flags
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh, NamedSharding
 from PIL import Image
 
 from lmstruct import multihost
-from lmstruct.data import augment, eda
+from lmstruct.data import augment, eda, streaming
 from lmstruct.data import plan as plan_lib
-from lmstruct.data import streaming
 from lmstruct.train.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,15 @@ def _image_array(example: Mapping[str, Any]) -> np.ndarray | None:
   if "image" not in example or isinstance(example["image"], (bytes, bytearray)):
     return None
   array = np.asarray(example["image"])
-  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) \
-          or 0 in array.shape:
-    raise CorruptImageError(f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got "
-                            f"{array.dtype} {array.shape}")
+  if (
+    array.dtype != np.uint8
+    or array.ndim not in (2, 3)
+    or (array.ndim == 3 and array.shape[-1] != 3)
+    or 0 in array.shape
+  ):
+    raise CorruptImageError(
+      f"example {_image_id(example)!r}: expected a uint8 [H, W, 3] image, got {array.dtype} {array.shape}"
+    )
   return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array
 
 
@@ -114,8 +119,9 @@ def decode_pil(example: Mapping[str, Any]) -> Image.Image:
     image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise CorruptImageError(f"example {_image_id(example)!r}: cannot decode image "
-                            f"({len(data)} bytes): {error}") from error
+    raise CorruptImageError(
+      f"example {_image_id(example)!r}: cannot decode image ({len(data)} bytes): {error}"
+    ) from error
 
 
 def decode_image(example: Mapping[str, Any]) -> np.ndarray:
@@ -137,6 +143,7 @@ def _tokens(tokenize: Tokenize, texts: Sequence[str]) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
   """Turns one stored example into a training example (``image``, ``image_aug``, ``text``, ``text_aug``)."""
+
   tokenize: Tokenize
   image_size: int
   augmentation: augment.ImageAugmentation
@@ -156,16 +163,17 @@ class TrainTransform:
     caption = captions[int(rng.integers(len(captions)))] if self.caption_choice == "random" else captions[0]
     tokens = _tokens(self.tokenize, [caption, self.text_augmentation(caption, rng)])
     return {
-        "image": augment.clip_preprocess(image, self.image_size),
-        "image_aug": self.augmentation(image, rng, self.image_size),
-        "text": tokens[0],
-        "text_aug": tokens[1],
+      "image": augment.clip_preprocess(image, self.image_size),
+      "image_aug": self.augmentation(image, rng, self.image_size),
+      "text": tokens[0],
+      "text_aug": tokens[1],
     }
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
   """Turns position ``i`` of one process's padded block into an evaluation row (padding past ``stop``)."""
+
   source: DataSource
   start: int
   stop: int
@@ -185,8 +193,9 @@ class EvalTransform:
     if self.tokenize is not None:
       captions = example.get("captions") or []
       if len(captions) <= self.caption_index:
-        raise ValueError(f"example {_image_id(example)!r} has {len(captions)} captions; caption_index is "
-                         f"{self.caption_index}")
+        raise ValueError(
+          f"example {_image_id(example)!r} has {len(captions)} captions; caption_index is {self.caption_index}"
+        )
       row["text"] = _tokens(self.tokenize, [captions[self.caption_index]])[0]
     if "label" in self.template:
       row["label"] = np.int32(example["label"])
@@ -207,12 +216,17 @@ class EvalTransform:
         corrupt = True
     valid = row is not None
     row = row if valid else jax.tree.map(np.zeros_like, dict(self.template))
-    return {**row, "index": np.int32(index if index < self.stop else -1), "mask": np.bool_(valid),
-            CORRUPT: np.bool_(corrupt)}
+    return {
+      **row,
+      "index": np.int32(index if index < self.stop else -1),
+      "mask": np.bool_(valid),
+      CORRUPT: np.bool_(corrupt),
+    }
 
 
-def eval_template(example: Mapping[str, Any], image_size: int, tokenize: Tokenize | None,
-                  augmented: bool = False) -> dict[str, Any]:
+def eval_template(
+  example: Mapping[str, Any], image_size: int, tokenize: Tokenize | None, augmented: bool = False
+) -> dict[str, Any]:
   """Zero-valued row with the structure every evaluation row of this source has (built without decoding)."""
   template: dict[str, Any] = {"image": np.zeros((image_size, image_size, 3), np.float32)}
   if augmented:
@@ -244,8 +258,9 @@ class BatchIterator(Iterator[dict[str, Any]]):
   Batches are numpy host batches, or global ``jax.Array``s when ``sharding`` is given.
   """
 
-  def __init__(self, examples: grain.DatasetIterator, batch_size: int, *, skip_corrupt: bool,
-               sharding: NamedSharding | None = None):
+  def __init__(
+    self, examples: grain.DatasetIterator, batch_size: int, *, skip_corrupt: bool, sharding: NamedSharding | None = None
+  ):
     self._examples = examples
     self._batch_size = batch_size
     self._skip_corrupt = skip_corrupt
@@ -299,22 +314,28 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   return index, count
 
 
-def _local_batch_size(global_batch_size: int, shard_count: int, mesh: Mesh | None,
-                      data_axes: Sequence[str]) -> tuple[int, NamedSharding | None]:
+def _local_batch_size(
+  global_batch_size: int, shard_count: int, mesh: Mesh | None, data_axes: Sequence[str]
+) -> tuple[int, NamedSharding | None]:
   """Checks the batch divides over processes and data devices; returns the per-process size and sharding."""
   if global_batch_size <= 0 or global_batch_size % shard_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of the number of "
-                     f"processes ({shard_count})")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of the number of processes ({shard_count})"
+    )
   if mesh is None:
     return global_batch_size // shard_count, None
   sharding = batch_sharding(mesh, data_axes)
   devices = math.prod(mesh.shape[axis] for axis in data_axes)
   if global_batch_size % devices:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of the {devices} devices on "
-                     f"data axes {tuple(data_axes)}")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a multiple of the {devices} devices on "
+      f"data axes {tuple(data_axes)}"
+    )
   if shard_count != jax.process_count():
-    raise ValueError(f"global arrays need one shard per JAX process ({jax.process_count()}), got "
-                     f"shard_count={shard_count}; pass mesh=None for host batches")
+    raise ValueError(
+      f"global arrays need one shard per JAX process ({jax.process_count()}), got "
+      f"shard_count={shard_count}; pass mesh=None for host batches"
+    )
   return global_batch_size // shard_count, sharding
 
 
@@ -324,15 +345,15 @@ def _ensure_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def _iterate(dataset: grain.MapDataset, read_threads: int, worker_count: int,
-             batch_size: int) -> grain.DatasetIterator:
+def _iterate(dataset: grain.MapDataset, read_threads: int, worker_count: int, batch_size: int) -> grain.DatasetIterator:
   """Iterates ``dataset`` with ``read_threads`` threads per process, in ``worker_count`` worker processes."""
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads, 2 * batch_size))
   iterable = dataset.to_iter_dataset(options)
   if worker_count > 0:
     _ensure_flags_parsed()
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                                per_worker_buffer_size=batch_size))
+    iterable = iterable.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=batch_size)
+    )
   return iter(iterable)
 
 
@@ -348,6 +369,7 @@ STATE_FORMAT = "lmstruct-reader-positions-1"
 @dataclasses.dataclass(frozen=True)
 class _RandomAccessExample:
   """Step ``s`` of a reader's plan over a random-access source → its training example, with its position."""
+
   source: DataSource
   transform: TrainTransform
   plan: plan_lib.ReaderPlan
@@ -363,6 +385,7 @@ class _RandomAccessExample:
 @dataclasses.dataclass(frozen=True)
 class _StreamExample:
   """A streamed stored example → its training example, seeded by (epoch, shard, ordinal), with its position."""
+
   transform: TrainTransform
   example_seed: int
 
@@ -375,8 +398,17 @@ class _StreamExample:
 class TrainReaders:
   """Opens the grain iterator of this process's readers at given positions (random access or stream)."""
 
-  def __init__(self, source: Any, transform: TrainTransform, *, seed: int, num_epochs: int | None,
-               worker_count: int, read_threads: int, batch_size: int):
+  def __init__(
+    self,
+    source: Any,
+    transform: TrainTransform,
+    *,
+    seed: int,
+    num_epochs: int | None,
+    worker_count: int,
+    read_threads: int,
+    batch_size: int,
+  ):
     self.source, self.transform, self.num_epochs = source, transform, num_epochs
     self.worker_count, self.read_threads, self.batch_size = worker_count, read_threads, batch_size
     self.shuffle_seed, self.example_seed = _seeds(seed)
@@ -396,19 +428,20 @@ class TrainReaders:
     if not self.streaming:
       (position,) = positions
       limit = sys.maxsize if self.num_epochs is None else position.plan.steps_below(self.num_epochs * self.num_units)
-      element = _RandomAccessExample(self.source, self.transform, position.plan, self.shuffle_seed,
-                                     self.example_seed)
+      element = _RandomAccessExample(self.source, self.transform, position.plan, self.shuffle_seed, self.example_seed)
       dataset = grain.MapDataset.range(position.step, max(limit, position.step)).map(element)
       return _iterate(dataset, self.read_threads, self.worker_count, self.batch_size)
     stream = streaming.StreamDataset(self.source, positions, self.shuffle_seed, self.num_epochs)
     dataset = stream.map(_StreamExample(self.transform, self.example_seed))
     if self.worker_count > 0:
       _ensure_flags_parsed()
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
-                                                                  per_worker_buffer_size=self.batch_size))
+      dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=self.worker_count, per_worker_buffer_size=self.batch_size)
+      )
     elif len(positions) > 1:
-      dataset = grain.experimental.multithread_prefetch(dataset, num_threads=len(positions),
-                                                        buffer_size=self.batch_size)
+      dataset = grain.experimental.multithread_prefetch(
+        dataset, num_threads=len(positions), buffer_size=self.batch_size
+      )
     return iter(dataset)
 
 
@@ -436,8 +469,16 @@ class TrainBatches(BatchIterator):
   positions are remapped (:func:`lmstruct.data.plan.remap`) so the rest of every epoch is read exactly once.
   """
 
-  def __init__(self, readers: TrainReaders, positions: Sequence[plan_lib.Position], batch_size: int, *,
-               process_index: int, process_count: int, sharding: NamedSharding | None = None):
+  def __init__(
+    self,
+    readers: TrainReaders,
+    positions: Sequence[plan_lib.Position],
+    batch_size: int,
+    *,
+    process_index: int,
+    process_count: int,
+    sharding: NamedSharding | None = None,
+  ):
     self._readers = readers
     self._positions = list(positions)
     self._process = (process_index, process_count)
@@ -459,10 +500,16 @@ class TrainBatches(BatchIterator):
 
   def get_state(self) -> dict[str, Any]:
     """This process's state: its readers' positions after the last returned batch, and its counts."""
-    return {"format": STATE_FORMAT, "process_index": self._process[0], "process_count": self._process[1],
-            "num_units": self._readers.num_units, "seed": self._readers.seed,
-            "readers": [p.to_json() for p in self._positions], "num_corrupt": self._num_corrupt,
-            "num_skipped": self._num_skipped}
+    return {
+      "format": STATE_FORMAT,
+      "process_index": self._process[0],
+      "process_count": self._process[1],
+      "num_units": self._readers.num_units,
+      "seed": self._readers.seed,
+      "readers": [p.to_json() for p in self._positions],
+      "num_corrupt": self._num_corrupt,
+      "num_skipped": self._num_skipped,
+    }
 
   def global_state(self) -> dict[str, Any]:
     """Every process's :meth:`get_state`, gathered (call it on all processes at once)."""
@@ -471,14 +518,18 @@ class TrainBatches(BatchIterator):
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues from a :meth:`global_state` (or, with one process, a :meth:`get_state`)."""
     if state.get("format") != STATE_FORMAT:
-      raise ValueError(f"the checkpoint's data state has format {state.get('format', 'grain iterator state')!r}, "
-                       f"not {STATE_FORMAT!r}: it was written by an older lmstruct; start a new workdir")
+      raise ValueError(
+        f"the checkpoint's data state has format {state.get('format', 'grain iterator state')!r}, "
+        f"not {STATE_FORMAT!r}: it was written by an older lmstruct; start a new workdir"
+      )
     saved = state["processes"] if "processes" in state else [state]
     for process in saved:
       for key, current in (("num_units", self._readers.num_units), ("seed", self._readers.seed)):
         if process[key] != current:
-          raise ValueError(f"the checkpoint's data state was written for {key}={process[key]}, but the training "
-                           f"data now has {key}={current}; the data position cannot be carried over")
+          raise ValueError(
+            f"the checkpoint's data state was written for {key}={process[key]}, but the training "
+            f"data now has {key}={current}; the data position cannot be carried over"
+          )
     index, count = self._process
     per_process = self._readers.readers_per_process
     if len(saved) != saved[0]["process_count"]:
@@ -491,7 +542,7 @@ class TrainBatches(BatchIterator):
     else:
       everyone = [plan_lib.Position.from_json(p) for process in saved for p in process["readers"]]
       remapped = plan_lib.remap(everyone, count * per_process)
-      self._positions = remapped[index * per_process:(index + 1) * per_process]
+      self._positions = remapped[index * per_process : (index + 1) * per_process]
       first = index == 0
       self._num_corrupt = sum(int(p["num_corrupt"]) for p in saved) if first else 0
       self._num_skipped = sum(int(p["num_skipped"]) for p in saved) if first else 0
@@ -500,13 +551,25 @@ class TrainBatches(BatchIterator):
     self._examples = self._readers.open(self._positions)
 
 
-def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize: Tokenize, global_batch_size: int,
-                   seed: int, image_size: int = 224, augment_config: Mapping[str, Any] | Any | None = None,
-                   eda_config: Mapping[str, Any] | Any | None = None, mesh: Mesh | None = None,
-                   data_axes: Sequence[str] = ("data",), num_epochs: int | None = None, worker_count: int = 0,
-                   read_threads: int = 2, caption_choice: str = "random",
-                   synonyms: eda.SynonymSource = eda.wordnet_synonyms, shard_index: int | None = None,
-                   shard_count: int | None = None) -> TrainBatches:
+def train_pipeline(
+  source: DataSource | streaming.WebDatasetStream,
+  *,
+  tokenize: Tokenize,
+  global_batch_size: int,
+  seed: int,
+  image_size: int = 224,
+  augment_config: Mapping[str, Any] | Any | None = None,
+  eda_config: Mapping[str, Any] | Any | None = None,
+  mesh: Mesh | None = None,
+  data_axes: Sequence[str] = ("data",),
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  read_threads: int = 2,
+  caption_choice: str = "random",
+  synonyms: eda.SynonymSource = eda.wordnet_synonyms,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+) -> TrainBatches:
   """Iterator of training batches ``{image, image_aug: float32 [B, S, S, 3], text, text_aug: int32 [B, L]}``.
 
   Args:
@@ -538,23 +601,50 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
   augmentation = augment.augmentation_from_config(config)
   for reason in augment.caption_contradictions(augmentation):
     log.warning("the augmented view can contradict its caption: %s", reason)
-  transform = TrainTransform(tokenize=tokenize, image_size=image_size, augmentation=augmentation,
-                             text_augmentation=eda.eda_from_config(eda_config, synonyms),
-                             caption_choice=caption_choice)
-  readers = TrainReaders(source, transform, seed=seed, num_epochs=num_epochs, worker_count=worker_count,
-                                    read_threads=read_threads, batch_size=batch_size)
+  transform = TrainTransform(
+    tokenize=tokenize,
+    image_size=image_size,
+    augmentation=augmentation,
+    text_augmentation=eda.eda_from_config(eda_config, synonyms),
+    caption_choice=caption_choice,
+  )
+  readers = TrainReaders(
+    source,
+    transform,
+    seed=seed,
+    num_epochs=num_epochs,
+    worker_count=worker_count,
+    read_threads=read_threads,
+    batch_size=batch_size,
+  )
   per_process = readers.readers_per_process
-  plans = plan_lib.fresh_plans(count * per_process)[index * per_process:(index + 1) * per_process]
-  return TrainBatches(readers, [plan_lib.Position.start(p) for p in plans], batch_size, process_index=index,
-                      process_count=count, sharding=sharding)
+  plans = plan_lib.fresh_plans(count * per_process)[index * per_process : (index + 1) * per_process]
+  return TrainBatches(
+    readers,
+    [plan_lib.Position.start(p) for p in plans],
+    batch_size,
+    process_index=index,
+    process_count=count,
+    sharding=sharding,
+  )
 
 
-def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int = 224,
-                  tokenize: Tokenize | None = None, caption_index: int = 0,
-                  augmentation: augment.ImageAugmentation | None = None, augment_seed: int = 0,
-                  mesh: Mesh | None = None, data_axes: Sequence[str] = ("data",), worker_count: int = 0,
-                  read_threads: int = 2, shard_index: int | None = None,
-                  shard_count: int | None = None) -> BatchIterator:
+def eval_pipeline(
+  source: DataSource,
+  *,
+  global_batch_size: int,
+  image_size: int = 224,
+  tokenize: Tokenize | None = None,
+  caption_index: int = 0,
+  augmentation: augment.ImageAugmentation | None = None,
+  augment_seed: int = 0,
+  mesh: Mesh | None = None,
+  data_axes: Sequence[str] = ("data",),
+  worker_count: int = 0,
+  read_threads: int = 2,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+) -> BatchIterator:
   """Iterator of evaluation batches covering every example exactly once, in source order.
 
   Each batch has ``image`` (float32 [B, S, S, 3], CLIP preprocessing), ``text`` (int32 [B, L], caption
@@ -572,10 +662,18 @@ def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int
   start = min(len(source), index * per_shard)
   stop = min(len(source), start + per_shard)
   padded = max(1, -(-per_shard // batch_size)) * batch_size
-  transform = EvalTransform(source=source, start=start, stop=stop, image_size=image_size,
-                            template=eval_template(source[0], image_size, tokenize, augmentation is not None),
-                            tokenize=tokenize, caption_index=caption_index, augmentation=augmentation,
-                            augment_seed=augment_seed)
+  transform = EvalTransform(
+    source=source,
+    start=start,
+    stop=stop,
+    image_size=image_size,
+    template=eval_template(source[0], image_size, tokenize, augmentation is not None),
+    tokenize=tokenize,
+    caption_index=caption_index,
+    augmentation=augmentation,
+    augment_seed=augment_seed,
+  )
   dataset = grain.MapDataset.range(padded).map(transform)
-  return BatchIterator(_iterate(dataset, read_threads, worker_count, batch_size), batch_size,
-                       skip_corrupt=False, sharding=sharding)
+  return BatchIterator(
+    _iterate(dataset, read_threads, worker_count, batch_size), batch_size, skip_corrupt=False, sharding=sharding
+  )

@@ -19,6 +19,7 @@ positions of ``N`` readers into plans for ``M`` readers: the partly read units a
 readers that ran ahead become the new pending lists (dealt round-robin), and the tail continues after the
 furthest reader. With ``M = N`` every reader keeps its own position, so a resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,9 @@ def unit_at(position: int, num_units: int, seed: int) -> tuple[int, int]:
   epoch, offset = divmod(position, num_units)
   if num_units == 1:
     return epoch, 0
-  return epoch, int(grain.experimental.index_shuffle(offset, max_index=num_units - 1, seed=epoch_seed(seed, epoch),
-                                                     rounds=4))
+  return epoch, int(
+    grain.experimental.index_shuffle(offset, max_index=num_units - 1, seed=epoch_seed(seed, epoch), rounds=4)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Position:
   def remaining(self) -> tuple[list[tuple[int, int]], int]:
     """The units not yet finished: explicit (position, delivered) pairs, and the first position of the tail."""
     g, _ = self.plan.at(self.step)
-    explicit = [(g, self.done)] + list(self.plan.pending[self.step + 1:])
+    explicit = [(g, self.done)] + list(self.plan.pending[self.step + 1 :])
     first = g + self.plan.stride if self.step >= len(self.plan.pending) else self.plan.first
     return explicit, first
 
@@ -137,6 +139,8 @@ def remap(positions: Sequence[Position], num_readers: int) -> list[Position]:
   furthest = max(tail_of_class.values())
   unreached = [(g, 0) for g in range(min(tail_of_class.values()), furthest) if g >= tail_of_class[g % stride]]
   pending = sorted(explicit + unreached)
-  plans = [ReaderPlan(tuple(pending[q::num_readers]), furthest + (q - len(pending)) % num_readers, num_readers)
-           for q in range(num_readers)]
+  plans = [
+    ReaderPlan(tuple(pending[q::num_readers]), furthest + (q - len(pending)) % num_readers, num_readers)
+    for q in range(num_readers)
+  ]
   return [Position.start(p) for p in plans]

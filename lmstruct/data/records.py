@@ -5,13 +5,15 @@ A record is one stored-example dict (see ``docs/contracts.md``) encoded with msg
 ``<name>-00000-of-00004.array_record`` ... ``<name>-00003-of-00004.array_record`` in one directory.
 :class:`RecordDataSource` reads them by global index and can be handed to grain as a random-access data source.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -86,8 +88,9 @@ def write_shard(path: str | os.PathLike, examples: Iterable[Mapping[str, Any]]) 
   return count
 
 
-def write_records(directory: str | os.PathLike, name: str, examples: Sequence[Mapping[str, Any]],
-                  num_shards: int = 1) -> list[pathlib.Path]:
+def write_records(
+  directory: str | os.PathLike, name: str, examples: Sequence[Mapping[str, Any]], num_shards: int = 1
+) -> list[pathlib.Path]:
   """Split ``examples`` into ``num_shards`` contiguous, near-equal shards in ``directory``; return their paths."""
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
@@ -106,21 +109,30 @@ def find_shards(directory: str | os.PathLike, name: str) -> list[pathlib.Path]:
   Raises ``FileNotFoundError`` when there are no shards, a shard is missing, or shard counts disagree.
   """
   directory = pathlib.Path(directory)
-  matches = [m for m in map(_SHARD_RE.match, sorted(p.name for p in directory.glob(f"{name}-*{SHARD_SUFFIX}")))
-             if m and m["name"] == name]
+  matches = [
+    m
+    for m in map(_SHARD_RE.match, sorted(p.name for p in directory.glob(f"{name}-*{SHARD_SUFFIX}")))
+    if m and m["name"] == name
+  ]
   if not matches:
-    available = sorted({m["name"] for m in map(_SHARD_RE.match, (p.name for p in directory.glob(
-        f"*{SHARD_SUFFIX}"))) if m}) if directory.is_dir() else []
-    raise FileNotFoundError(f"no shards '{name}-NNNNN-of-NNNNN{SHARD_SUFFIX}' in {directory}; "
-                            f"datasets found there: {available}")
+    available = (
+      sorted({m["name"] for m in map(_SHARD_RE.match, (p.name for p in directory.glob(f"*{SHARD_SUFFIX}"))) if m})
+      if directory.is_dir()
+      else []
+    )
+    raise FileNotFoundError(
+      f"no shards '{name}-NNNNN-of-NNNNN{SHARD_SUFFIX}' in {directory}; datasets found there: {available}"
+    )
   counts = {int(m["count"]) for m in matches}
   if len(counts) != 1:
     raise FileNotFoundError(f"shards of '{name}' in {directory} disagree on the shard count: {sorted(counts)}")
   (count,) = counts
   missing = sorted(set(range(count)) - {int(m["index"]) for m in matches})
   if missing:
-    raise FileNotFoundError(f"dataset '{name}' in {directory} is incomplete: missing shards "
-                            f"{[shard_name(name, i, count) for i in missing[:5]]} ({len(missing)} of {count})")
+    raise FileNotFoundError(
+      f"dataset '{name}' in {directory} is incomplete: missing shards "
+      f"{[shard_name(name, i, count) for i in missing[:5]]} ({len(missing)} of {count})"
+    )
   return [directory / shard_name(name, i, count) for i in range(count)]
 
 
@@ -161,8 +173,9 @@ def decode_image(data: bytes) -> np.ndarray:
       image.load()
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except UnidentifiedImageError as e:
-    raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): unrecognised format, starts with "
-                           f"{data[:8]!r}") from e
+    raise ImageDecodeError(
+      f"cannot decode image ({len(data)} bytes): unrecognised format, starts with {data[:8]!r}"
+    ) from e
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e
 

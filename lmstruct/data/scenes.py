@@ -25,6 +25,7 @@ Definitions used by every label and task:
 All randomness of an example comes from ``(config.seed, split, index)`` through independent streams for the scene, the
 captions and the task, so caption knobs never change pixels and hiding knobs never change layouts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ import functools
 import io
 import math
 import zlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,11 +47,11 @@ COUNTS: tuple[str, ...] = ("one", "two", "three")
 
 #: Class names of every scene label (index = stored label value), for zero-shot prompts and linear probes.
 SCENE_LABELS: dict[str, list[str]] = {
-    "shape": list(SHAPES),
-    "colour": list(COLOURS),
-    "size": list(SIZES),
-    "material": list(MATERIALS),
-    "count": list(COUNTS),
+  "shape": list(SHAPES),
+  "colour": list(COLOURS),
+  "size": list(SIZES),
+  "material": list(MATERIALS),
+  "count": list(COUNTS),
 }
 OBJECT_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "material")
 CAPTION_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "material", "count")
@@ -64,36 +66,61 @@ VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
 #: Split name -> kind of example it holds.
 SPLIT_KINDS: dict[str, str] = {
-    "train": "captions", "validation": "captions", "test": "captions",
-    "vqa_train": "vqa", "vqa_test": "vqa",
-    "nlvr_train": "nlvr", "nlvr_test": "nlvr",
-    "ve_train": "ve", "ve_test": "ve",
+  "train": "captions",
+  "validation": "captions",
+  "test": "captions",
+  "vqa_train": "vqa",
+  "vqa_test": "vqa",
+  "nlvr_train": "nlvr",
+  "nlvr_test": "nlvr",
+  "ve_train": "ve",
+  "ve_test": "ve",
 }
 #: Keys each split kind adds to the common scene keys.
 TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "captions": (),
-    "vqa": ("question", "answer", "question_type", "answerable"),
-    "nlvr": ("image2", "objects2", "statement", "target", "answerable"),
-    "ve": ("hypothesis", "target", "hypothesis_true"),
+  "captions": (),
+  "vqa": ("question", "answer", "question_type", "answerable"),
+  "nlvr": ("image2", "objects2", "statement", "target", "answerable"),
+  "ve": ("hypothesis", "target", "hypothesis_true"),
 }
 
 # --- caption lexicon -------------------------------------------------------------------------------------------
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
-    "circle": ("circle", "disc", "disk"), "square": ("square", "block"), "triangle": ("triangle",),
-    "star": ("star",), "hexagon": ("hexagon",), "cross": ("cross",), "semicircle": ("semicircle", "half-disc"),
+  "circle": ("circle", "disc", "disk"),
+  "square": ("square", "block"),
+  "triangle": ("triangle",),
+  "star": ("star",),
+  "hexagon": ("hexagon",),
+  "cross": ("cross",),
+  "semicircle": ("semicircle", "half-disc"),
 }
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {
-    "red": ("red", "crimson", "scarlet"), "orange": ("orange", "tangerine"), "yellow": ("yellow", "lemon"),
-    "green": ("green",), "cyan": ("cyan", "turquoise", "aqua"), "blue": ("blue", "azure"),
-    "purple": ("purple", "violet"), "pink": ("pink", "rosy"),
+  "red": ("red", "crimson", "scarlet"),
+  "orange": ("orange", "tangerine"),
+  "yellow": ("yellow", "lemon"),
+  "green": ("green",),
+  "cyan": ("cyan", "turquoise", "aqua"),
+  "blue": ("blue", "azure"),
+  "purple": ("purple", "violet"),
+  "pink": ("pink", "rosy"),
 }
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
 MATERIAL_WORDS: dict[str, tuple[str, ...]] = {
-    "wooden": ("wooden",), "metal": ("metal", "metallic"), "glass": ("glass",), "plastic": ("plastic",),
-    "rubber": ("rubber",), "stone": ("stone",),
+  "wooden": ("wooden",),
+  "metal": ("metal", "metallic"),
+  "glass": ("glass",),
+  "plastic": ("plastic",),
+  "rubber": ("rubber",),
+  "stone": ("stone",),
 }
 MATERIAL_NOUNS: dict[str, str] = {
-    "wooden": "wood", "metal": "metal", "glass": "glass", "plastic": "plastic", "rubber": "rubber", "stone": "stone"}
+  "wooden": "wood",
+  "metal": "metal",
+  "glass": "glass",
+  "plastic": "plastic",
+  "rubber": "rubber",
+  "stone": "stone",
+}
 THING_WORDS: tuple[str, ...] = ("shape", "object", "thing", "item")
 NUMBER_PHRASES: dict[int, tuple[str, ...]] = {1: ("one", "a single"), 2: ("two", "a pair of"), 3: ("three",)}
 LEFT_OF: tuple[str, ...] = ("to the left of", "left of", "on the left of")
@@ -108,8 +135,14 @@ MIN_DX = 0.07
 #: Minimum empty gap between the bounding circles of two objects, as a fraction of the image size.
 MIN_GAP = 0.04
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "orange": (240, 140, 20), "yellow": (235, 220, 40), "green": (50, 180, 60),
-    "cyan": (40, 200, 210), "blue": (40, 70, 220), "purple": (140, 50, 200), "pink": (240, 110, 180),
+  "red": (220, 40, 40),
+  "orange": (240, 140, 20),
+  "yellow": (235, 220, 40),
+  "green": (50, 180, 60),
+  "cyan": (40, 200, 210),
+  "blue": (40, 70, 220),
+  "purple": (140, 50, 200),
+  "pink": (240, 110, 180),
 }
 GREY_LEVELS = (170, 235)
 OCCLUDER_FILL = (55, 55, 60)
@@ -157,7 +190,7 @@ class SceneConfig:
       raise ValueError("noise_std, colour_jitter and max_rotation must be non-negative")
 
   @classmethod
-  def from_dict(cls, knobs: Mapping[str, Any]) -> "SceneConfig":
+  def from_dict(cls, knobs: Mapping[str, Any]) -> SceneConfig:
     """Builds a config from a mapping of knob names to values, rejecting unknown knob names."""
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(knobs) - set(valid))
@@ -247,8 +280,10 @@ def _unit_polygon(shape: str) -> np.ndarray:
     pts = np.stack([np.cos(t), np.sin(t)], 1)
   elif shape == "cross":
     w = 0.34
-    pts = np.array([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
-                    (-1, -w), (-w, -w)], float)
+    pts = np.array(
+      [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)],
+      float,
+    )
   elif shape == "semicircle":
     t = np.linspace(0, np.pi, 17)
     pts = np.stack([np.cos(t), np.sin(t)], 1)
@@ -277,8 +312,10 @@ def _place(radii: Sequence[float], size: int, rng: np.random.Generator) -> list[
   for r in radii:
     for _ in range(_POSITION_ATTEMPTS):
       x, y = rng.uniform(r + 1, size - r - 1, 2)
-      ok = all(math.hypot(x - px, y - py) >= r + pr + MIN_GAP * size and abs(x - px) >= MIN_DX * size
-               for (px, py), pr in zip(placed, radii))
+      ok = all(
+        math.hypot(x - px, y - py) >= r + pr + MIN_GAP * size and abs(x - px) >= MIN_DX * size
+        for (px, py), pr in zip(placed, radii)
+      )
       if ok:
         placed.append((float(x), float(y)))
         break
@@ -292,10 +329,15 @@ def sample_background(size: int, rng: np.random.Generator) -> Background:
   grey = rng.integers(60, 131)
   base = np.clip(grey + rng.integers(-10, 11, 3), 0, 255)
   accent = np.clip(base + rng.choice([-1, 1]) * rng.integers(15, 41) + rng.integers(-6, 7, 3), 0, 255)
-  return Background(kind=str(_pick(rng, BACKGROUND_KINDS)), base=tuple(int(v) for v in base),
-                    accent=tuple(int(v) for v in accent), period=float(rng.uniform(0.12, 0.35) * size),
-                    angle=float(rng.uniform(0, np.pi)), phase=float(rng.uniform(0, 2 * np.pi)),
-                    blob_seed=int(rng.integers(2 ** 31)))
+  return Background(
+    kind=str(_pick(rng, BACKGROUND_KINDS)),
+    base=tuple(int(v) for v in base),
+    accent=tuple(int(v) for v in accent),
+    period=float(rng.uniform(0.12, 0.35) * size),
+    angle=float(rng.uniform(0, np.pi)),
+    phase=float(rng.uniform(0, 2 * np.pi)),
+    blob_seed=int(rng.integers(2**31)),
+  )
 
 
 def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
@@ -319,12 +361,31 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
     outline = tuple(float(v) for v in 1 + rng.uniform(-config.shape_jitter, config.shape_jitter, 32))
     grey_u, occlusion_u = rng.random(2)
     grey_level = int(rng.integers(GREY_LEVELS[0], GREY_LEVELS[1] + 1))
-    objects.append(SceneObject(shape=shape, colour=colour, size=int(s), material=material, x=x, y=y, radius=r,
-                               angle=angle, tint=tint, outline=outline, greyed=bool(grey_u < config.grey_fraction),
-                               grey_level=grey_level, occluded=bool(occlusion_u < config.occlusion_fraction)))
+    objects.append(
+      SceneObject(
+        shape=shape,
+        colour=colour,
+        size=int(s),
+        material=material,
+        x=x,
+        y=y,
+        radius=r,
+        angle=angle,
+        tint=tint,
+        outline=outline,
+        greyed=bool(grey_u < config.grey_fraction),
+        grey_level=grey_level,
+        occluded=bool(occlusion_u < config.occlusion_fraction),
+      )
+    )
   objects.sort(key=lambda o: o.x)
-  return Scene(image_size=size, objects=tuple(objects), background=sample_background(size, rng),
-               noise_std=config.noise_std, noise_seed=int(rng.integers(2 ** 31)))
+  return Scene(
+    image_size=size,
+    objects=tuple(objects),
+    background=sample_background(size, rng),
+    noise_std=config.noise_std,
+    noise_seed=int(rng.integers(2**31)),
+  )
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -360,7 +421,7 @@ def background_pixels(background: Background, size: int) -> np.ndarray:
 def object_polygon(obj: SceneObject) -> list[tuple[float, float]]:
   """Pixel coordinates of an object's outline: unit polygon × outline jitter × radius, rotated, translated."""
   unit = UNIT_POLYGONS[SHAPES[obj.shape]]
-  pts = unit * np.asarray(obj.outline[:len(unit)])[:, None] * obj.radius
+  pts = unit * np.asarray(obj.outline[: len(unit)])[:, None] * obj.radius
   a = math.radians(obj.angle)
   rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
   pts = pts @ rot.T + np.array([obj.x, obj.y])
@@ -413,8 +474,13 @@ def encode_png(image: np.ndarray) -> bytes:
 def scene_labels(scene: Scene) -> dict[str, int]:
   """Class index of every label: attributes of the main (leftmost) object and count − 1."""
   main = scene.objects[0]
-  return {"shape": main.shape, "colour": main.colour, "size": main.size, "material": main.material,
-          "count": len(scene.objects) - 1}
+  return {
+    "shape": main.shape,
+    "colour": main.colour,
+    "size": main.size,
+    "material": main.material,
+    "count": len(scene.objects) - 1,
+  }
 
 
 def attribute_visible(obj: SceneObject, attribute: str) -> bool:
@@ -441,25 +507,31 @@ def label_sources(config: SceneConfig) -> dict[str, str]:
   per-example ``visible_in_image`` flags say which ones do.
   """
   in_image = {
-      "shape": config.occlusion_fraction < 1,
-      "colour": config.occlusion_fraction < 1 and config.grey_fraction < 1,
-      "size": config.occlusion_fraction < 1,
-      "material": False,
-      "count": True,
+    "shape": config.occlusion_fraction < 1,
+    "colour": config.occlusion_fraction < 1 and config.grey_fraction < 1,
+    "size": config.occlusion_fraction < 1,
+    "material": False,
+    "count": True,
   }
   sources = {}
   for label in SCENE_LABELS:
     in_text = label in config.caption_attributes
-    sources[label] = {(True, True): "both", (True, False): "image", (False, True): "text",
-                      (False, False): "none"}[(in_image[label], in_text)]
+    sources[label] = {(True, True): "both", (True, False): "image", (False, True): "text", (False, False): "none"}[
+      (in_image[label], in_text)
+    ]
   return sources
 
 
 def image_hidden_fractions(config: SceneConfig) -> dict[str, float]:
   """Per label, the expected fraction of examples whose image hides it."""
   visible_colour = (1 - config.occlusion_fraction) * (1 - config.grey_fraction)
-  return {"shape": config.occlusion_fraction, "colour": 1 - visible_colour, "size": config.occlusion_fraction,
-          "material": 1.0, "count": 0.0}
+  return {
+    "shape": config.occlusion_fraction,
+    "colour": 1 - visible_colour,
+    "size": config.occlusion_fraction,
+    "material": 1.0,
+    "count": 0.0,
+  }
 
 
 # --- caption grammar --------------------------------------------------------------------------------------------
@@ -522,8 +594,9 @@ def caption_scene(scene: Scene, attributes: Sequence[str], rng: np.random.Genera
   """One caption stating exactly ``attributes`` (see the module docstring for which objects it describes)."""
   phrases = [" ".join(noun_phrase(object_values(o, attributes), rng)) for o in scene.objects]
   if "count" not in attributes:
-    template = _pick(rng, ("{}", "a picture of {}", "an image showing {}", "there is {}",
-                           "{} on a textured background"))
+    template = _pick(
+      rng, ("{}", "a picture of {}", "an image showing {}", "there is {}", "{} on a textured background")
+    )
     return template.format(phrases[0])
   count = len(phrases)
   things = _pick(rng, THING_WORDS)
@@ -624,8 +697,9 @@ def _compare_counts(a: tuple[int, int], b: tuple[int, int], relation: str) -> bo
   return False if a[1] < b[0] or b[1] < a[0] else None
 
 
-def sample_description(scene: Scene, rng: np.random.Generator, attributes: Sequence[str],
-                       present: bool) -> dict[str, int]:
+def sample_description(
+  scene: Scene, rng: np.random.Generator, attributes: Sequence[str], present: bool
+) -> dict[str, int]:
   """A description with 1–3 of ``attributes``: taken from a random object of the scene when ``present``, else
   drawn uniformly (which may still match by chance)."""
   k = int(rng.integers(1, min(3, len(attributes)) + 1))
@@ -655,8 +729,15 @@ class VqaItem:
   answerable: bool
 
 
-_VQA_WEIGHTS = {"count": 0.2, "count_shape": 0.15, "shape": 0.15, "colour": 0.2, "size": 0.1, "material": 0.05,
-                "exists": 0.15}
+_VQA_WEIGHTS = {
+  "count": 0.2,
+  "count_shape": 0.15,
+  "shape": 0.15,
+  "colour": 0.2,
+  "size": 0.1,
+  "material": 0.05,
+  "exists": 0.15,
+}
 
 
 def make_vqa(scene: Scene, rng: np.random.Generator) -> VqaItem:
@@ -682,10 +763,10 @@ def make_vqa(scene: Scene, rng: np.random.Generator) -> VqaItem:
   obj = objects[index]
   ref = f"the {_reference(index, len(objects))} {_pick(rng, THING_WORDS[1:])}"
   templates = {
-      "shape": (f"what shape is {ref}?", f"which shape is {ref}?"),
-      "colour": (f"what colour is {ref}?", f"which colour does {ref} have?"),
-      "size": (f"what size is {ref}?", f"is {ref} small or large?"),
-      "material": (f"what is {ref} made of?", f"what material is {ref}?"),
+    "shape": (f"what shape is {ref}?", f"which shape is {ref}?"),
+    "colour": (f"what colour is {ref}?", f"which colour does {ref} have?"),
+    "size": (f"what size is {ref}?", f"is {ref} small or large?"),
+    "material": (f"what is {ref} made of?", f"what material is {ref}?"),
   }
   answer = SCENE_LABELS[kind][getattr(obj, kind)]
   return VqaItem(_pick(rng, templates[kind]), VQA_ANSWERS.index(answer), kind, attribute_visible(obj, kind))
@@ -701,14 +782,14 @@ class NlvrItem:
   answerable: bool
 
 
-def _nlvr_candidate(left: Scene, right: Scene,
-                    rng: np.random.Generator) -> tuple[str, Callable[[bool], bool | None]]:
+def _nlvr_candidate(left: Scene, right: Scene, rng: np.random.Generator) -> tuple[str, Callable[[bool], bool | None]]:
   """A random statement about two scenes and its three-valued evaluator ``image_only -> truth``."""
   kind = _pick(rng, ("compare", "both", "side", "exactly_one", "neither"))
   attributes = ("shape", "colour", "size")
   if kind == "compare":
-    description = {} if rng.random() < 0.5 else sample_description(
-        _pick(rng, (left, right)), rng, attributes, present=True)
+    description = (
+      {} if rng.random() < 0.5 else sample_description(_pick(rng, (left, right)), rng, attributes, present=True)
+    )
     things = plural(_pick(rng, THING_WORDS)) if not description else noun_phrase(description, rng, True)[1]
     relation = _pick(rng, ("more", "fewer", "same"))
     first, second = _pick(rng, (("left", "right"), ("right", "left")))
@@ -718,25 +799,31 @@ def _nlvr_candidate(left: Scene, right: Scene,
     else:
       statement = f"the {first} image contains {relation} {things} than the {second} image"
     return statement, lambda image_only: _compare_counts(
-        count_range(scenes[first], description, image_only), count_range(scenes[second], description, image_only),
-        relation)
+      count_range(scenes[first], description, image_only),
+      count_range(scenes[second], description, image_only),
+      relation,
+    )
   description = sample_description(_pick(rng, (left, right)), rng, attributes, present=rng.random() < 0.6)
   phrase = " ".join(noun_phrase(description, rng))
   if kind == "both":
     return f"both images contain {phrase}", lambda image_only: _and3(
-        scene_contains(left, description, image_only), scene_contains(right, description, image_only))
+      scene_contains(left, description, image_only), scene_contains(right, description, image_only)
+    )
   if kind == "side":
     side = _pick(rng, ("left", "right"))
     scene = left if side == "left" else right
     statement = _pick(rng, (f"the {side} image contains {phrase}", f"there is {phrase} in the {side} image"))
     return statement, lambda image_only: scene_contains(scene, description, image_only)
   if kind == "exactly_one":
+
     def exactly_one(image_only: bool) -> bool | None:
       a, b = scene_contains(left, description, image_only), scene_contains(right, description, image_only)
       return None if a is None or b is None else a != b
+
     return f"exactly one image contains {phrase}", exactly_one
-  return f"neither image contains {phrase}", lambda image_only: _not3(_or3(
-      scene_contains(left, description, image_only), scene_contains(right, description, image_only)))
+  return f"neither image contains {phrase}", lambda image_only: _not3(
+    _or3(scene_contains(left, description, image_only), scene_contains(right, description, image_only))
+  )
 
 
 def make_nlvr(left: Scene, right: Scene, rng: np.random.Generator) -> NlvrItem:
@@ -779,6 +866,7 @@ def _ve_candidate(scene: Scene, rng: np.random.Generator) -> tuple[str, Callable
     def count_equals(image_only: bool) -> bool | None:
       lo, hi = count_range(scene, description, image_only)
       return True if lo == hi == n else False if not lo <= n <= hi else None
+
     return hypothesis, count_equals
   phrase = " ".join(noun_phrase(description, rng))
   if kind == "exists":
@@ -816,11 +904,15 @@ def split_kind(split: str) -> str:
 def objects_record(scene: Scene) -> dict[str, list]:
   """Per-object columns of a scene, left to right: attribute indices, centre, radius and hiding flags."""
   return {
-      "shape": [o.shape for o in scene.objects], "colour": [o.colour for o in scene.objects],
-      "size": [o.size for o in scene.objects], "material": [o.material for o in scene.objects],
-      "x": [o.x for o in scene.objects], "y": [o.y for o in scene.objects],
-      "radius": [o.radius for o in scene.objects],
-      "greyed": [o.greyed for o in scene.objects], "occluded": [o.occluded for o in scene.objects],
+    "shape": [o.shape for o in scene.objects],
+    "colour": [o.colour for o in scene.objects],
+    "size": [o.size for o in scene.objects],
+    "material": [o.material for o in scene.objects],
+    "x": [o.x for o in scene.objects],
+    "y": [o.y for o in scene.objects],
+    "radius": [o.radius for o in scene.objects],
+    "greyed": [o.greyed for o in scene.objects],
+    "occluded": [o.occluded for o in scene.objects],
   }
 
 
@@ -830,8 +922,7 @@ def example_scenes(config: SceneConfig, split: str, index: int) -> tuple[Scene, 
   return _scenes_from(config, split, rngs)
 
 
-def _scenes_from(config: SceneConfig, split: str,
-                 rngs: Sequence[np.random.Generator]) -> tuple[Scene, Scene | None]:
+def _scenes_from(config: SceneConfig, split: str, rngs: Sequence[np.random.Generator]) -> tuple[Scene, Scene | None]:
   """The example's scene from stream 0 and, for NLVR splits, its second scene from stream 3."""
   second = sample_scene(config, rngs[3]) if split_kind(split) == "nlvr" else None
   return sample_scene(config, rngs[0]), second
@@ -845,21 +936,27 @@ def example_record(config: SceneConfig, split: str, index: int) -> dict[str, Any
   scene, second = _scenes_from(config, split, rngs)
   caption_rng, task_rng = rngs[1], rngs[2]
   record: dict[str, Any] = {
-      "image": encode_png(render_scene(scene, config)),
-      "image_id": f"{split}-{index:06d}",
-      "captions": make_captions(scene, config, caption_rng),
-      "labels": scene_labels(scene),
-      "visible_in_image": image_visibility(scene),
-      "objects": objects_record(scene),
+    "image": encode_png(render_scene(scene, config)),
+    "image_id": f"{split}-{index:06d}",
+    "captions": make_captions(scene, config, caption_rng),
+    "labels": scene_labels(scene),
+    "visible_in_image": image_visibility(scene),
+    "objects": objects_record(scene),
   }
   if kind == "vqa":
     item = make_vqa(scene, task_rng)
-    record.update(question=item.question, answer=item.answer, question_type=item.question_type,
-                  answerable=item.answerable)
+    record.update(
+      question=item.question, answer=item.answer, question_type=item.question_type, answerable=item.answerable
+    )
   elif kind == "nlvr":
     item = make_nlvr(scene, second, task_rng)
-    record.update(image2=encode_png(render_scene(second, config)), objects2=objects_record(second),
-                  statement=item.statement, target=item.target, answerable=item.answerable)
+    record.update(
+      image2=encode_png(render_scene(second, config)),
+      objects2=objects_record(second),
+      statement=item.statement,
+      target=item.target,
+      answerable=item.answerable,
+    )
   elif kind == "ve":
     item = make_ve(scene, task_rng)
     record.update(hypothesis=item.hypothesis, target=item.target, hypothesis_true=item.hypothesis_true)

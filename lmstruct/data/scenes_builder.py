@@ -11,6 +11,7 @@ All splits share one feature schema; keys that do not apply to a split's kind ho
 Reading without this module: ``tfds.builder_from_directory(<data_dir>/lmstruct_scenes/<config>/<version>)``; with it
 imported, ``tfds.data_source("lmstruct_scenes/<config>", data_dir=<data_dir>)``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -19,7 +20,8 @@ import hashlib
 import json
 import multiprocessing
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,10 +31,15 @@ from lmstruct.data import scenes
 
 #: Examples per split of the preset configs.
 DEFAULT_SPLIT_SIZES: tuple[tuple[str, int], ...] = (
-    ("train", 20_000), ("validation", 1_000), ("test", 1_000),
-    ("vqa_train", 2_000), ("vqa_test", 1_000),
-    ("nlvr_train", 2_000), ("nlvr_test", 1_000),
-    ("ve_train", 2_000), ("ve_test", 1_000),
+  ("train", 20_000),
+  ("validation", 1_000),
+  ("test", 1_000),
+  ("vqa_train", 2_000),
+  ("vqa_test", 1_000),
+  ("nlvr_train", 2_000),
+  ("nlvr_test", 1_000),
+  ("ve_train", 2_000),
+  ("ve_test", 1_000),
 )
 _CHUNK = 128
 
@@ -60,21 +67,31 @@ def _preset(name: str, description: str, **knobs: Any) -> ScenesBuilderConfig:
 
 #: Preset configs: each varies one part of the information gap from ``default``.
 PRESETS: tuple[ScenesBuilderConfig, ...] = (
-    _preset("default", "Captions state shape, colour, size and count; images show all of them."),
-    _preset("material_text", "Captions also state a material no image shows (text-only information).",
-            caption_attributes=("shape", "colour", "size", "material", "count")),
-    _preset("no_size_text", "Captions never state size (image-only information).",
-            caption_attributes=("shape", "colour", "count")),
-    _preset("two_way_gap", "Size is image-only and material is text-only.",
-            caption_attributes=("shape", "colour", "material", "count")),
-    _preset("grey_out", "30% of objects have their colour washed out to grey in the image.", grey_fraction=0.3),
-    _preset("occlusion", "20% of objects are hidden under an opaque patch in the image.", occlusion_fraction=0.2),
+  _preset("default", "Captions state shape, colour, size and count; images show all of them."),
+  _preset(
+    "material_text",
+    "Captions also state a material no image shows (text-only information).",
+    caption_attributes=("shape", "colour", "size", "material", "count"),
+  ),
+  _preset(
+    "no_size_text",
+    "Captions never state size (image-only information).",
+    caption_attributes=("shape", "colour", "count"),
+  ),
+  _preset(
+    "two_way_gap",
+    "Size is image-only and material is text-only.",
+    caption_attributes=("shape", "colour", "material", "count"),
+  ),
+  _preset("grey_out", "30% of objects have their colour washed out to grey in the image.", grey_fraction=0.3),
+  _preset("occlusion", "20% of objects are hidden under an opaque patch in the image.", occlusion_fraction=0.2),
 )
 PRESET_NAMES: tuple[str, ...] = tuple(c.name for c in PRESETS)
 
 
-def scenes_config(split_sizes: Mapping[str, int] | None = None, name: str | None = None,
-                  description: str | None = None, **knobs: Any) -> ScenesBuilderConfig:
+def scenes_config(
+  split_sizes: Mapping[str, int] | None = None, name: str | None = None, description: str | None = None, **knobs: Any
+) -> ScenesBuilderConfig:
   """A custom config from scene knobs (see :class:`~lmstruct.data.scenes.SceneConfig`) and split sizes.
 
   Splits missing from ``split_sizes`` are not built. Without ``name``, the name is ``custom-`` plus a hash of the
@@ -89,14 +106,14 @@ def scenes_config(split_sizes: Mapping[str, int] | None = None, name: str | None
     name = "custom-" + hashlib.sha256(key.encode()).hexdigest()[:12]
   if name in PRESET_NAMES:
     raise ValueError(f"config name {name!r} is taken by a preset; presets: {list(PRESET_NAMES)}")
-  return ScenesBuilderConfig(name=name, description=description or f"Custom scenes: {knobs}", scene=scene,
-                             split_sizes=tuple(sizes.items()))
+  return ScenesBuilderConfig(
+    name=name, description=description or f"Custom scenes: {knobs}", scene=scene, split_sizes=tuple(sizes.items())
+  )
 
 
 def _objects_feature() -> tfds.features.Sequence:
   """Per-object columns, left to right (see :func:`lmstruct.data.scenes.objects_record`)."""
-  columns = {name: tfds.features.ClassLabel(names=list(scenes.SCENE_LABELS[name]))
-             for name in scenes.OBJECT_ATTRIBUTES}
+  columns = {name: tfds.features.ClassLabel(names=list(scenes.SCENE_LABELS[name])) for name in scenes.OBJECT_ATTRIBUTES}
   columns.update({name: np.float32 for name in ("x", "y", "radius")})
   columns.update({name: np.bool_ for name in ("greyed", "occluded")})
   return tfds.features.Sequence(columns)
@@ -105,7 +122,8 @@ def _objects_feature() -> tfds.features.Sequence:
 def scenes_features(image_size: int) -> tfds.features.FeaturesDict:
   """The feature schema shared by every split (task keys are empty in splits of other kinds)."""
   image = tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="png")
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": image,
       "image_id": tfds.features.Text(),
       "captions": tfds.features.Sequence(tfds.features.Text()),
@@ -116,19 +134,25 @@ def scenes_features(image_size: int) -> tfds.features.FeaturesDict:
       "question_type": tfds.features.Text(),
       "answer": np.int32,
       "answerable": np.bool_,
-      "image2": tfds.features.Sequence(tfds.features.Image(shape=(image_size, image_size, 3),
-                                                           encoding_format="png")),
+      "image2": tfds.features.Sequence(tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="png")),
       "objects2": _objects_feature(),
       "statement": tfds.features.Text(),
       "hypothesis": tfds.features.Text(),
       "target": np.int32,
       "hypothesis_true": np.bool_,
-  })
+    }
+  )
 
 
 _EMPTY_TASK_FIELDS: dict[str, Any] = {
-    "question": "", "question_type": "", "answer": -1, "answerable": False, "statement": "", "hypothesis": "",
-    "target": -1, "hypothesis_true": False,
+  "question": "",
+  "question_type": "",
+  "answer": -1,
+  "answerable": False,
+  "statement": "",
+  "hypothesis": "",
+  "target": -1,
+  "hypothesis_true": False,
 }
 
 
@@ -143,14 +167,14 @@ def to_stored(record: Mapping[str, Any]) -> dict[str, Any]:
 def scenes_metadata(config: scenes.SceneConfig) -> dict[str, Any]:
   """JSON metadata: knobs, per-label information source and hidden fraction, and the class-name lists."""
   return {
-      "scene_config": dataclasses.asdict(config),
-      "label_sources": scenes.label_sources(config),
-      "image_hidden_fractions": scenes.image_hidden_fractions(config),
-      "label_names": scenes.SCENE_LABELS,
-      "vqa_answers": list(scenes.VQA_ANSWERS),
-      "nlvr_labels": list(scenes.NLVR_LABELS),
-      "ve_labels": list(scenes.VE_LABELS),
-      "split_kinds": scenes.SPLIT_KINDS,
+    "scene_config": dataclasses.asdict(config),
+    "label_sources": scenes.label_sources(config),
+    "image_hidden_fractions": scenes.image_hidden_fractions(config),
+    "label_names": scenes.SCENE_LABELS,
+    "vqa_answers": list(scenes.VQA_ANSWERS),
+    "nlvr_labels": list(scenes.NLVR_LABELS),
+    "ve_labels": list(scenes.VE_LABELS),
+    "split_kinds": scenes.SPLIT_KINDS,
   }
 
 
@@ -159,8 +183,9 @@ def _record_chunk(config: scenes.SceneConfig, split: str, indices: Sequence[int]
   return [to_stored(scenes.example_record(config, split, i)) for i in indices]
 
 
-def generate_records(config: scenes.SceneConfig, split: str, count: int,
-                     num_workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def generate_records(
+  config: scenes.SceneConfig, split: str, count: int, num_workers: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
   """``(index, stored example)`` for indices ``0 .. count-1`` in order, rendered by ``num_workers`` processes.
 
   Every example depends only on ``(config, split, index)``, so the output does not depend on ``num_workers``.
@@ -202,10 +227,10 @@ class LmstructScenes(tfds.core.GeneratorBasedBuilder):
     """Schema and metadata of the selected config."""
     scene = self.builder_config.scene
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Rendered 1-3 object scenes with captions and a controllable image/text information gap.",
-        features=scenes_features(scene.image_size),
-        metadata=tfds.core.MetadataDict(scenes_metadata(scene)),
+      builder=self,
+      description="Rendered 1-3 object scenes with captions and a controllable image/text information gap.",
+      features=scenes_features(scene.image_size),
+      metadata=tfds.core.MetadataDict(scenes_metadata(scene)),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
@@ -226,12 +251,12 @@ def decode_example(raw: Mapping[str, Any], kind: str) -> dict[str, Any]:
   """A stored example as the contract's dict: decoded image, ``str`` text, ``int`` labels, and only the task keys
   of ``kind`` (see :data:`lmstruct.data.scenes.TASK_KEYS`)."""
   example = {
-      "image": np.asarray(raw["image"]),
-      "image_id": _text(raw["image_id"]),
-      "captions": [_text(c) for c in raw["captions"]],
-      "labels": {k: int(v) for k, v in raw["labels"].items()},
-      "visible_in_image": {k: bool(v) for k, v in raw["visible_in_image"].items()},
-      "objects": {k: np.asarray(v) for k, v in raw["objects"].items()},
+    "image": np.asarray(raw["image"]),
+    "image_id": _text(raw["image_id"]),
+    "captions": [_text(c) for c in raw["captions"]],
+    "labels": {k: int(v) for k, v in raw["labels"].items()},
+    "visible_in_image": {k: bool(v) for k, v in raw["visible_in_image"].items()},
+    "objects": {k: np.asarray(v) for k, v in raw["objects"].items()},
   }
   for key in scenes.TASK_KEYS[kind]:
     value = raw[key]
@@ -272,17 +297,21 @@ class ScenesSource:
     return [decode_example(raw, self.kind) for raw in self._source.__getitems__(list(indices))]
 
 
-def scenes_builder(data_dir: str | os.PathLike, config: str | ScenesBuilderConfig = "default",
-                   num_workers: int | None = None) -> LmstructScenes:
+def scenes_builder(
+  data_dir: str | os.PathLike, config: str | ScenesBuilderConfig = "default", num_workers: int | None = None
+) -> LmstructScenes:
   """The builder of ``config`` (a preset name or a :class:`ScenesBuilderConfig`) writing under ``data_dir``."""
   if isinstance(config, str) and config not in PRESET_NAMES:
-    raise ValueError(f"unknown scenes config {config!r}; presets: {list(PRESET_NAMES)} "
-                     "(or pass a ScenesBuilderConfig from scenes_config(...))")
+    raise ValueError(
+      f"unknown scenes config {config!r}; presets: {list(PRESET_NAMES)} "
+      "(or pass a ScenesBuilderConfig from scenes_config(...))"
+    )
   return LmstructScenes(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
 
 
-def load_scenes(split: str, data_dir: str | os.PathLike, config: str | ScenesBuilderConfig = "default",
-                num_workers: int | None = None) -> ScenesSource:
+def load_scenes(
+  split: str, data_dir: str | os.PathLike, config: str | ScenesBuilderConfig = "default", num_workers: int | None = None
+) -> ScenesSource:
   """Random-access source of ``split``, building the dataset into ``data_dir`` first if it is not there yet."""
   builder = scenes_builder(data_dir, config, num_workers)
   sizes = dict(builder.builder_config.split_sizes)

@@ -6,6 +6,7 @@ member path, a missing image file, an undecodable image, an annotation row witho
 :data:`SHOW_FIRST` details, so a summary can say what was lost and show where. ``lmstruct convert data --strict``
 turns the first skip into an error instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +59,7 @@ class Skips:
     for reason, count in other.counts.items():
       self.counts[reason] = self.counts.get(reason, 0) + count
       shown = self.details.setdefault(reason, [])
-      shown.extend(other.details.get(reason, [])[:SHOW_FIRST - len(shown)])
+      shown.extend(other.details.get(reason, [])[: SHOW_FIRST - len(shown)])
 
   @property
   def total(self) -> int:
@@ -67,8 +68,10 @@ class Skips:
 
   def lines(self) -> list[str]:
     """One summary line per reason: ``skipped N (reason), first: [...]``."""
-    return [f"skipped {count} ({reason}), first: {self.details.get(reason, [])}"
-            for reason, count in sorted(self.counts.items())]
+    return [
+      f"skipped {count} ({reason}), first: {self.details.get(reason, [])}"
+      for reason, count in sorted(self.counts.items())
+    ]
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-ready dict (for manifests and iterator states)."""

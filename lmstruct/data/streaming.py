@@ -22,6 +22,7 @@ of samples of the current shard delivered), and the training iterator keeps the 
 put in a batch. Resuming re-reads the current shard from its start and drops the samples already delivered (the
 shuffle is replayed from its seed, so the buffer is rebuilt exactly): at most one shard per reader is read again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,8 +115,9 @@ class StreamDataset(grain.IterDataset):
   ``multithread_prefetch`` give worker ``i`` of ``w`` the slice ``i::w``, which is reader ``i``.
   """
 
-  def __init__(self, stream: WebDatasetStream, positions: Sequence[plan_lib.Position], seed: int,
-               num_epochs: int | None = None):
+  def __init__(
+    self, stream: WebDatasetStream, positions: Sequence[plan_lib.Position], seed: int, num_epochs: int | None = None
+  ):
     super().__init__()
     self._stream = stream
     self._readers = list(enumerate(positions))
@@ -140,8 +142,9 @@ class StreamDataset(grain.IterDataset):
 class _ReaderIterator(grain.DatasetIterator):
   """One reader: its plan's shards, from its position on."""
 
-  def __init__(self, stream: WebDatasetStream, reader: int, position: plan_lib.Position, seed: int,
-               num_epochs: int | None):
+  def __init__(
+    self, stream: WebDatasetStream, reader: int, position: plan_lib.Position, seed: int, num_epochs: int | None
+  ):
     super().__init__()
     self._stream, self._reader, self._seed = stream, reader, seed
     self._limit = None if num_epochs is None else num_epochs * stream.num_units
@@ -170,17 +173,24 @@ class _ReaderIterator(grain.DatasetIterator):
           skipped += skips.total
           _log_skips(self._stream.shards[shard], skips)
         self._position = plan_lib.Position(position.plan, step, delivered).advanced(delivered, last)
-        yield {"image_bytes": sample.image, "captions": [sample.caption], "image_id": sample.key,
-               POSITION: np.array([self._reader, step, delivered, last], np.int64),
-               SEED: np.array([epoch, shard, sample.ordinal], np.int64), SKIPPED: np.int64(skipped)}
+        yield {
+          "image_bytes": sample.image,
+          "captions": [sample.caption],
+          "image_id": sample.key,
+          POSITION: np.array([self._reader, step, delivered, last], np.int64),
+          SEED: np.array([epoch, shard, sample.ordinal], np.int64),
+          SKIPPED: np.int64(skipped),
+        }
         skipped = 0 if last else skipped
       if delivered == 0:
         skipped += skips.total
         _log_skips(self._stream.shards[shard], skips)
         empty_units += 1
         if empty_units >= self._stream.num_units:
-          raise RuntimeError(f"{empty_units} shards in a row gave no usable sample (all {self._stream.num_units} "
-                             f"shards of the source, e.g. {self._stream.shards[shard]}): {skips.lines()}")
+          raise RuntimeError(
+            f"{empty_units} shards in a row gave no usable sample (all {self._stream.num_units} "
+            f"shards of the source, e.g. {self._stream.shards[shard]}): {skips.lines()}"
+          )
       else:
         empty_units = 0
       step += 1

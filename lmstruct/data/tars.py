@@ -13,6 +13,7 @@ the ``.json`` member. Both the indexing reader (:func:`lmstruct.data.formats.web
   complete samples; the sample it was cut in is counted as ``truncated shard`` and reading stops;
 * a file that is not an uncompressed tar is counted as an ``unreadable shard`` and yields nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,9 +64,15 @@ def _caption(members: dict[str, bytes], caption_key: str) -> str | None:
   return None
 
 
-def iter_samples(fileobj: IO[bytes], origin: str, caption_key: str, skips: skips_lib.Skips, *,
-                 size: int | None = None,
-                 locate: Callable[[tarfile.TarInfo], Any] | None = None) -> Iterator[Sample]:
+def iter_samples(
+  fileobj: IO[bytes],
+  origin: str,
+  caption_key: str,
+  skips: skips_lib.Skips,
+  *,
+  size: int | None = None,
+  locate: Callable[[tarfile.TarInfo], Any] | None = None,
+) -> Iterator[Sample]:
   """The usable samples of one tar, in archive order; damaged ones are counted in ``skips`` (see the module doc).
 
   Args:
@@ -112,8 +119,9 @@ def iter_samples(fileobj: IO[bytes], origin: str, caption_key: str, skips: skips
           yield sample
         key, members, ordinal = name, {}, ordinal + 1
       if size is not None and member.offset_data + member.size > size:
-        raise tarfile.ReadError(f"member {member.name!r} ends at byte {member.offset_data + member.size} of a "
-                                f"{size}-byte file")
+        raise tarfile.ReadError(
+          f"member {member.name!r} ends at byte {member.offset_data + member.size} of a {size}-byte file"
+        )
       if "." + ext in IMAGE_SUFFIXES:
         members["image"] = locate(member) if locate is not None else archive.extractfile(member).read()
       elif ext in ("txt", "json"):

@@ -9,12 +9,14 @@ ftfy, HTML-unescaped twice, whitespace-collapsed and lower-cased; split by CLIP'
 each word's UTF-8 bytes are mapped to printable characters and merged pair by pair in the order of the 48,894
 learned merges (a word's last symbol carries the ``</w>`` end-of-word marker).
 """
+
 from __future__ import annotations
 
 import gzip
 import html
 import pathlib
-from typing import Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import ftfy
 import numpy as np
@@ -27,8 +29,9 @@ END_OF_TEXT = "<end_of_text>"
 END_OF_WORD = "</w>"
 NUM_MERGES = 49152 - 256 - 2
 CLIP_PATTERN = regex.compile(
-    START_OF_TEXT + "|" + END_OF_TEXT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE)
+  START_OF_TEXT + "|" + END_OF_TEXT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+  regex.IGNORECASE,
+)
 
 
 class Tokenizer(Protocol):
@@ -39,8 +42,7 @@ class Tokenizer(Protocol):
   eot_token_id: int
   pad_id: int
 
-  def __call__(self, texts: Sequence[str]) -> np.ndarray:
-    ...
+  def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -63,12 +65,14 @@ def clean_text(text: str) -> str:
 def load_merges(path: pathlib.Path) -> list[tuple[str, str]]:
   """The first 48,894 merge rules of a gzipped CLIP BPE file (its first line is a version header)."""
   with gzip.open(path, "rt", encoding="utf-8") as f:
-    lines = f.read().split("\n")[1:NUM_MERGES + 1]
+    lines = f.read().split("\n")[1 : NUM_MERGES + 1]
   merges = [tuple(line.split()) for line in lines]
   bad = [line for line, pair in zip(lines, merges) if len(pair) != 2]
   if len(merges) != NUM_MERGES or bad:
-    raise ValueError(f"{path} is not a CLIP BPE merges file: found {len(merges)} merge lines "
-                     f"(expected {NUM_MERGES}), malformed: {bad[:3]}")
+    raise ValueError(
+      f"{path} is not a CLIP BPE merges file: found {len(merges)} merge lines "
+      f"(expected {NUM_MERGES}), malformed: {bad[:3]}"
+    )
   return merges
 
 
@@ -113,8 +117,8 @@ def pack_tokens(sequences: Iterable[Sequence[int]], context_length: int, eot_tok
   out = np.zeros((len(sequences), context_length), np.int32)
   for row, ids in zip(out, sequences):
     if len(ids) > context_length:
-      ids = [*ids[:context_length - 1], eot_token_id]
-    row[:len(ids)] = ids
+      ids = [*ids[: context_length - 1], eot_token_id]
+    row[: len(ids)] = ids
   return out
 
 
@@ -135,8 +139,10 @@ class ClipTokenizer:
     self.encoder = {token: i for i, token in enumerate(vocab)}
     self.ranks = {pair: i for i, pair in enumerate(merges)}
     self.byte_encoder = byte_to_unicode()
-    self.cache: dict[str, list[int]] = {START_OF_TEXT: [self.encoder[START_OF_TEXT]],
-                                        END_OF_TEXT: [self.encoder[END_OF_TEXT]]}
+    self.cache: dict[str, list[int]] = {
+      START_OF_TEXT: [self.encoder[START_OF_TEXT]],
+      END_OF_TEXT: [self.encoder[END_OF_TEXT]],
+    }
     self.context_length = context_length
     self.vocab_size = len(vocab)
     self.sot_token_id = self.encoder[START_OF_TEXT]
@@ -159,8 +165,9 @@ class ClipTokenizer:
   def __call__(self, texts: Sequence[str]) -> np.ndarray:
     """Tokenise ``texts`` into ``int32 [len(texts), context_length]``."""
     texts = _as_text_list(texts)
-    return pack_tokens(([self.sot_token_id, *self.encode(t), self.eot_token_id] for t in texts),
-                       self.context_length, self.eot_token_id)
+    return pack_tokens(
+      ([self.sot_token_id, *self.encode(t), self.eot_token_id] for t in texts), self.context_length, self.eot_token_id
+    )
 
 
 class WordPieceTokenizer:
@@ -176,8 +183,9 @@ class WordPieceTokenizer:
     pad_token: the padding token; its id must be 0 (batches are zero-padded).
   """
 
-  def __init__(self, path: str | pathlib.Path, context_length: int = 77, eot_token: str = "[SEP]",
-               pad_token: str = "[PAD]"):
+  def __init__(
+    self, path: str | pathlib.Path, context_length: int = 77, eot_token: str = "[SEP]", pad_token: str = "[PAD]"
+  ):
     import tokenizers
 
     path = pathlib.Path(path)
@@ -189,8 +197,10 @@ class WordPieceTokenizer:
     self.eot_token_id = self._token_id(path, eot_token, "eot_token")
     self.pad_id = self._token_id(path, pad_token, "pad_token")
     if self.pad_id != 0:
-      raise ValueError(f"{path}: pad token {pad_token!r} has id {self.pad_id}; batches are zero-padded, "
-                       "so the padding token must have id 0")
+      raise ValueError(
+        f"{path}: pad token {pad_token!r} has id {self.pad_id}; batches are zero-padded, "
+        "so the padding token must have id 0"
+      )
     self.context_length = context_length
     self.vocab_size = self.tokenizer.get_vocab_size()
 

@@ -18,6 +18,7 @@ and whether its batches must carry captions or augmented views, and whether it n
 count or the device mesh. ``lmstruct.train.evaluation.build_evaluators`` feeds every evaluator from that declaration
 alone.
 """
+
 from __future__ import annotations
 
 import abc
@@ -36,8 +37,21 @@ from lmstruct import multihost
 from lmstruct.choices import did_you_mean, unknown_choice
 from lmstruct.data.classnames import looks_like_identifier, named_lists
 from lmstruct.eval import io, plots
-from lmstruct.eval.features import (Batch, BatchSource, EncodeFn, FeatureCache, cached, encode_outputs, gather,
-                                    iterate, lookup, nonfinite_fraction, row_mask, source_cache_key, to_numpy)
+from lmstruct.eval.features import (
+  Batch,
+  BatchSource,
+  EncodeFn,
+  FeatureCache,
+  cached,
+  encode_outputs,
+  gather,
+  iterate,
+  lookup,
+  nonfinite_fraction,
+  row_mask,
+  source_cache_key,
+  to_numpy,
+)
 from lmstruct.eval.probe import COARSE_EXPONENTS, REFINE_STEPS, few_shot_probe, linear_probe
 from lmstruct.eval.ranking import Ties
 from lmstruct.eval.retrieval import recall_metrics, retrieval_metrics, retrieval_ranks
@@ -116,8 +130,9 @@ class Evaluator(abc.ABC):
     """Encodes the evaluator's data with the given functions (looking features up in ``cache`` when given) and
     computes its ``Result``."""
 
-  def run(self, encode_image: EncodeFn, encode_text: EncodeFn, *, step: int = 0,
-          workdir: str | pathlib.Path | None = None) -> dict[str, float]:
+  def run(
+    self, encode_image: EncodeFn, encode_text: EncodeFn, *, step: int = 0, workdir: str | pathlib.Path | None = None
+  ) -> dict[str, float]:
     """Computes the metrics; with ``workdir`` process 0 also writes ``<workdir>/eval/<name>/step_<step>.json``
     (``io.write_metrics``) and each figure to ``<workdir>/eval/<name>/step_<step>_<suffix>.png``. With
     ``cache_features`` and a ``workdir``, features are kept in ``<workdir>/feature_cache/step_<step>``
@@ -131,14 +146,21 @@ class Evaluator(abc.ABC):
     return result.metrics
 
 
-def _image_label_features(source: BatchSource, encode_image: EncodeFn, label_key: str, feature: str = "zv",
-                          cache: FeatureCache | None = None) -> dict[str, np.ndarray]:
+def _image_label_features(
+  source: BatchSource, encode_image: EncodeFn, label_key: str, feature: str = "zv", cache: FeatureCache | None = None
+) -> dict[str, np.ndarray]:
   """``{feature: [N, D], 'label': [N]}`` over the unmasked rows of ``source``; ``feature`` is an image output of the
   encode function (``zv``, or ``hv`` for the pooled backbone). Stored in ``cache`` under the source's
   ``cache_key``, the feature and the label key."""
+
   def compute() -> dict[str, np.ndarray]:
-    return gather(source, lambda b: {feature: encode_outputs(encode_image, b["image"], feature)[feature],
-                                     "label": to_numpy(lookup(b, label_key)).astype(np.int64)})
+    return gather(
+      source,
+      lambda b: {
+        feature: encode_outputs(encode_image, b["image"], feature)[feature],
+        "label": to_numpy(lookup(b, label_key)).astype(np.int64),
+      },
+    )
 
   key = source_cache_key(source)
   return cached(cache, None if key is None else f"{key}-{feature}-{label_key.replace('/', '.')}", compute)
@@ -147,8 +169,9 @@ def _image_label_features(source: BatchSource, encode_image: EncodeFn, label_key
 def _probe_feature(features: str) -> str:
   """The encoder output named by a probe's ``features`` setting (``IMAGE_FEATURES``)."""
   if features not in IMAGE_FEATURES:
-    raise ValueError(f"features must be one of {sorted(IMAGE_FEATURES)}, got {features!r}"
-                     f"{did_you_mean(features, IMAGE_FEATURES)}")
+    raise ValueError(
+      f"features must be one of {sorted(IMAGE_FEATURES)}, got {features!r}{did_you_mean(features, IMAGE_FEATURES)}"
+    )
   return IMAGE_FEATURES[features]
 
 
@@ -184,15 +207,24 @@ class ZeroShotEvaluator(Evaluator):
     get_templates(self.templates)
     if self.candidate_classes is not None:
       candidates = list(self.candidate_classes)
-      if not candidates or candidates != sorted(set(candidates)) or not 0 <= candidates[0] <= candidates[-1] < len(
-          self.class_names):
+      if (
+        not candidates
+        or candidates != sorted(set(candidates))
+        or not 0 <= candidates[0] <= candidates[-1] < len(self.class_names)
+      ):
         raise ValueError(f"candidate_classes must be increasing labels in [0, {len(self.class_names)})")
     identifiers = [n for n in self.scored_names() if looks_like_identifier(n)]
     if identifiers:
-      log.warning("evaluator %r: %d of its %d class names look like identifiers (e.g. %r), so its prompts read "
-                  "%r; set class_names on the evaluator (a list, a file of names, or one of %s)", self.name,
-                  len(identifiers), len(self.scored_names()), identifiers[0], f"a photo of the {identifiers[0]}.",
-                  sorted(named_lists()))
+      log.warning(
+        "evaluator %r: %d of its %d class names look like identifiers (e.g. %r), so its prompts read "
+        "%r; set class_names on the evaluator (a list, a file of names, or one of %s)",
+        self.name,
+        len(identifiers),
+        len(self.scored_names()),
+        identifiers[0],
+        f"a photo of the {identifiers[0]}.",
+        sorted(named_lists()),
+      )
 
   def scored_names(self) -> list[str]:
     """The names of the classes the classifier scores: ``class_names``, restricted to ``candidate_classes``."""
@@ -203,11 +235,19 @@ class ZeroShotEvaluator(Evaluator):
   def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     """Builds the prompt-ensemble classifier, encodes the images and scores them among the scored classes."""
     names = self.scored_names()
-    prompts = build_prompts(names, self.templates, lowercase=self.lowercase, strip=self.strip,
-                            underscores_to_spaces=self.underscores_to_spaces)
+    prompts = build_prompts(
+      names,
+      self.templates,
+      lowercase=self.lowercase,
+      strip=self.strip,
+      underscores_to_spaces=self.underscores_to_spaces,
+    )
     digest = hashlib.sha1("\n".join(p for row in prompts for p in row).encode()).hexdigest()[:16]
-    classifier = cached(cache, f"classifier-{digest}", lambda: {
-        "classifier": zeroshot_classifier(prompts, self.tokenize, encode_text, self.text_batch_size)})["classifier"]
+    classifier = cached(
+      cache,
+      f"classifier-{digest}",
+      lambda: {"classifier": zeroshot_classifier(prompts, self.tokenize, encode_text, self.text_batch_size)},
+    )["classifier"]
     data = _image_label_features(self.batches, encode_image, self.label_key, "zv", cache)
     zv, labels = data["zv"], data["label"]
     outside = 0
@@ -216,17 +256,27 @@ class ZeroShotEvaluator(Evaluator):
       inside = np.isin(labels, candidates)
       outside = int(np.sum(~inside))
       if not inside.any():
-        raise ValueError(f"evaluator {self.name!r}: no image has a label among its {candidates.size} "
-                         "candidate_classes")
+        raise ValueError(f"evaluator {self.name!r}: no image has a label among its {candidates.size} candidate_classes")
       if outside:
-        log.warning("evaluator %r: %d of %d images have labels outside its candidate_classes and are left out",
-                    self.name, outside, labels.size)
+        log.warning(
+          "evaluator %r: %d of %d images have labels outside its candidate_classes and are left out",
+          self.name,
+          outside,
+          labels.size,
+        )
       zv, labels = zv[inside], np.searchsorted(candidates, labels[inside])
     metrics = zeroshot_metrics(zv, classifier, labels, self.ks, self.ties)
     metrics["nonfinite_fraction"] = nonfinite_fraction(data["zv"], classifier)
-    return Result(metrics, {"num_images": int(labels.size), "num_classes": len(names),
-                            "num_outside_candidates": outside, "num_templates": len(prompts[0]),
-                            "class_names": names})
+    return Result(
+      metrics,
+      {
+        "num_images": int(labels.size),
+        "num_classes": len(names),
+        "num_outside_candidates": outside,
+        "num_templates": len(prompts[0]),
+        "class_names": names,
+      },
+    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -239,9 +289,12 @@ class LinearProbeEvaluator(Evaluator):
   """
 
   kind: ClassVar[str] = "linear_probe"
-  inputs: ClassVar[DataInputs] = DataInputs(sources={"train_data": "train_batches", "test_data": "test_batches"},
-                                            optional_sources={"val_data": "val_batches"}, labels=True,
-                                            num_classes=True)
+  inputs: ClassVar[DataInputs] = DataInputs(
+    sources={"train_data": "train_batches", "test_data": "test_batches"},
+    optional_sources={"val_data": "val_batches"},
+    labels=True,
+    num_classes=True,
+  )
   train_batches: BatchSource
   test_batches: BatchSource
   val_batches: BatchSource | None = None
@@ -264,19 +317,39 @@ class LinearProbeEvaluator(Evaluator):
     feature = _probe_feature(self.features)
     train = _image_label_features(self.train_batches, encode_image, self.label_key, feature, cache)
     test = _image_label_features(self.test_batches, encode_image, self.label_key, feature, cache)
-    val = (None if self.val_batches is None
-           else _image_label_features(self.val_batches, encode_image, self.label_key, feature, cache))
+    val = (
+      None
+      if self.val_batches is None
+      else _image_label_features(self.val_batches, encode_image, self.label_key, feature, cache)
+    )
     metrics = linear_probe(
-        train[feature], train["label"], test[feature], test["label"],
-        val_x=None if val is None else val[feature], val_y=None if val is None else val["label"],
-        num_classes=self.num_classes, val_fraction=self.val_fraction, seed=self.seed,
-        coarse_exponents=self.coarse_exponents, refine_steps=self.refine_steps, max_iter=self.max_iter,
-        tol=self.tol)
+      train[feature],
+      train["label"],
+      test[feature],
+      test["label"],
+      val_x=None if val is None else val[feature],
+      val_y=None if val is None else val["label"],
+      num_classes=self.num_classes,
+      val_fraction=self.val_fraction,
+      seed=self.seed,
+      coarse_exponents=self.coarse_exponents,
+      refine_steps=self.refine_steps,
+      max_iter=self.max_iter,
+      tol=self.tol,
+    )
     metrics["nonfinite_fraction"] = nonfinite_fraction(
-        train[feature], test[feature], *([] if val is None else [val[feature]]))
-    return Result(metrics, {"num_train": int(train["label"].size), "num_test": int(test["label"].size),
-                            "num_val": 0 if val is None else int(val["label"].size), "features": self.features,
-                            "feature_dim": int(train[feature].shape[1])})
+      train[feature], test[feature], *([] if val is None else [val[feature]])
+    )
+    return Result(
+      metrics,
+      {
+        "num_train": int(train["label"].size),
+        "num_test": int(test["label"].size),
+        "num_val": 0 if val is None else int(val["label"].size),
+        "features": self.features,
+        "feature_dim": int(train[feature].shape[1]),
+      },
+    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -285,8 +358,9 @@ class FewShotEvaluator(Evaluator):
   the image ``features`` (``'backbone'``, the default, or ``'projected'``; see ``LinearProbeEvaluator``)."""
 
   kind: ClassVar[str] = "few_shot"
-  inputs: ClassVar[DataInputs] = DataInputs(sources={"train_data": "train_batches", "test_data": "test_batches"},
-                                            labels=True, num_classes=True)
+  inputs: ClassVar[DataInputs] = DataInputs(
+    sources={"train_data": "train_batches", "test_data": "test_batches"}, labels=True, num_classes=True
+  )
   train_batches: BatchSource
   test_batches: BatchSource
   features: str = "backbone"
@@ -307,9 +381,18 @@ class FewShotEvaluator(Evaluator):
     feature = _probe_feature(self.features)
     train = _image_label_features(self.train_batches, encode_image, self.label_key, feature, cache)
     test = _image_label_features(self.test_batches, encode_image, self.label_key, feature, cache)
-    metrics = few_shot_probe(train[feature], train["label"], test[feature], test["label"], shots=self.shots,
-                             seeds=self.seeds, l2=self.l2, num_classes=self.num_classes,
-                             max_iter=self.max_iter, tol=self.tol)
+    metrics = few_shot_probe(
+      train[feature],
+      train["label"],
+      test[feature],
+      test["label"],
+      shots=self.shots,
+      seeds=self.seeds,
+      l2=self.l2,
+      num_classes=self.num_classes,
+      max_iter=self.max_iter,
+      tol=self.tol,
+    )
     metrics["nonfinite_fraction"] = nonfinite_fraction(train[feature], test[feature])
     return Result(metrics, {"seeds": [int(x) for x in self.seeds], "features": self.features})
 
@@ -341,8 +424,12 @@ class LabelProbesEvaluator(Evaluator):
   """
 
   kind: ClassVar[str] = "label_probes"
-  inputs: ClassVar[DataInputs] = DataInputs(sources={"train_data": "train_batches", "test_data": "test_batches"},
-                                            captions=True, labels=True, several_labels=True)
+  inputs: ClassVar[DataInputs] = DataInputs(
+    sources={"train_data": "train_batches", "test_data": "test_batches"},
+    captions=True,
+    labels=True,
+    several_labels=True,
+  )
   train_batches: BatchSource
   test_batches: BatchSource
   label_keys: Mapping[str, str]
@@ -367,9 +454,11 @@ class LabelProbesEvaluator(Evaluator):
     if set(self.num_classes) != set(self.label_keys):
       raise ValueError(f"evaluator {self.name!r}: num_classes must name the labels {sorted(self.label_keys)}")
 
-  def _encode(self, source: BatchSource, encode_image: EncodeFn, encode_text: EncodeFn,
-              cache: FeatureCache | None) -> dict[str, np.ndarray]:
+  def _encode(
+    self, source: BatchSource, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None
+  ) -> dict[str, np.ndarray]:
     """``{'hv', 'zv', 'zt', <label>: [N]}`` over the unmasked rows (first caption of each example)."""
+
     def compute() -> dict[str, np.ndarray]:
       def rows(batch: Batch) -> dict[str, np.ndarray]:
         outputs = encode_image(batch["image"])  # one pass for both image features
@@ -378,6 +467,7 @@ class LabelProbesEvaluator(Evaluator):
         text = encode_outputs(encode_text, tokens[:, 0] if tokens.ndim == 3 else tokens, "zt")
         labels = {label: to_numpy(lookup(batch, key)).astype(np.int64) for label, key in self.label_keys.items()}
         return {"hv": image["hv"], "zv": image["zv"], "zt": text["zt"], **labels}
+
       return gather(source, rows)
 
     key = source_cache_key(source)
@@ -392,24 +482,56 @@ class LabelProbesEvaluator(Evaluator):
     for label in self.label_keys:
       classes = self.num_classes[label]
       for kind in self.features:
-        result = linear_probe(_probe_inputs(train, kind), train[label], _probe_inputs(test, kind), test[label],
-                              num_classes=classes, val_fraction=self.val_fraction, seed=self.seed,
-                              coarse_exponents=self.coarse_exponents, refine_steps=self.refine_steps,
-                              max_iter=self.max_iter, tol=self.tol, criterion=self.criterion)
+        result = linear_probe(
+          _probe_inputs(train, kind),
+          train[label],
+          _probe_inputs(test, kind),
+          test[label],
+          num_classes=classes,
+          val_fraction=self.val_fraction,
+          seed=self.seed,
+          coarse_exponents=self.coarse_exponents,
+          refine_steps=self.refine_steps,
+          max_iter=self.max_iter,
+          tol=self.tol,
+          criterion=self.criterion,
+        )
         metrics[f"{label}/{kind}/acc1"] = result["acc1"]
         metrics[f"{label}/{kind}/test_ce"] = result["test_ce"]
       if self.shots:
-        shots = few_shot_probe(train["hv"], train[label], test["hv"], test[label], shots=self.shots,
-                               seeds=self.shot_seeds, l2=self.few_shot_l2, num_classes=classes,
-                               max_iter=self.max_iter, tol=self.tol)
+        shots = few_shot_probe(
+          train["hv"],
+          train[label],
+          test["hv"],
+          test[label],
+          shots=self.shots,
+          seeds=self.shot_seeds,
+          l2=self.few_shot_l2,
+          num_classes=classes,
+          max_iter=self.max_iter,
+          tol=self.tol,
+        )
         metrics.update({f"{label}/backbone/{k}shot_acc1": shots[f"{k}shot_acc1_mean"] for k in self.shots})
-    return Result(metrics, {"num_train": int(train["zv"].shape[0]), "num_test": int(test["zv"].shape[0]),
-                            "labels": list(self.label_keys), "features": list(self.features),
-                            "criterion": self.criterion})
+    return Result(
+      metrics,
+      {
+        "num_train": int(train["zv"].shape[0]),
+        "num_test": int(test["zv"].shape[0]),
+        "labels": list(self.label_keys),
+        "features": list(self.features),
+        "criterion": self.criterion,
+      },
+    )
 
 
-def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text: EncodeFn, text_key: str,
-                        text_mask_key: str, image_id_key: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _retrieval_features(
+  source: BatchSource,
+  encode_image: EncodeFn,
+  encode_text: EncodeFn,
+  text_key: str,
+  text_mask_key: str,
+  image_id_key: str | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """``(zv [Ni, D], zt [Nt, D], text_image [Nt])`` from batches with ``[B, L]`` or ``[B, C, L]`` captions.
 
   Rows with a false ``mask`` are dropped with all their captions; caption ``(b, c)`` is kept when
@@ -428,8 +550,9 @@ def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text
       tokens = tokens[:, None, :]
     size, captions = tokens.shape[:2]
     keep = row_mask(batch, size)
-    caption_keep = keep[:, None] & (to_numpy(batch[text_mask_key]).astype(bool) if text_mask_key in batch
-                                    else np.ones((size, captions), dtype=bool))
+    caption_keep = keep[:, None] & (
+      to_numpy(batch[text_mask_key]).astype(bool) if text_mask_key in batch else np.ones((size, captions), dtype=bool)
+    )
     keys = _image_keys(batch, image_id_key, size, rows_read)
     rows_read += size
     zv = encode_outputs(encode_image, batch["image"], "zv")["zv"]
@@ -445,16 +568,18 @@ def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text
     owner_parts.append(np.broadcast_to(keys[:, None], (size, captions, keys.shape[1]))[caption_keep])
   if not zv_parts:
     raise ValueError("the batch source yielded no batches")
-  zv, image_keys, zt, owner_keys = (multihost.allgather_rows(np.concatenate(parts))
-                                    for parts in (zv_parts, key_parts, zt_parts, owner_parts))
+  zv, image_keys, zt, owner_keys = (
+    multihost.allgather_rows(np.concatenate(parts)) for parts in (zv_parts, key_parts, zt_parts, owner_parts)
+  )
   if not zv.shape[0]:
     raise ValueError("the batch source yielded no unmasked rows")
-  _, first_seen, unique_of = np.unique(np.concatenate([image_keys, owner_keys]), axis=0, return_index=True,
-                                       return_inverse=True)
+  _, first_seen, unique_of = np.unique(
+    np.concatenate([image_keys, owner_keys]), axis=0, return_index=True, return_inverse=True
+  )
   order = np.argsort(first_seen)
   number = np.empty_like(order)
   number[order] = np.arange(order.size)
-  return zv[first_seen[order]], zt, number[unique_of.reshape(-1)[len(image_keys):]]
+  return zv[first_seen[order]], zt, number[unique_of.reshape(-1)[len(image_keys) :]]
 
 
 def _image_keys(batch: Batch, image_id_key: str | None, size: int, rows_read: int) -> np.ndarray:
@@ -490,10 +615,12 @@ class RetrievalEvaluator(Evaluator):
 
   def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     """Encodes images and all their captions, then ranks in both directions."""
-    zv, zt, text_image = _retrieval_features(self.batches, encode_image, encode_text, self.text_key,
-                                             self.text_mask_key, self.image_id_key)
-    metrics = retrieval_metrics(zv, zt, text_image, self.ks, mesh=self.mesh, ties=self.ties,
-                                query_chunk=self.query_chunk)
+    zv, zt, text_image = _retrieval_features(
+      self.batches, encode_image, encode_text, self.text_key, self.text_mask_key, self.image_id_key
+    )
+    metrics = retrieval_metrics(
+      zv, zt, text_image, self.ks, mesh=self.mesh, ties=self.ties, query_chunk=self.query_chunk
+    )
     metrics["nonfinite_fraction"] = nonfinite_fraction(zv, zt)
     return Result(metrics, {"num_images": int(zv.shape[0]), "num_texts": int(zt.shape[0])})
 
@@ -512,8 +639,7 @@ class StructureEvaluator(Evaluator):
   """
 
   kind: ClassVar[str] = "structure"
-  inputs: ClassVar[DataInputs] = DataInputs(sources={"data": "batches"}, captions=True, augmented_views=True,
-                                            mesh=True)
+  inputs: ClassVar[DataInputs] = DataInputs(sources={"data": "batches"}, captions=True, augmented_views=True, mesh=True)
   batches: BatchSource
   text_key: str = "text"
   aug_key: str = "image_aug"
@@ -534,8 +660,10 @@ class StructureEvaluator(Evaluator):
   def _pair_outputs(self, batch: Batch, encode_image: EncodeFn, encode_text: EncodeFn) -> dict[str, np.ndarray]:
     """Embeddings of one batch: ``zv``, ``zt`` and, when available, ``zv_ind``, ``zt_ind``, ``zv_aug``."""
     tokens = to_numpy(batch[self.text_key])
-    out = {**encode_outputs(encode_image, batch["image"], "zv"),
-           **encode_outputs(encode_text, tokens[:, 0] if tokens.ndim == 3 else tokens, "zt")}
+    out = {
+      **encode_outputs(encode_image, batch["image"], "zv"),
+      **encode_outputs(encode_text, tokens[:, 0] if tokens.ndim == 3 else tokens, "zt"),
+    }
     if self.aug_key in batch:
       out["zv_aug"] = encode_outputs(encode_image, batch[self.aug_key], "zv")["zv"]
     return out
@@ -549,17 +677,24 @@ class StructureEvaluator(Evaluator):
     """Encodes the pairs and computes every diagnostic, the shift curve (in ``extra``) and the figures."""
     data = gather(self.batches, lambda b: self._pair_outputs(b, encode_image, encode_text))
     metrics = structure_metrics(
-        data["zv"], data["zt"], zv_aug=data.get("zv_aug"), zv_ind=data.get("zv_ind"), zt_ind=data.get("zt_ind"),
-        bridge_t=self.bridge_t, uniformity_t=self.uniformity_t, alignment_alpha=self.alignment_alpha,
-        separability_l2=self.separability_l2, separability_test_fraction=self.separability_test_fraction,
-        seed=self.seed)
+      data["zv"],
+      data["zt"],
+      zv_aug=data.get("zv_aug"),
+      zv_ind=data.get("zv_ind"),
+      zt_ind=data.get("zt_ind"),
+      bridge_t=self.bridge_t,
+      uniformity_t=self.uniformity_t,
+      alignment_alpha=self.alignment_alpha,
+      separability_l2=self.separability_l2,
+      separability_test_fraction=self.separability_test_fraction,
+      seed=self.seed,
+    )
     metrics["nonfinite_fraction"] = nonfinite_fraction(*data.values())
     metric = self._retrieval_mean_recall_at_1 if self.shift_metric is None else self.shift_metric
     curve = embedding_shift_curve(data["zv"], data["zt"], self.shift_lambdas, metric)
     figures: dict[str, Figure] = {}
     if self.write_plots:
       figures["gap_shift"] = lambda path: plots.plot_gap_shift_curve(curve, path, self.shift_metric_name)
-      figures["pca"] = lambda path: plots.plot_modality_pca(data["zv"], data["zt"], path, self.pca_max_pairs,
-                                                             self.seed)
+      figures["pca"] = lambda path: plots.plot_modality_pca(data["zv"], data["zt"], path, self.pca_max_pairs, self.seed)
     extra = {"shift_curve": curve, "shift_metric": self.shift_metric_name, "num_pairs": int(data["zv"].shape[0])}
     return Result(metrics, extra, figures)

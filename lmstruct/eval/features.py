@@ -13,13 +13,14 @@ every process (``lmstruct.multihost.allgather_rows``, in process order), so ever
 all rows. These collectives need every process to run the same evaluators over batch sources that yield at least
 one batch on each process (the eval pipeline pads every process to the same number of batches).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,7 +30,7 @@ from jax.experimental import multihost_utils
 from lmstruct import multihost, paths
 
 Batch = Mapping[str, Any]
-BatchSource = Union[Iterable[Batch], Callable[[], Iterable[Batch]]]
+BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
 EncodeFn = Callable[[Any], Any]
 
 
@@ -98,8 +99,9 @@ def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndar
   return {key: to_numpy(out).astype(np.float32)}
 
 
-def gather(source: BatchSource, fn: Callable[[Batch], Mapping[str, np.ndarray]],
-           size_key: str = "image") -> dict[str, np.ndarray]:
+def gather(
+  source: BatchSource, fn: Callable[[Batch], Mapping[str, np.ndarray]], size_key: str = "image"
+) -> dict[str, np.ndarray]:
   """Concatenates ``fn(batch)`` over all batches, keeping only rows with a true ``mask``, then over all processes.
 
   ``fn`` returns arrays of this process's rows (leading axis: the batch axis); the batch size is the number of rows
@@ -165,8 +167,9 @@ class FeatureCache:
       raise
 
 
-def cached(cache: FeatureCache | None, key: str | None,
-           compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached(
+  cache: FeatureCache | None, key: str | None, compute: Callable[[], Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
   """``cache.get(key, compute)``, or ``compute()`` when there is no cache or no key."""
   if cache is None or key is None:
     return dict(compute())

@@ -9,6 +9,7 @@ metric values are read back as ``nan``)::
 (temporary file + rename), so a reader never sees a partial record. The workdir may be an object-store URL
 (:mod:`lmstruct.paths`).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,14 +56,18 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
-def write_metrics(workdir: str | os.PathLike, name: str, step: int, metrics: Mapping[str, float],
-                  extra: Mapping[str, Any] | None = None) -> epath.Path:
+def write_metrics(
+  workdir: str | os.PathLike, name: str, step: int, metrics: Mapping[str, float], extra: Mapping[str, Any] | None = None
+) -> epath.Path:
   """Writes the record for ``(name, step)`` atomically and returns its path (layout in the module docstring)."""
   path = metrics_path(workdir, name, step)
   path.parent.mkdir(parents=True, exist_ok=True)
-  record = {"evaluator": name, "step": int(step),
-            "metrics": {str(k): finite_or_none(v) for k, v in metrics.items()},
-            "extra": _json_safe(dict(extra or {}))}
+  record = {
+    "evaluator": name,
+    "step": int(step),
+    "metrics": {str(k): finite_or_none(v) for k, v in metrics.items()},
+    "extra": _json_safe(dict(extra or {})),
+  }
   tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
   try:
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False))

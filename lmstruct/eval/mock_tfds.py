@@ -18,6 +18,7 @@ How it works without TensorFlow (``mock_tfds``):
 Label names are those the builder class declares; datasets whose names tfds reads only while preparing them (e.g.
 CIFAR-10) show digits.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,9 +54,14 @@ def write_metadata(root: pathlib.Path, datasets: Mapping[str, Sequence[str]], nu
 
   for name, splits in datasets.items():
     builder = tfds.builder(name, data_dir=str(root), file_format="array_record")
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
-        for split in splits]))
+    builder.info.set_splits(
+      tfds.core.SplitDict(
+        [
+          tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
+          for split in splits
+        ]
+      )
+    )
     pathlib.Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
 
@@ -90,8 +96,12 @@ def mock_tfds(datasets: Mapping[str, Sequence[str]] | None = None, num_examples:
   with tempfile.TemporaryDirectory(prefix="lmstruct-mock-tfds-") as folder:
     root = pathlib.Path(folder)
     write_metadata(root, datasets, num_examples)
-    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
-                                data_dir=str(root), as_data_source_fn=as_data_source):
+    with tfds.testing.mock_data(
+      num_examples=num_examples,
+      policy=tfds.testing.MockPolicy.USE_FILES,
+      data_dir=str(root),
+      as_data_source_fn=as_data_source,
+    ):
       yield root
 
 
@@ -102,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args[:1] == ["--examples"]:
     num_examples, args = int(args[1]), args[2:]
   from lmstruct import cli
+
   with mock_tfds(num_examples=num_examples):
     return cli.main(args)
 

@@ -1,4 +1,5 @@
 """PNG figures of the modality structure (matplotlib, Agg canvas, no pyplot state)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -39,8 +40,9 @@ def save_figure(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
   return path
 
 
-def plot_gap_shift_curve(curve: Mapping[str, Sequence[float]], path: str | pathlib.Path,
-                         metric_name: str = "metric") -> pathlib.Path:
+def plot_gap_shift_curve(
+  curve: Mapping[str, Sequence[float]], path: str | pathlib.Path, metric_name: str = "metric"
+) -> pathlib.Path:
   """Line plot of ``curve['metric']`` against ``curve['gap']`` (``structure.embedding_shift_curve``), each point
   annotated with its shift ``lambda``."""
   fig = Figure(figsize=(5, 4))
@@ -58,8 +60,9 @@ def plot_gap_shift_curve(curve: Mapping[str, Sequence[float]], path: str | pathl
   return save_figure(fig, path)
 
 
-def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, max_pairs: int = 500,
-                      seed: int = 0) -> pathlib.Path:
+def plot_modality_pca(
+  zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, max_pairs: int = 500, seed: int = 0
+) -> pathlib.Path:
   """Scatter of both modalities in the 2-D PCA of ``[zv; zt]`` (fitted jointly), each pair joined by a line.
 
   At most ``max_pairs`` pairs, drawn uniformly without replacement with ``numpy.random.default_rng(seed)`` from the
@@ -75,7 +78,7 @@ def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, 
   if keep.size == 0:
     return save_figure(fig, path)
   coords, _, ratio = pca_2d(np.concatenate([zv[keep], zt[keep]]))
-  image_xy, text_xy = coords[:keep.size], coords[keep.size:]
+  image_xy, text_xy = coords[: keep.size], coords[keep.size :]
   ax.add_collection(LineCollection(np.stack([image_xy, text_xy], axis=1), colors="0.7", linewidths=0.5))
   ax.scatter(image_xy[:, 0], image_xy[:, 1], s=8, label="image (zv)")
   ax.scatter(text_xy[:, 0], text_xy[:, 1], s=8, label="text (zt)")

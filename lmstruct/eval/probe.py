@@ -17,6 +17,7 @@ the features, what Theorem 3.1 bounds); ties go to the larger ``lam``. The probe
 validation with that ``lam`` and scored on the test set: top-1 accuracy and the mean cross-entropy
 ``-(1/N) Σ_i log softmax(x_i W + b)_{y_i}`` in nats.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ COARSE_EXPONENTS: tuple[float, ...] = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 REFINE_STEPS: tuple[float, ...] = (1.0, 0.5)
 
 
-def logreg_objective(params: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.Array, weights: jax.Array,
-                     l2: jax.Array) -> jax.Array:
+def logreg_objective(
+  params: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.Array, weights: jax.Array, l2: jax.Array
+) -> jax.Array:
   """Weighted mean softmax cross-entropy plus ``l2 * ||W||_F^2`` (module docstring).
 
   ``params = (W [D, C], b [C])``.
@@ -48,6 +50,7 @@ def logreg_objective(params: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.A
 @jax.jit
 def _fit(x, y, weights, l2, tol, max_iter, init):
   """L-BFGS (``optax.lbfgs``) from ``init`` while ``count == 0`` or (``count < max_iter`` and ``||grad|| >= tol``)."""
+
   def fun(params):
     return logreg_objective(params, x, y, weights, l2)
 
@@ -75,8 +78,16 @@ def padded_rows(num: int) -> int:
   return 1 << max(num - 1, 255).bit_length()
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, weights: np.ndarray | None = None,
-               max_iter: int = 1000, tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+def fit_logreg(
+  x: np.ndarray,
+  y: np.ndarray,
+  num_classes: int,
+  l2: float,
+  *,
+  weights: np.ndarray | None = None,
+  max_iter: int = 1000,
+  tol: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
   """Minimiser ``(W [D, C], b [C])`` of the weighted, L2-penalised multinomial logistic loss (module docstring).
 
   Rows are zero-weight padded to ``padded_rows(N)`` (which leaves the objective unchanged), so problems of
@@ -122,9 +133,18 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
-def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int, *,
-              coarse_exponents: Sequence[float] = COARSE_EXPONENTS, refine_steps: Sequence[float] = REFINE_STEPS,
-              max_iter: int = 1000, tol: float = 1e-5, criterion: str = "acc1") -> tuple[float, dict[float, float]]:
+def select_l2(
+  x: np.ndarray,
+  y: np.ndarray,
+  is_val: np.ndarray,
+  num_classes: int,
+  *,
+  coarse_exponents: Sequence[float] = COARSE_EXPONENTS,
+  refine_steps: Sequence[float] = REFINE_STEPS,
+  max_iter: int = 1000,
+  tol: float = 1e-5,
+  criterion: str = "acc1",
+) -> tuple[float, dict[float, float]]:
   """L2 strength chosen by the sweep of the module docstring.
 
   Rows with ``is_val`` true form the validation part, the others the train part. Returns ``(10^e*, scores)`` where
@@ -139,9 +159,12 @@ def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int
 
   def score(exponent: float) -> float:
     if exponent not in scores:
-      w, b = fit_logreg(x, y, num_classes, 10.0 ** exponent, weights=train_weights, max_iter=max_iter, tol=tol)
-      scores[exponent] = (accuracy(predict(w, b, x[is_val]), y[is_val]) if criterion == "acc1" else
-                          -cross_entropy(w, b, x[is_val], y[is_val]))
+      w, b = fit_logreg(x, y, num_classes, 10.0**exponent, weights=train_weights, max_iter=max_iter, tol=tol)
+      scores[exponent] = (
+        accuracy(predict(w, b, x[is_val]), y[is_val])
+        if criterion == "acc1"
+        else -cross_entropy(w, b, x[is_val], y[is_val])
+      )
     return scores[exponent]
 
   def best(exponents: Sequence[float]) -> float:
@@ -151,7 +174,7 @@ def select_l2(x: np.ndarray, y: np.ndarray, is_val: np.ndarray, num_classes: int
   exponent = best(list(coarse_exponents))
   for step in refine_steps:
     exponent = best([e for e in (exponent - step, exponent, exponent + step) if low <= e <= high])
-  return 10.0 ** exponent, scores
+  return 10.0**exponent, scores
 
 
 def validation_split(num: int, fraction: float, seed: int) -> np.ndarray:
@@ -163,11 +186,23 @@ def validation_split(num: int, fraction: float, seed: int) -> np.ndarray:
   return mask
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
-                 val_x: np.ndarray | None = None, val_y: np.ndarray | None = None, num_classes: int | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, coarse_exponents: Sequence[float] = COARSE_EXPONENTS,
-                 refine_steps: Sequence[float] = REFINE_STEPS, max_iter: int = 1000,
-                 tol: float = 1e-5, criterion: str = "acc1") -> dict[str, float]:
+def linear_probe(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  val_x: np.ndarray | None = None,
+  val_y: np.ndarray | None = None,
+  num_classes: int | None = None,
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  coarse_exponents: Sequence[float] = COARSE_EXPONENTS,
+  refine_steps: Sequence[float] = REFINE_STEPS,
+  max_iter: int = 1000,
+  tol: float = 1e-5,
+  criterion: str = "acc1",
+) -> dict[str, float]:
   """Linear probe on the test set after the L2 sweep by ``criterion`` (module docstring).
 
   The validation part is ``(val_x, val_y)`` when given, else a ``val_fraction`` random split of the train set
@@ -186,12 +221,25 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     is_val = np.arange(len(y)) >= len(train_y)
   if num_classes is None:
     num_classes = int(max(y.max(), np.max(test_y))) + 1
-  l2, scores = select_l2(x, y, is_val, num_classes, coarse_exponents=coarse_exponents,
-                         refine_steps=refine_steps, max_iter=max_iter, tol=tol, criterion=criterion)
+  l2, scores = select_l2(
+    x,
+    y,
+    is_val,
+    num_classes,
+    coarse_exponents=coarse_exponents,
+    refine_steps=refine_steps,
+    max_iter=max_iter,
+    tol=tol,
+    criterion=criterion,
+  )
   w, b = fit_logreg(x, y, num_classes, l2, max_iter=max_iter, tol=tol)
   best = max(scores.values())
-  return {"acc1": accuracy(predict(w, b, test_x), test_y), "test_ce": cross_entropy(w, b, test_x, test_y),
-          **({"val_acc1": best} if criterion == "acc1" else {"val_ce": -best}), "l2": l2}
+  return {
+    "acc1": accuracy(predict(w, b, test_x), test_y),
+    "test_ce": cross_entropy(w, b, test_x, test_y),
+    **({"val_acc1": best} if criterion == "acc1" else {"val_ce": -best}),
+    "l2": l2,
+  }
 
 
 def sample_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -208,9 +256,19 @@ def sample_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(chosen))
 
 
-def few_shot_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
-                   shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (0, 1, 2), l2: float = 1e-3,
-                   num_classes: int | None = None, max_iter: int = 1000, tol: float = 1e-5) -> dict[str, float]:
+def few_shot_probe(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  shots: Sequence[int] = (1, 2, 4, 8, 16),
+  seeds: Sequence[int] = (0, 1, 2),
+  l2: float = 1e-3,
+  num_classes: int | None = None,
+  max_iter: int = 1000,
+  tol: float = 1e-5,
+) -> dict[str, float]:
   """k-shot linear probes with a fixed L2 strength ``l2``.
 
   For every ``k`` in ``shots`` and every seed, a probe is fitted on ``sample_few_shot(train_y, k, seed)`` and scored

@@ -15,6 +15,7 @@ taken over the *finite* positive scores only, and
 * a query with no finite positive score gets the worst rank, ``1 + #{j not in P}``, under either tie rule;
 * otherwise a non-finite negative is never ahead of ``m``: only finite negatives are counted.
 """
+
 from __future__ import annotations
 
 from typing import Literal

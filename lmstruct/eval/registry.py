@@ -1,4 +1,5 @@
 """Evaluator registry: build evaluators by name from a config, and run the ones due at a training step."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +8,28 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmstruct.choices import unknown_choice
-from lmstruct.eval.evaluators import (Evaluator, FewShotEvaluator, LabelProbesEvaluator, LinearProbeEvaluator,
-                                      RetrievalEvaluator, StructureEvaluator, ZeroShotEvaluator)
+from lmstruct.eval.evaluators import (
+  Evaluator,
+  FewShotEvaluator,
+  LabelProbesEvaluator,
+  LinearProbeEvaluator,
+  RetrievalEvaluator,
+  StructureEvaluator,
+  ZeroShotEvaluator,
+)
 from lmstruct.eval.features import EncodeFn
 
 EVALUATORS: dict[str, type[Evaluator]] = {
-    cls.kind: cls for cls in (ZeroShotEvaluator, LinearProbeEvaluator, FewShotEvaluator, LabelProbesEvaluator,
-                              RetrievalEvaluator, StructureEvaluator)}
+  cls.kind: cls
+  for cls in (
+    ZeroShotEvaluator,
+    LinearProbeEvaluator,
+    FewShotEvaluator,
+    LabelProbesEvaluator,
+    RetrievalEvaluator,
+    StructureEvaluator,
+  )
+}
 
 
 def available_evaluators() -> list[str]:
@@ -36,15 +52,25 @@ def get_evaluator(name: str, config: Mapping[str, Any] | None = None, /, **overr
   unknown = sorted(set(values) - set(fields))
   if unknown:
     raise ValueError(f"unknown field(s) {unknown} for evaluator {name!r}; valid fields: {sorted(fields)}")
-  missing = sorted(n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING)
+  missing = sorted(
+    n
+    for n, f in fields.items()
+    if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+  )
   if missing:
     raise ValueError(f"evaluator {name!r} needs field(s) {missing}")
   return cls(**values)
 
 
-def run_evaluators(evaluators: Iterable[Evaluator], encode_image: EncodeFn, encode_text: EncodeFn, *, step: int,
-                   workdir: str | pathlib.Path | None = None, only_due: bool = True) -> dict[str, dict[str, float]]:
+def run_evaluators(
+  evaluators: Iterable[Evaluator],
+  encode_image: EncodeFn,
+  encode_text: EncodeFn,
+  *,
+  step: int,
+  workdir: str | pathlib.Path | None = None,
+  only_due: bool = True,
+) -> dict[str, dict[str, float]]:
   """Runs every evaluator (only those ``due(step)`` when ``only_due``) and returns ``{evaluator.name: metrics}``.
 
   Two evaluators with the same ``name`` would overwrite each other's files, so that raises ``ValueError``.
@@ -54,5 +80,8 @@ def run_evaluators(evaluators: Iterable[Evaluator], encode_image: EncodeFn, enco
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"evaluator names must be unique; repeated: {duplicates}")
-  return {e.name: e.run(encode_image, encode_text, step=step, workdir=workdir)
-          for e in evaluators if not only_due or e.due(step)}
+  return {
+    e.name: e.run(encode_image, encode_text, step=step, workdir=workdir)
+    for e in evaluators
+    if not only_due or e.due(step)
+  }

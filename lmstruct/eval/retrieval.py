@@ -16,6 +16,7 @@ positive: the best positive score is combined over devices with ``pmax`` and the
 exact rank for every K at once with explicit tie handling, and no device ever holds more than a
 ``[query_chunk, candidates / devices]`` block of the similarity matrix.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lmstruct.eval.ranking import Ties, check_ties, recall_at_k
 
@@ -37,7 +39,7 @@ def default_mesh() -> Mesh:
   return jax.make_mesh((jax.device_count(),), ("eval",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ranks_fn(mesh: Mesh, ties: str):
   """Jitted shard_map computing ranks for query chunks ``[n_chunks, chunk, D]`` against sharded candidates."""
   axes = tuple(mesh.axis_names)
@@ -55,12 +57,11 @@ def _ranks_fn(mesh: Mesh, ties: str):
 
   def shard_ranks(queries, query_groups, candidates, candidate_groups, candidate_valid):
     return jax.lax.map(
-        lambda q: chunk_ranks(q[0], q[1], candidates, candidate_groups, candidate_valid),
-        (queries, query_groups))
+      lambda q: chunk_ranks(q[0], q[1], candidates, candidate_groups, candidate_valid), (queries, query_groups)
+    )
 
   sharded = P(axes)
-  return jax.jit(jax.shard_map(shard_ranks, mesh=mesh, in_specs=(P(), P(), sharded, sharded, sharded),
-                               out_specs=P()))
+  return jax.jit(jax.shard_map(shard_ranks, mesh=mesh, in_specs=(P(), P(), sharded, sharded, sharded), out_specs=P()))
 
 
 def _put(x: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
@@ -68,9 +69,16 @@ def _put(x: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
   return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
 
 
-def sharded_ranks(queries: np.ndarray, query_groups: np.ndarray, candidates: np.ndarray,
-                  candidate_groups: np.ndarray, *, mesh: Mesh | None = None, ties: Ties = "pessimistic",
-                  query_chunk: int = 1024) -> np.ndarray:
+def sharded_ranks(
+  queries: np.ndarray,
+  query_groups: np.ndarray,
+  candidates: np.ndarray,
+  candidate_groups: np.ndarray,
+  *,
+  mesh: Mesh | None = None,
+  ties: Ties = "pessimistic",
+  query_chunk: int = 1024,
+) -> np.ndarray:
   """Rank of the best positive for every query; candidate ``j`` is a positive of query ``q`` iff their groups match.
 
   ``rank_q = 1 + #{j : group_j != group_q, <q, c_j> finite and > m_q}`` (``>=`` for pessimistic ties) with
@@ -101,13 +109,24 @@ def sharded_ranks(queries: np.ndarray, query_groups: np.ndarray, candidates: np.
 
   sharded = P(tuple(mesh.axis_names))
   ranks = _ranks_fn(mesh, ties)(
-      _put(queries, mesh, P()), _put(query_groups, mesh, P()), _put(candidates, mesh, sharded),
-      _put(candidate_groups, mesh, sharded), _put(valid, mesh, sharded))
+    _put(queries, mesh, P()),
+    _put(query_groups, mesh, P()),
+    _put(candidates, mesh, sharded),
+    _put(candidate_groups, mesh, sharded),
+    _put(valid, mesh, sharded),
+  )
   return np.asarray(ranks).reshape(-1)[:num_queries].astype(np.int64)
 
 
-def retrieval_ranks(zv: np.ndarray, zt: np.ndarray, text_image: np.ndarray, *, mesh: Mesh | None = None,
-                    ties: Ties = "pessimistic", query_chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(
+  zv: np.ndarray,
+  zt: np.ndarray,
+  text_image: np.ndarray,
+  *,
+  mesh: Mesh | None = None,
+  ties: Ties = "pessimistic",
+  query_chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
   """``(text_to_image_ranks [Nt], image_to_text_ranks [Ni])`` under the COCO protocol (module docstring)."""
   text_image = np.asarray(text_image, np.int64)
   num_images = zv.shape[0]
@@ -123,8 +142,9 @@ def retrieval_ranks(zv: np.ndarray, zt: np.ndarray, text_image: np.ndarray, *, m
   return t2i, i2t
 
 
-def recall_metrics(text_to_image_ranks: np.ndarray, image_to_text_ranks: np.ndarray,
-                   ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def recall_metrics(
+  text_to_image_ranks: np.ndarray, image_to_text_ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
   """CLIP_benchmark-named recalls in [0, 1]: ``image_retrieval_recall@k`` (text queries -> images),
   ``text_retrieval_recall@k`` (image queries -> texts) and their mean ``mean_recall@k``."""
   metrics: dict[str, float] = {}
@@ -137,9 +157,16 @@ def recall_metrics(text_to_image_ranks: np.ndarray, image_to_text_ranks: np.ndar
   return metrics
 
 
-def retrieval_metrics(zv: np.ndarray, zt: np.ndarray, text_image: np.ndarray, ks: Sequence[int] = (1, 5, 10), *,
-                      mesh: Mesh | None = None, ties: Ties = "pessimistic",
-                      query_chunk: int = 1024) -> dict[str, float]:
+def retrieval_metrics(
+  zv: np.ndarray,
+  zt: np.ndarray,
+  text_image: np.ndarray,
+  ks: Sequence[int] = (1, 5, 10),
+  *,
+  mesh: Mesh | None = None,
+  ties: Ties = "pessimistic",
+  query_chunk: int = 1024,
+) -> dict[str, float]:
   """Retrieval recalls (``recall_metrics``) of paired embeddings under the COCO protocol."""
   t2i, i2t = retrieval_ranks(zv, zt, text_image, mesh=mesh, ties=ties, query_chunk=query_chunk)
   return recall_metrics(t2i, i2t, ks)

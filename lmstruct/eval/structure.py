@@ -3,6 +3,7 @@
 Every function takes the embeddings as given (no renormalisation) and computes in float64; the ``N x N`` quantities
 are accumulated over row blocks so memory stays ``O(block * N)``. Definitions are in each docstring.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ def orthogonality(z: np.ndarray, z_ind: np.ndarray) -> float:
   return float(np.mean(np.sum(_f64(z) * _f64(z_ind), axis=1) ** 2))
 
 
-def modality_separability(zv: np.ndarray, zt: np.ndarray, *, test_fraction: float = 0.5, l2: float = 1e-4,
-                          seed: int = 0, max_iter: int = 500) -> float:
+def modality_separability(
+  zv: np.ndarray, zt: np.ndarray, *, test_fraction: float = 0.5, l2: float = 1e-4, seed: int = 0, max_iter: int = 500
+) -> float:
   """Held-out accuracy of a linear image-vs-text classifier.
 
   The pair indices are permuted with ``numpy.random.default_rng(seed)``; the first ``round(test_fraction * N)``
@@ -115,8 +117,9 @@ def modality_separability(zv: np.ndarray, zt: np.ndarray, *, test_fraction: floa
   return accuracy(predict(w, b, x_test), y_test)
 
 
-def shift_embeddings(zv: np.ndarray, zt: np.ndarray, lam: float,
-                     delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def shift_embeddings(
+  zv: np.ndarray, zt: np.ndarray, lam: float, delta: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Embedding shift along the gap direction.
 
   ``zv' = normalize(zv - lam * Delta / 2)``, ``zt' = normalize(zt + lam * Delta / 2)`` with
@@ -127,9 +130,13 @@ def shift_embeddings(zv: np.ndarray, zt: np.ndarray, lam: float,
   return l2_normalize(_f64(zv) - 0.5 * lam * delta), l2_normalize(_f64(zt) + 0.5 * lam * delta)
 
 
-def embedding_shift_curve(zv: np.ndarray, zt: np.ndarray, lambdas: Sequence[float],
-                          metric: Callable[[np.ndarray, np.ndarray], float],
-                          delta: np.ndarray | None = None) -> dict[str, list[float]]:
+def embedding_shift_curve(
+  zv: np.ndarray,
+  zt: np.ndarray,
+  lambdas: Sequence[float],
+  metric: Callable[[np.ndarray, np.ndarray], float],
+  delta: np.ndarray | None = None,
+) -> dict[str, list[float]]:
   """For each ``lam``: shift (``shift_embeddings``, ``Delta`` fixed from the unshifted data) and re-evaluate.
 
   Returns ``{'lambda': [...], 'gap': [modality_gap(zv', zt')...], 'metric': [metric(zv', zt')...]}``.
@@ -144,11 +151,20 @@ def embedding_shift_curve(zv: np.ndarray, zt: np.ndarray, lambdas: Sequence[floa
   return curve
 
 
-def structure_metrics(zv: np.ndarray, zt: np.ndarray, *, zv_aug: np.ndarray | None = None,
-                      zv_ind: np.ndarray | None = None, zt_ind: np.ndarray | None = None,
-                      bridge_t: float = 0.25, uniformity_t: float = 2.0, alignment_alpha: float = 2.0,
-                      separability_l2: float = 1e-4, separability_test_fraction: float = 0.5,
-                      seed: int = 0) -> dict[str, float]:
+def structure_metrics(
+  zv: np.ndarray,
+  zt: np.ndarray,
+  *,
+  zv_aug: np.ndarray | None = None,
+  zv_ind: np.ndarray | None = None,
+  zt_ind: np.ndarray | None = None,
+  bridge_t: float = 0.25,
+  uniformity_t: float = 2.0,
+  alignment_alpha: float = 2.0,
+  separability_l2: float = 1e-4,
+  separability_test_fraction: float = 0.5,
+  seed: int = 0,
+) -> dict[str, float]:
   """All structure diagnostics of paired embeddings, keyed by name.
 
   Always: ``modality_gap``, ``mean_paired_distance``, ``alignment``, ``uniformity_image``, ``uniformity_text``,
@@ -156,15 +172,16 @@ def structure_metrics(zv: np.ndarray, zt: np.ndarray, *, zv_aug: np.ndarray | No
   ``bridge_residual``. With ``zv_ind`` / ``zt_ind``: ``orthogonality_image`` / ``orthogonality_text``.
   """
   metrics = {
-      "modality_gap": modality_gap(zv, zt),
-      "mean_paired_distance": mean_paired_distance(zv, zt),
-      "alignment": alignment(zv, zt, alignment_alpha),
-      "uniformity_image": uniformity(zv, uniformity_t),
-      "uniformity_text": uniformity(zt, uniformity_t),
-      "cross_modal_symmetry_error": cross_modal_symmetry_error(zv, zt),
-      "in_modal_symmetry_error": in_modal_symmetry_error(zv, zt),
-      "separability": modality_separability(zv, zt, test_fraction=separability_test_fraction,
-                                            l2=separability_l2, seed=seed),
+    "modality_gap": modality_gap(zv, zt),
+    "mean_paired_distance": mean_paired_distance(zv, zt),
+    "alignment": alignment(zv, zt, alignment_alpha),
+    "uniformity_image": uniformity(zv, uniformity_t),
+    "uniformity_text": uniformity(zt, uniformity_t),
+    "cross_modal_symmetry_error": cross_modal_symmetry_error(zv, zt),
+    "in_modal_symmetry_error": in_modal_symmetry_error(zv, zt),
+    "separability": modality_separability(
+      zv, zt, test_fraction=separability_test_fraction, l2=separability_l2, seed=seed
+    ),
   }
   if zv_aug is not None:
     metrics["bridge_residual"] = bridge_residual(zv_aug, zv, zt, bridge_t)

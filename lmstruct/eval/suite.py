@@ -12,6 +12,7 @@ one. A dataset that is not there is reported once, with its preparation command,
 Evaluators are named ``zeroshot_<key>`` and ``linear_probe_<key>``; ``lmstruct.eval.tables`` lays their results out
 as the paper's tables.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,58 +54,177 @@ class SuiteDataset:
   def folder_prepare(self, folders: str) -> str:
     """Where its ImageFolder form is expected."""
     splits = "|".join(sorted(set(self.folder_splits.values())))
-    return (f"arrange its images as {folders}/{self.key}/{{{splits}}}/<class>/<image> "
-            f"(docs/evaluation.md, '{self.title}')")
+    return (
+      f"arrange its images as {folders}/{self.key}/{{{splits}}}/<class>/<image> (docs/evaluation.md, '{self.title}')"
+    )
 
 
 _TRAIN_TEST = {"train": "train", "test": "test"}
 _IMAGENET_TEST = {"test": "test"}
 
 DATASETS: tuple[SuiteDataset, ...] = (
-    SuiteDataset("cifar10", "C10", 10, "cifar10", _TRAIN_TEST, _TRAIN_TEST, zero_shot=True, linear_probe=True,
-                 templates="clip_cifar10", class_names="cifar10"),
-    SuiteDataset("cifar100", "C100", 100, "cifar100", _TRAIN_TEST, _TRAIN_TEST, zero_shot=True, linear_probe=True,
-                 templates="clip_cifar100", class_names="cifar100"),
-    SuiteDataset("imagenet", "IN1K", 1000, "imagenet2012", {"train": "train", "test": "validation"},
-                 {"train": "train", "test": "val"}, zero_shot=True, linear_probe=True, templates="clip_imagenet",
-                 manual_download=True),
-    SuiteDataset("imagenet_v2", "V2", 1000, "imagenet_v2", _IMAGENET_TEST, _IMAGENET_TEST, zero_shot=True,
-                 templates="clip_imagenet"),
-    SuiteDataset("imagenet_sketch", "Sketch", 1000, "imagenet_sketch", _IMAGENET_TEST, _IMAGENET_TEST,
-                 zero_shot=True, templates="clip_imagenet"),
-    SuiteDataset("imagenet_a", "A", 200, "imagenet_a", _IMAGENET_TEST, _IMAGENET_TEST, zero_shot=True,
-                 templates="clip_imagenet", class_subset="imagenet_a"),
-    SuiteDataset("imagenet_r", "R", 200, "imagenet_r", _IMAGENET_TEST, _IMAGENET_TEST, zero_shot=True,
-                 templates="clip_imagenet", class_subset="imagenet_r"),
-    SuiteDataset("caltech101", "Cal101", 102, "caltech101", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True,
-                 templates="clip_caltech101"),
-    SuiteDataset("svhn", "SVHN", 10, "svhn_cropped", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True),
-    SuiteDataset("stl10", "STL10", 10, "stl10", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True, templates="clip_stl10"),
-    SuiteDataset("dtd", "DTD", 47, "dtd", {"train": "train", "val": "validation", "test": "test"},
-                 {"train": "train", "val": "val", "test": "test"}, linear_probe=True, templates="clip_dtd"),
-    SuiteDataset("fgvc_aircraft", "Aircraft", 100, None, {}, {"train": "train", "val": "val", "test": "test"},
-                 linear_probe=True, templates="clip_fgvc_aircraft"),
-    SuiteDataset("oxford_pets", "Pets", 37, "oxford_iiit_pet", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True,
-                 templates="clip_oxford_pets"),
-    SuiteDataset("rendered_sst2", "SST2", 2, None, {}, {"train": "train", "val": "valid", "test": "test"},
-                 linear_probe=True, templates="clip_rendered_sst2"),
-    SuiteDataset("food101", "Food101", 101, "food101", {"train": "train", "test": "validation"}, _TRAIN_TEST,
-                 linear_probe=True, templates="clip_food101"),
-    SuiteDataset("gtsrb", "GTSRB", 43, None, {}, _TRAIN_TEST, linear_probe=True, templates="clip_gtsrb"),
-    SuiteDataset("stanford_cars", "Cars", 196, "cars196", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True,
-                 templates="clip_stanford_cars"),
-    SuiteDataset("flowers102", "Flowers", 102, "oxford_flowers102",
-                 {"train": "train", "val": "validation", "test": "test"}, {"train": "train", "val": "val",
-                                                                           "test": "test"},
-                 linear_probe=True, templates="clip_flowers102"),
+  SuiteDataset(
+    "cifar10",
+    "C10",
+    10,
+    "cifar10",
+    _TRAIN_TEST,
+    _TRAIN_TEST,
+    zero_shot=True,
+    linear_probe=True,
+    templates="clip_cifar10",
+    class_names="cifar10",
+  ),
+  SuiteDataset(
+    "cifar100",
+    "C100",
+    100,
+    "cifar100",
+    _TRAIN_TEST,
+    _TRAIN_TEST,
+    zero_shot=True,
+    linear_probe=True,
+    templates="clip_cifar100",
+    class_names="cifar100",
+  ),
+  SuiteDataset(
+    "imagenet",
+    "IN1K",
+    1000,
+    "imagenet2012",
+    {"train": "train", "test": "validation"},
+    {"train": "train", "test": "val"},
+    zero_shot=True,
+    linear_probe=True,
+    templates="clip_imagenet",
+    manual_download=True,
+  ),
+  SuiteDataset(
+    "imagenet_v2", "V2", 1000, "imagenet_v2", _IMAGENET_TEST, _IMAGENET_TEST, zero_shot=True, templates="clip_imagenet"
+  ),
+  SuiteDataset(
+    "imagenet_sketch",
+    "Sketch",
+    1000,
+    "imagenet_sketch",
+    _IMAGENET_TEST,
+    _IMAGENET_TEST,
+    zero_shot=True,
+    templates="clip_imagenet",
+  ),
+  SuiteDataset(
+    "imagenet_a",
+    "A",
+    200,
+    "imagenet_a",
+    _IMAGENET_TEST,
+    _IMAGENET_TEST,
+    zero_shot=True,
+    templates="clip_imagenet",
+    class_subset="imagenet_a",
+  ),
+  SuiteDataset(
+    "imagenet_r",
+    "R",
+    200,
+    "imagenet_r",
+    _IMAGENET_TEST,
+    _IMAGENET_TEST,
+    zero_shot=True,
+    templates="clip_imagenet",
+    class_subset="imagenet_r",
+  ),
+  SuiteDataset(
+    "caltech101", "Cal101", 102, "caltech101", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True, templates="clip_caltech101"
+  ),
+  SuiteDataset("svhn", "SVHN", 10, "svhn_cropped", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True),
+  SuiteDataset("stl10", "STL10", 10, "stl10", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True, templates="clip_stl10"),
+  SuiteDataset(
+    "dtd",
+    "DTD",
+    47,
+    "dtd",
+    {"train": "train", "val": "validation", "test": "test"},
+    {"train": "train", "val": "val", "test": "test"},
+    linear_probe=True,
+    templates="clip_dtd",
+  ),
+  SuiteDataset(
+    "fgvc_aircraft",
+    "Aircraft",
+    100,
+    None,
+    {},
+    {"train": "train", "val": "val", "test": "test"},
+    linear_probe=True,
+    templates="clip_fgvc_aircraft",
+  ),
+  SuiteDataset(
+    "oxford_pets",
+    "Pets",
+    37,
+    "oxford_iiit_pet",
+    _TRAIN_TEST,
+    _TRAIN_TEST,
+    linear_probe=True,
+    templates="clip_oxford_pets",
+  ),
+  SuiteDataset(
+    "rendered_sst2",
+    "SST2",
+    2,
+    None,
+    {},
+    {"train": "train", "val": "valid", "test": "test"},
+    linear_probe=True,
+    templates="clip_rendered_sst2",
+  ),
+  SuiteDataset(
+    "food101",
+    "Food101",
+    101,
+    "food101",
+    {"train": "train", "test": "validation"},
+    _TRAIN_TEST,
+    linear_probe=True,
+    templates="clip_food101",
+  ),
+  SuiteDataset("gtsrb", "GTSRB", 43, None, {}, _TRAIN_TEST, linear_probe=True, templates="clip_gtsrb"),
+  SuiteDataset(
+    "stanford_cars", "Cars", 196, "cars196", _TRAIN_TEST, _TRAIN_TEST, linear_probe=True, templates="clip_stanford_cars"
+  ),
+  SuiteDataset(
+    "flowers102",
+    "Flowers",
+    102,
+    "oxford_flowers102",
+    {"train": "train", "val": "validation", "test": "test"},
+    {"train": "train", "val": "val", "test": "test"},
+    linear_probe=True,
+    templates="clip_flowers102",
+  ),
 )
 
 BY_KEY: dict[str, SuiteDataset] = {d.key: d for d in DATASETS}
 #: Column order of the paper's tables: zero-shot (Table 1, Table 2) and linear probe (Table 3).
 TABLE1 = ("cifar10", "cifar100", "imagenet")
 TABLE2 = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-TABLE3 = ("caltech101", "svhn", "stl10", "cifar10", "cifar100", "dtd", "fgvc_aircraft", "oxford_pets",
-          "rendered_sst2", "food101", "gtsrb", "stanford_cars", "flowers102", "imagenet")
+TABLE3 = (
+  "caltech101",
+  "svhn",
+  "stl10",
+  "cifar10",
+  "cifar100",
+  "dtd",
+  "fgvc_aircraft",
+  "oxford_pets",
+  "rendered_sst2",
+  "food101",
+  "gtsrb",
+  "stanford_cars",
+  "flowers102",
+  "imagenet",
+)
 PROMPTS = ("paper", "clip")
 
 
@@ -132,9 +252,18 @@ def _check_keys(keys: Iterable[str], what: str) -> None:
     raise unknown_choice(what, unknown[0], BY_KEY)
 
 
-def suite_evals(*, tfds_dir: str, folders: str, prompts: str = "paper", every_steps: int = 0,
-                features: str = "backbone", use_folders: Sequence[str] = (), only: Sequence[str] = (),
-                zero_shot: bool = True, linear_probe: bool = True) -> dict[str, dict[str, Any]]:
+def suite_evals(
+  *,
+  tfds_dir: str,
+  folders: str,
+  prompts: str = "paper",
+  every_steps: int = 0,
+  features: str = "backbone",
+  use_folders: Sequence[str] = (),
+  only: Sequence[str] = (),
+  zero_shot: bool = True,
+  linear_probe: bool = True,
+) -> dict[str, dict[str, Any]]:
   """The ``evals`` config section of the suite (module docstring).
 
   Args:
@@ -164,12 +293,19 @@ def suite_evals(*, tfds_dir: str, folders: str, prompts: str = "paper", every_st
       names = {"class_names": dataset.class_names} if dataset.class_names else {}
       subset = {"class_subset": dataset.class_subset} if dataset.class_subset and not from_folder else {}
       evals[zeroshot_name(dataset.key)] = {
-          **common, **names, **subset, "kind": "zeroshot",
-          "data": _source(dataset, "test", tfds_dir, folders, from_folder),
-          "templates": "paper" if prompts == "paper" else dataset.templates}
+        **common,
+        **names,
+        **subset,
+        "kind": "zeroshot",
+        "data": _source(dataset, "test", tfds_dir, folders, from_folder),
+        "templates": "paper" if prompts == "paper" else dataset.templates,
+      }
     if linear_probe and dataset.linear_probe:
       splits = dataset.folder_splits if from_folder else dataset.tfds_splits
       evals[linear_probe_name(dataset.key)] = {
-          **common, "kind": "linear_probe", "features": features,
-          **{f"{role}_data": _source(dataset, role, tfds_dir, folders, from_folder) for role in splits}}
+        **common,
+        "kind": "linear_probe",
+        "features": features,
+        **{f"{role}_data": _source(dataset, role, tfds_dir, folders, from_folder) for role in splits},
+      }
   return evals

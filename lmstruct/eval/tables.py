@@ -12,6 +12,7 @@ as in the paper.
 * Table 2: the same on ImageNet-V2, -Sketch, -A, -R;
 * Table 3: linear-probe top-1 (``acc1``) on the 14 datasets, and their average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,10 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def zero_shot_table(runs: Mapping[str, Results], keys: Sequence[str]) -> str:
   """Rows ``run | <dataset> T1 | T3 | T5 | ...`` of zero-shot top-k accuracy for the datasets ``keys``."""
   header = ["Method"] + [f"{BY_KEY[key].title} T{k}" for key in keys for k in TOP_K]
-  rows = [[label] + [_cell(_value(results, zeroshot_name(key), f"acc{k}")) for key in keys for k in TOP_K]
-          for label, results in runs.items()]
+  rows = [
+    [label] + [_cell(_value(results, zeroshot_name(key), f"acc{k}")) for key in keys for k in TOP_K]
+    for label, results in runs.items()
+  ]
   return _markdown(header, rows)
 
 
@@ -70,11 +73,16 @@ def linear_probe_table(runs: Mapping[str, Results]) -> str:
 
 def paper_tables(runs: Mapping[str, Results]) -> str:
   """The three tables (module docstring) for ``runs`` = {row label: {evaluator name: metrics}}, in that order."""
-  return "\n\n".join([
-      "Table 1: zero-shot top-k accuracy (%)\n\n" + zero_shot_table(runs, TABLE1),
-      "Table 2: zero-shot top-k accuracy (%) under natural distribution shift\n\n" + zero_shot_table(runs, TABLE2),
-      "Table 3: linear probe top-1 accuracy (%)\n\n" + linear_probe_table(runs),
-  ]) + "\n"
+  return (
+    "\n\n".join(
+      [
+        "Table 1: zero-shot top-k accuracy (%)\n\n" + zero_shot_table(runs, TABLE1),
+        "Table 2: zero-shot top-k accuracy (%) under natural distribution shift\n\n" + zero_shot_table(runs, TABLE2),
+        "Table 3: linear probe top-1 accuracy (%)\n\n" + linear_probe_table(runs),
+      ]
+    )
+    + "\n"
+  )
 
 
 def suite_evaluators() -> list[str]:
@@ -97,14 +105,18 @@ def run_results(workdir: str | pathlib.Path, step: int | None = None) -> dict[st
 def write_run_tables(workdir: str | pathlib.Path, results: Results, label: str | None = None) -> pathlib.Path | None:
   """Writes ``<workdir>/paper_tables.md`` (this run's row) and ``paper_tables.json`` when ``results`` hold any
   suite evaluator; returns the markdown path, or None."""
-  suite = {name: {key: io.finite_or_none(value) for key, value in metrics.items()}
-           for name, metrics in results.items() if name in set(suite_evaluators())}
+  suite = {
+    name: {key: io.finite_or_none(value) for key, value in metrics.items()}
+    for name, metrics in results.items()
+    if name in set(suite_evaluators())
+  }
   if not suite:
     return None
   workdir = pathlib.Path(workdir)
   label = label or workdir.resolve().name
-  (workdir / "paper_tables.json").write_text(json.dumps({"label": label, "results": suite}, indent=2,
-                                                        sort_keys=True, allow_nan=False))
+  (workdir / "paper_tables.json").write_text(
+    json.dumps({"label": label, "results": suite}, indent=2, sort_keys=True, allow_nan=False)
+  )
   path = workdir / "paper_tables.md"
   path.write_text(paper_tables({label: suite}))
   return path

@@ -4,6 +4,7 @@ Class embedding (CLIP's ensembling): for class ``c`` with prompts ``p_{c,1..T}``
 ``w_c = normalize( (1/T) sum_t normalize(f(p_{c,t})) )``. Image ``i`` scores class ``c`` by ``<zv_i, w_c>``.
 Accuracy@k uses the rank of the true class under ``lmstruct.eval.ranking`` (ties pessimistic by default).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ def ensemble_class_embeddings(prompt_embeddings: np.ndarray) -> np.ndarray:
   return l2_normalize(np.mean(l2_normalize(np.asarray(prompt_embeddings, np.float64)), axis=1))
 
 
-def encode_strings(texts: Sequence[str], tokenize: Tokenizer, encode_text: EncodeFn,
-                   batch_size: int = 256) -> np.ndarray:
+def encode_strings(
+  texts: Sequence[str], tokenize: Tokenizer, encode_text: EncodeFn, batch_size: int = 256
+) -> np.ndarray:
   """``[len(texts), D]`` text embeddings ``zt``, the same on every JAX process.
 
   ``batch_size`` is the global batch: process ``p`` of ``P`` encodes its contiguous share
@@ -37,18 +39,19 @@ def encode_strings(texts: Sequence[str], tokenize: Tokenizer, encode_text: Encod
     raise ValueError("there are no texts to encode")
   processes, index = jax.process_count(), jax.process_index()
   share, local_batch = -(-len(texts) // processes), -(-batch_size // processes)
-  mine = list(texts[index * share:(index + 1) * share])
+  mine = list(texts[index * share : (index + 1) * share])
   out = []
   for start in range(0, share, local_batch):
-    batch = mine[start:start + local_batch]
+    batch = mine[start : start + local_batch]
     tokens = np.asarray(tokenize(batch or [texts[0]]))
     tokens = np.pad(tokens, [(0, local_batch - tokens.shape[0])] + [(0, 0)] * (tokens.ndim - 1), mode="edge")
-    out.append(encode_outputs(encode_text, tokens, "zt")["zt"][:len(batch)])
+    out.append(encode_outputs(encode_text, tokens, "zt")["zt"][: len(batch)])
   return multihost.allgather_rows(np.concatenate(out, axis=0))
 
 
-def zeroshot_classifier(prompts: Sequence[Sequence[str]], tokenize: Tokenizer, encode_text: EncodeFn,
-                        batch_size: int = 256) -> np.ndarray:
+def zeroshot_classifier(
+  prompts: Sequence[Sequence[str]], tokenize: Tokenizer, encode_text: EncodeFn, batch_size: int = 256
+) -> np.ndarray:
   """``[C, D]`` class embeddings from a ``C x T`` prompt grid (``templates.build_prompts``) by prompt ensembling."""
   num_templates = len(prompts[0])
   if any(len(row) != num_templates for row in prompts):
@@ -74,8 +77,13 @@ def mean_per_class_recall(ranks: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean([np.mean(correct[labels == c]) for c in np.unique(labels)]))
 
 
-def zeroshot_metrics(zv: np.ndarray, class_embeddings: np.ndarray, labels: np.ndarray,
-                     ks: Sequence[int] = (1, 3, 5), ties: Ties = "pessimistic") -> dict[str, float]:
+def zeroshot_metrics(
+  zv: np.ndarray,
+  class_embeddings: np.ndarray,
+  labels: np.ndarray,
+  ks: Sequence[int] = (1, 3, 5),
+  ties: Ties = "pessimistic",
+) -> dict[str, float]:
   """Zero-shot metrics of image embeddings ``zv [N, D]`` against ``class_embeddings [C, D]``.
 
   Scores are ``zv @ class_embeddings.T``. Returns ``acc{k}`` = fraction of images whose true class has rank <= k

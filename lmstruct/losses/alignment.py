@@ -3,6 +3,7 @@
 The study adds λ·L_Align to the objective to shrink the modality gap, measured as the mean distance between paired
 features, (1/N) Σ_j ‖zv_j − zt_j‖.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -36,12 +37,20 @@ def gap_alignment_loss(zv: jax.Array, zt: jax.Array) -> jax.Array:
 
 
 TERMS = (
-    Term(name="alignment", role="regularizer", reads=("zv", "zt"),
-         formula=lambda f, option, draw: alignment_loss(f.zv, f.zt),
-         ring=RingForm(combine=lambda shard, option, draw: shard.mean(
-             alignment_loss(shard.local["zv"], shard.local["zt"])))),
-    Term(name="gap_alignment", role="regularizer", reads=("zv", "zt"),
-         formula=lambda f, option, draw: gap_alignment_loss(f.zv, f.zt),
-         ring=RingForm(combine=lambda shard, option, draw: shard.mean(
-             gap_alignment_loss(shard.local["zv"], shard.local["zt"])))),
+  Term(
+    name="alignment",
+    role="regularizer",
+    reads=("zv", "zt"),
+    formula=lambda f, option, draw: alignment_loss(f.zv, f.zt),
+    ring=RingForm(combine=lambda shard, option, draw: shard.mean(alignment_loss(shard.local["zv"], shard.local["zt"]))),
+  ),
+  Term(
+    name="gap_alignment",
+    role="regularizer",
+    reads=("zv", "zt"),
+    formula=lambda f, option, draw: gap_alignment_loss(f.zv, f.zt),
+    ring=RingForm(
+      combine=lambda shard, option, draw: shard.mean(gap_alignment_loss(shard.local["zv"], shard.local["zt"]))
+    ),
+  ),
 )

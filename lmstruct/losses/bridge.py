@@ -1,4 +1,5 @@
 """Brownian-bridge regulariser L_Br (paper §4.2): the augmented image lies on the bridge from image to text."""
+
 from typing import Any
 
 import jax
@@ -52,8 +53,13 @@ def _bridge_from_shard(shard: ShardView, option: float | str, draw: jax.Array) -
 
 
 TERMS = (
-    Term(name="bridge", role="regularizer", reads=("zv", "zt", "zv_aug"),
-         formula=lambda f, option, draw: brownian_bridge_loss(f.zv, f.zt, f.zv_aug, draw),
-         ring=RingForm(combine=_bridge_from_shard),
-         option=Option(key="bridge_t", default=0.25, parse=parse_bridge_time), draw=bridge_times),
+  Term(
+    name="bridge",
+    role="regularizer",
+    reads=("zv", "zt", "zv_aug"),
+    formula=lambda f, option, draw: brownian_bridge_loss(f.zv, f.zt, f.zv_aug, draw),
+    ring=RingForm(combine=_bridge_from_shard),
+    option=Option(key="bridge_t", default=0.25, parse=parse_bridge_time),
+    draw=bridge_times,
+  ),
 )

@@ -1,4 +1,5 @@
 """CLIP's symmetric InfoNCE loss (Radford et al. 2021)."""
+
 import jax
 
 from lmstruct.losses.common import cross_entropy_with_diagonal, scaled_similarity
@@ -22,7 +23,11 @@ def _clip_from_shard(shard: ShardView, option: None, draw: None) -> jax.Array:
 
 
 TERMS = (
-    Term(name="clip", role="base", reads=("zv", "zt", "logit_scale"),
-         formula=lambda f, option, draw: clip_loss(f.zv, f.zt, f.logit_scale),
-         ring=RingForm(combine=_clip_from_shard, cross_entropies=(("zv", "zt"), ("zt", "zv")))),
+  Term(
+    name="clip",
+    role="base",
+    reads=("zv", "zt", "logit_scale"),
+    formula=lambda f, option, draw: clip_loss(f.zv, f.zt, f.logit_scale),
+    ring=RingForm(combine=_clip_from_shard, cross_entropies=(("zv", "zt"), ("zt", "zv"))),
+  ),
 )

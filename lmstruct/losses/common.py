@@ -3,6 +3,7 @@
 All losses in this package take L2-normalised features of shape [N, D] and compute in float32, whatever the
 compute dtype of the model that produced them.
 """
+
 import jax
 import jax.numpy as jnp
 

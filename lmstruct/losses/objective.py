@@ -15,6 +15,7 @@ A key left out takes its default; `weights`, when given, replaces the default we
 'weights': {}}` is plain CLIP). Every term that is on, and the total, are returned as metrics (`loss/<term>` and
 `loss/total`).
 """
+
 import dataclasses
 import math
 import types
@@ -57,6 +58,7 @@ class ObjectiveConfig:
   `options` holds the keys owned by terms (their `Option`s), each parsed; construct from a config mapping with
   `from_dict`, which takes those keys at the top level, as configs write them.
   """
+
   base: str = "inmodal"
   weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: PAPER_WEIGHTS)
   impl: str = "auto"
@@ -71,14 +73,16 @@ class ObjectiveConfig:
       if name not in names("regularizer"):
         raise unknown_choice("objective.weights key", name, names("regularizer"))
     if self.impl not in IMPLS:
-      raise ValueError(f"objective.impl must be one of {list(IMPLS)}, got {self.impl!r}"
-                       f"{did_you_mean(self.impl, IMPLS)}")
+      raise ValueError(
+        f"objective.impl must be one of {list(IMPLS)}, got {self.impl!r}{did_you_mean(self.impl, IMPLS)}"
+      )
     owned = _term_options()
     for key in self.options:
       if key not in owned:
         raise self._unknown_key(key)
-    options = {key: option.parse(self.options[key] if key in self.options else option.default)
-               for key, option in owned.items()}
+    options = {
+      key: option.parse(self.options[key] if key in self.options else option.default) for key, option in owned.items()
+    }
     weights = {name: _weight(name, value) for name, value in self.weights.items()}
     object.__setattr__(self, "weights", types.MappingProxyType(weights))
     object.__setattr__(self, "options", types.MappingProxyType(options))
@@ -98,8 +102,10 @@ class ObjectiveConfig:
     for key in config:
       if key not in _FIXED_KEYS and key not in owned:
         raise cls._unknown_key(key)
-    return cls(**{key: config[key] for key in _FIXED_KEYS if key in config},
-               options={key: config[key] for key in owned if key in config})
+    return cls(
+      **{key: config[key] for key in _FIXED_KEYS if key in config},
+      options={key: config[key] for key in owned if key in config},
+    )
 
   def to_dict(self) -> dict[str, Any]:
     """The config mapping this schema reads back (term-owned keys at the top level)."""
@@ -132,7 +138,8 @@ class ObjectiveConfig:
 
 #: The objectives the paper compares (Tables 1–3) by name, as configs select them: the in-modal base L_Con alone and
 #: with each regulariser, all three (`full`, the paper's method), plain CLIP and CyCLIP.
-NAMED_OBJECTIVES: types.MappingProxyType = types.MappingProxyType({
+NAMED_OBJECTIVES: types.MappingProxyType = types.MappingProxyType(
+  {
     "full": ObjectiveConfig(base="inmodal", weights=PAPER_WEIGHTS),
     "clip": ObjectiveConfig(base="clip", weights={}),
     "inmodal": ObjectiveConfig(base="inmodal", weights={}),
@@ -140,7 +147,8 @@ NAMED_OBJECTIVES: types.MappingProxyType = types.MappingProxyType({
     "sep": ObjectiveConfig(base="inmodal", weights={"separation": 1.0}),
     "br": ObjectiveConfig(base="inmodal", weights={"bridge": 1.0}),
     "gc": ObjectiveConfig(base="inmodal", weights={"geometric": 1.0}),
-})
+  }
+)
 
 
 def named_objective(name: str, gap_alignment: float = 0.0) -> ObjectiveConfig:
@@ -157,10 +165,12 @@ def named_objective(name: str, gap_alignment: float = 0.0) -> ObjectiveConfig:
 def term_draws(config: ObjectiveConfig, batch_size: int, rng: jax.Array) -> dict[str, Draw]:
   """The per-example random inputs of every active term that draws any, over the global batch: the base draws from
   `rng`, the r-th active regulariser (by name) from `fold_in(rng, r)`."""
-  keys = {config.base: rng, **{name: jax.random.fold_in(rng, index)
-                               for index, name in enumerate(config.regularizers)}}
-  return {term.name: term.draw(config.option(term), batch_size, keys[term.name])
-          for term in config.terms if term.draw is not None}
+  keys = {config.base: rng, **{name: jax.random.fold_in(rng, index) for index, name in enumerate(config.regularizers)}}
+  return {
+    term.name: term.draw(config.option(term), batch_size, keys[term.name])
+    for term in config.terms
+    if term.draw is not None
+  }
 
 
 def check_features(features: Features, config: ObjectiveConfig) -> None:
@@ -168,12 +178,13 @@ def check_features(features: Features, config: ObjectiveConfig) -> None:
   for term in config.terms:
     missing = [name for name in term.reads if getattr(features, name) is None]
     if missing:
-      raise ValueError(f"objective term {term.name!r} reads {missing}, which the model did not produce"
-                       + (" (its independent heads are off)" if term.reads_independent_features else ""))
+      raise ValueError(
+        f"objective term {term.name!r} reads {missing}, which the model did not produce"
+        + (" (its independent heads are off)" if term.reads_independent_features else "")
+      )
 
 
-def weighted_total(values: Mapping[str, jax.Array],
-                   config: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def weighted_total(values: Mapping[str, jax.Array], config: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(L, metrics) with L = L_base + Σ_r λ_r·L_r from the terms' values; metrics hold each term and the total."""
   total = values[config.base]
   for name, weight in config.regularizers.items():
@@ -199,8 +210,9 @@ def _gathered_if_explicit(x: jax.Array | None) -> jax.Array | None:
   return x
 
 
-def compute_objective(features: Features, config: ObjectiveConfig | Mapping[str, Any],
-                      rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def compute_objective(
+  features: Features, config: ObjectiveConfig | Mapping[str, Any], rng: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L = L_base + Σ_r λ_r·L_r from each term's global formula; returns (L, metrics) with each unweighted term under
   `loss/<name>`. `config` is an ObjectiveConfig or a mapping it parses.
 

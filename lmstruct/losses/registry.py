@@ -4,6 +4,7 @@ Adding a term means writing its module (its formula, its ring form and its `Term
 naming the module in `_MODULES`; the objective config, both objective implementations, the train step and the
 tests that iterate over the registry take it from here.
 """
+
 from lmstruct.losses import alignment, bridge, clip, cyclip, geometric, inmodal, separation, sigmoid
 from lmstruct.losses.term import PairSum, Term
 
@@ -22,8 +23,9 @@ def _registry(terms: tuple[Term, ...]) -> dict[str, Term]:
     registry[term.name] = term
     if term.option is not None:
       if term.option.key in options:
-        raise ValueError(f"objective key {term.option.key!r} is owned by both {options[term.option.key]!r} and "
-                         f"{term.name!r}")
+        raise ValueError(
+          f"objective key {term.option.key!r} is owned by both {options[term.option.key]!r} and {term.name!r}"
+        )
       options[term.option.key] = term.name
     for pair_sum in term.ring.pair_sums:
       if pair_sums.setdefault(pair_sum.name, pair_sum) is not pair_sum:
@@ -37,4 +39,3 @@ TERMS: dict[str, Term] = _registry(tuple(term for module in _MODULES for term in
 def names(role: str) -> tuple[str, ...]:
   """The names of the registered terms of `role` ('base' or 'regularizer'), sorted."""
   return tuple(sorted(name for name, term in TERMS.items() if term.role == role))
-

@@ -16,6 +16,7 @@ Gradients are custom VJPs that travel the ring again: each visiting block's cota
 is shifted home after the last hop. Per-device memory is O(n·D + n²) for any P; plain autodiff through the ring loop
 would keep every visiting block for the backward pass, O(B·D) per device.
 """
+
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -34,6 +35,7 @@ BlockFn = Callable[[Tree, Tree, Tree, bool], Tree]
 # ---------------------------------------------------------------------------------------------------------------
 # The ring.
 
+
 def _shift(tree: Tree, axis_name: AxisName, axis_size: int) -> Tree:
   """Moves every leaf one hop along the ring: device i sends its value to device (i + 1) mod P."""
   if axis_size == 1:
@@ -42,16 +44,19 @@ def _shift(tree: Tree, axis_name: AxisName, axis_size: int) -> Tree:
   return jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), tree)
 
 
-def _over_arriving_blocks(step: Callable[[Tree, Tree], tuple[Tree, Tree]], carry: Tree, travel: Tree,
-                          axis_name: AxisName, axis_size: int) -> tuple[Tree, Tree]:
+def _over_arriving_blocks(
+  step: Callable[[Tree, Tree], tuple[Tree, Tree]], carry: Tree, travel: Tree, axis_name: AxisName, axis_size: int
+) -> tuple[Tree, Tree]:
   """For hops r = 1 … P − 1: travel ← shift(travel), then (carry, travel) ← step(carry, travel).
 
   `travel` starts as this device's own block, so at hop r it holds the block of device i − r; at the end it holds
   the block of device i + 1, one hop short of home.
   """
+
   def body(_, state):
     carry, travel = state
     return step(carry, _shift(travel, axis_name, axis_size))
+
   return jax.lax.fori_loop(1, axis_size, body, (carry, travel))
 
 
@@ -60,14 +65,16 @@ def _add(a: Tree, b: Tree) -> Tree:
   return jax.tree.map(jnp.add, a, b)
 
 
-def _ring_block_sums_grad(block_fn: BlockFn, rows: Tree, cols: Tree, params: Tree, cotangent: Tree,
-                          axis_name: AxisName, axis_size: int) -> tuple[Tree, Tree, Tree]:
+def _ring_block_sums_grad(
+  block_fn: BlockFn, rows: Tree, cols: Tree, params: Tree, cotangent: Tree, axis_name: AxisName, axis_size: int
+) -> tuple[Tree, Tree, Tree]:
   """The VJP of S = Σ_r block_fn(rows, cols_{i−r}, params, own=(r = 0)) on every device, summed over devices.
 
   Returns (∂/∂rows, ∂/∂cols, ∂/∂params) of Σ_devices ⟨cotangent, S⟩ on this device: the row and parameter
   cotangents are accumulated locally, each column block's cotangent is accumulated by every device it visits and
   is shifted home after the last hop. The parameter cotangent is this device's share (the caller's pcast psums it).
   """
+
   def block_vjp(cols_block, own):
     _, vjp = jax.vjp(lambda r, c, p: block_fn(r, c, p, own), rows, cols_block, params)
     return vjp(cotangent)
@@ -78,22 +85,26 @@ def _ring_block_sums_grad(block_fn: BlockFn, rows: Tree, cols: Tree, params: Tre
     return _add(acc, (d_rows, d_params)), (block, _add(d_block, d_cols))
 
   d_rows, d_cols, d_params = block_vjp(cols, True)
-  (d_rows, d_params), (_, d_cols) = _over_arriving_blocks(step, (d_rows, d_params), (cols, d_cols), axis_name,
-                                                          axis_size)
+  (d_rows, d_params), (_, d_cols) = _over_arriving_blocks(
+    step, (d_rows, d_params), (cols, d_cols), axis_name, axis_size
+  )
   return d_rows, _shift(d_cols, axis_name, axis_size), d_params
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
-def ring_block_sums(block_fn: BlockFn, rows: Tree, cols: Tree, params: Tree, axis_name: AxisName,
-                    axis_size: int) -> Tree:
+def ring_block_sums(
+  block_fn: BlockFn, rows: Tree, cols: Tree, params: Tree, axis_name: AxisName, axis_size: int
+) -> Tree:
   """S_i = Σ_{r=0}^{P−1} block_fn(rows_i, cols_{i−r}, params, own=(r = 0)): device i's share of a sum over all pairs.
 
   Call inside `shard_map`; `rows` and `cols` are this device's shards, `params` must be varying over `axis_name`
   (`jax.lax.pcast(p, axis_name, to='varying')`), and `block_fn` returns a pytree of sums over one n×n block (its
   `own` flag is True only for the block on the diagonal of the global grid). psum the result for the global sum.
   """
+
   def step(total, block):
     return _add(total, block_fn(rows, block, params, False)), block
+
   total, _ = _over_arriving_blocks(step, block_fn(rows, cols, params, True), cols, axis_name, axis_size)
   return total
 
@@ -112,10 +123,11 @@ ring_block_sums.defvjp(_ring_block_sums_fwd, _ring_block_sums_bwd)
 
 class _RowStats(NamedTuple):
   """Softmax statistics of rows x_j· = s·⟨a_j, b_·⟩ over the global batch, relative to the running max m_j."""
-  max: jax.Array            # m_j = max_k x_jk
-  target_mass: jax.Array    # exp(x_jj − m_j)
-  other_mass: jax.Array     # Σ_{k≠j} exp(x_jk − m_j)
-  target_logit: jax.Array   # x_jj
+
+  max: jax.Array  # m_j = max_k x_jk
+  target_mass: jax.Array  # exp(x_jj − m_j)
+  other_mass: jax.Array  # Σ_{k≠j} exp(x_jk − m_j)
+  target_logit: jax.Array  # x_jj
 
 
 def _own_block_stats(logits: jax.Array) -> _RowStats:
@@ -135,9 +147,11 @@ def _add_block(stats: _RowStats, logits: jax.Array) -> _RowStats:
   return _RowStats(new_max, stats.target_mass * rescale, other, stats.target_logit)
 
 
-def _ring_row_stats(rows: tuple[jax.Array, ...], cols: tuple[jax.Array, ...], scale: jax.Array,
-                    axis_name: AxisName, axis_size: int) -> tuple[_RowStats, ...]:
+def _ring_row_stats(
+  rows: tuple[jax.Array, ...], cols: tuple[jax.Array, ...], scale: jax.Array, axis_name: AxisName, axis_size: int
+) -> tuple[_RowStats, ...]:
   """For each pair (A, B), the softmax statistics of x = s·A·Bᵀ over all global columns, in one trip of B."""
+
   def step(stats, blocks):
     return tuple(_add_block(st, scale * (a @ b.T)) for st, a, b in zip(stats, rows, blocks)), blocks
 
@@ -152,8 +166,9 @@ def _row_cross_entropy(stats: _RowStats) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def ring_cross_entropy(rows: tuple[jax.Array, ...], cols: tuple[jax.Array, ...], scale: jax.Array,
-                       axis_name: AxisName, axis_size: int) -> tuple[jax.Array, ...]:
+def ring_cross_entropy(
+  rows: tuple[jax.Array, ...], cols: tuple[jax.Array, ...], scale: jax.Array, axis_name: AxisName, axis_size: int
+) -> tuple[jax.Array, ...]:
   """For each pair (A, B) of `rows`, `cols`: ℓ_j = log Σ_k exp(x_jk) − x_jj with x = s·A·Bᵀ, k over the global batch.
 
   The per-row InfoNCE loss with row j's own column as target. Call inside `shard_map` with this device's shards
@@ -199,26 +214,39 @@ ring_cross_entropy.defvjp(_ring_cross_entropy_fwd, _ring_cross_entropy_bwd)
 # ---------------------------------------------------------------------------------------------------------------
 # The objective: each active term's ring form (losses/term.py) from the global statistics it needs.
 
-def _global_cross_entropies(pairs: tuple[tuple[str, str], ...], local: Mapping[str, jax.Array], scale: jax.Array,
-                            axis_name: AxisName, axis_size: int,
-                            batch_size: int) -> dict[tuple[str, str], jax.Array]:
+
+def _global_cross_entropies(
+  pairs: tuple[tuple[str, str], ...],
+  local: Mapping[str, jax.Array],
+  scale: jax.Array,
+  axis_name: AxisName,
+  axis_size: int,
+  batch_size: int,
+) -> dict[tuple[str, str], jax.Array]:
   """CE(s·A·Bᵀ) = (1/B) Σ_j ℓ_j for each named pair (A, B), over the global batch, in one trip around the ring."""
   if not pairs:
     return {}
-  losses = ring_cross_entropy(tuple(local[a] for a, _ in pairs), tuple(local[b] for _, b in pairs), scale,
-                              axis_name, axis_size)
+  losses = ring_cross_entropy(
+    tuple(local[a] for a, _ in pairs), tuple(local[b] for _, b in pairs), scale, axis_name, axis_size
+  )
   local_sums = {pair: jnp.sum(row_losses) for pair, row_losses in zip(pairs, losses)}
   return {pair: value / batch_size for pair, value in jax.lax.psum(local_sums, axis_name).items()}
 
 
-def _block_sums(pair_sums: tuple[PairSum, ...], rows: Tree, cols: Tree, params: Tree,
-                own: bool) -> dict[str, jax.Array]:
+def _block_sums(
+  pair_sums: tuple[PairSum, ...], rows: Tree, cols: Tree, params: Tree, own: bool
+) -> dict[str, jax.Array]:
   """{name: its sum over one block} for each pair sum."""
   return {pair_sum.name: pair_sum.block(rows, cols, params, own) for pair_sum in pair_sums}
 
 
-def _global_pair_sums(pair_sums: tuple[PairSum, ...], local: Mapping[str, jax.Array], params: Mapping[str, jax.Array],
-                      axis_name: AxisName, axis_size: int) -> dict[str, jax.Array]:
+def _global_pair_sums(
+  pair_sums: tuple[PairSum, ...],
+  local: Mapping[str, jax.Array],
+  params: Mapping[str, jax.Array],
+  axis_name: AxisName,
+  axis_size: int,
+) -> dict[str, jax.Array]:
   """Σ_j Σ_k over the global batch for each pair sum, in one trip of the features they visit around the ring."""
   if not pair_sums:
     return {}
@@ -233,21 +261,30 @@ def _draw_key(term: Term) -> str:
   return f"draw/{term.name}"
 
 
-def _objective_on_device(local: dict[str, jax.Array], params: dict[str, jax.Array], *, config: ObjectiveConfig,
-                         axis_name: AxisName, axis_size: int, batch_size: int) -> dict[str, jax.Array]:
+def _objective_on_device(
+  local: dict[str, jax.Array],
+  params: dict[str, jax.Array],
+  *,
+  config: ObjectiveConfig,
+  axis_name: AxisName,
+  axis_size: int,
+  batch_size: int,
+) -> dict[str, jax.Array]:
   """The shard_map body: {term name: its global value}, identical on every device."""
   local = {key: jnp.asarray(value, jnp.float32) for key, value in local.items()}
-  params = {key: jax.lax.pcast(jnp.asarray(value, jnp.float32), axis_name, to="varying")
-            for key, value in params.items()}
+  params = {
+    key: jax.lax.pcast(jnp.asarray(value, jnp.float32), axis_name, to="varying") for key, value in params.items()
+  }
   terms = config.terms
   pair_sums = tuple({p.name: p for term in terms for p in term.ring.pair_sums}.values())
   pairs = tuple(dict.fromkeys(pair for term in terms for pair in term.ring.cross_entropies))
   shard = ShardView(
-      local=local,
-      pair_sums=_global_pair_sums(pair_sums, local, params, axis_name, axis_size),
-      cross_entropy=_global_cross_entropies(pairs, local, params["logit_scale"], axis_name, axis_size, batch_size),
-      batch_size=batch_size,
-      axis_name=axis_name)
+    local=local,
+    pair_sums=_global_pair_sums(pair_sums, local, params, axis_name, axis_size),
+    cross_entropy=_global_cross_entropies(pairs, local, params["logit_scale"], axis_name, axis_size, batch_size),
+    batch_size=batch_size,
+    axis_name=axis_name,
+  )
   return {term.name: term.ring.combine(shard, config.option(term), local.get(_draw_key(term))) for term in terms}
 
 
@@ -259,8 +296,13 @@ def _laid_out(tree: Tree, mesh: Mesh, spec: P) -> Tree:
   return tree
 
 
-def compute_objective_ring(features: Features, config: ObjectiveConfig | Mapping[str, Any], rng: jax.Array,
-                           mesh: Mesh, data_axis: AxisName = "data") -> tuple[jax.Array, dict[str, jax.Array]]:
+def compute_objective_ring(
+  features: Features,
+  config: ObjectiveConfig | Mapping[str, Any],
+  rng: jax.Array,
+  mesh: Mesh,
+  data_axis: AxisName = "data",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L = L_base + Σ_r λ_r·L_r over the global batch, as `compute_objective`, from each term's ring form, computed
   ring-sharded over `data_axis`.
 
@@ -286,16 +328,20 @@ def compute_objective_ring(features: Features, config: ObjectiveConfig | Mapping
     raise ValueError(f"global batch {batch_size} is not divisible by the {axis_size} devices of axis {data_axis!r}")
 
   scalars = feature_fields("scalar")
-  local = {name: getattr(features, name) for name in feature_fields()
-           if name not in scalars and getattr(features, name) is not None}
+  local = {
+    name: getattr(features, name)
+    for name in feature_fields()
+    if name not in scalars and getattr(features, name) is not None
+  }
   draws = term_draws(config, batch_size, rng)
   for term in config.terms:
     if term.name in draws:
       local[_draw_key(term)] = jnp.broadcast_to(jnp.asarray(draws[term.name], jnp.float32), (batch_size,))
   params = {name: getattr(features, name) for name in scalars if getattr(features, name) is not None}
 
-  body = functools.partial(_objective_on_device, config=config, axis_name=data_axis, axis_size=axis_size,
-                           batch_size=batch_size)
+  body = functools.partial(
+    _objective_on_device, config=config, axis_name=data_axis, axis_size=axis_size, batch_size=batch_size
+  )
   local, params = _laid_out(local, mesh, P(data_axis)), _laid_out(params, mesh, P())
   values = jax.shard_map(body, mesh=mesh, in_specs=(P(data_axis), P()), out_specs=P())(local, params)
   return weighted_total(values, config)

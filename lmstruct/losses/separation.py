@@ -1,4 +1,5 @@
 """Deep feature separation L_Sep (paper §4.1): independent features that are orthogonal, contrastive and uniform."""
+
 import jax
 import jax.numpy as jnp
 
@@ -12,16 +13,18 @@ def orthogonality_loss(zv: jax.Array, zt: jax.Array, zv_ind: jax.Array, zt_ind: 
   return jnp.mean(jnp.sum(zv * zv_ind, -1) ** 2 + jnp.sum(zt * zt_ind, -1) ** 2)
 
 
-def independent_contrastive_loss(zv_ind: jax.Array, zt_ind: jax.Array, zv_ind_aug: jax.Array,
-                                 zt_ind_aug: jax.Array, logit_scale: jax.Array) -> jax.Array:
+def independent_contrastive_loss(
+  zv_ind: jax.Array, zt_ind: jax.Array, zv_ind_aug: jax.Array, zt_ind_aug: jax.Array, logit_scale: jax.Array
+) -> jax.Array:
   """L_con_i = CE(s·Zv_ind·Zv_ind_augᵀ) + CE(s·Zt_ind·Zt_ind_augᵀ).
 
   Reading of the paper: its numerator ⟨z_i_Vj, z_i_Vj⟩ is a self-similarity (a constant for unit vectors), a typo;
   the positive is the independent feature of the same example's augmented view and the negatives are the other
   examples' augmented independent features.
   """
-  return (cross_entropy_with_diagonal(scaled_similarity(zv_ind, zv_ind_aug, logit_scale))
-          + cross_entropy_with_diagonal(scaled_similarity(zt_ind, zt_ind_aug, logit_scale)))
+  return cross_entropy_with_diagonal(scaled_similarity(zv_ind, zv_ind_aug, logit_scale)) + cross_entropy_with_diagonal(
+    scaled_similarity(zt_ind, zt_ind_aug, logit_scale)
+  )
 
 
 def gaussian_potential_between(a: jax.Array, b: jax.Array, t: float = 2.0) -> jax.Array:
@@ -45,18 +48,30 @@ def independent_uniformity_loss(zv_ind: jax.Array, zt_ind: jax.Array, t: float =
   return jnp.log((gaussian_potential_sum(zv_ind, t) + gaussian_potential_sum(zt_ind, t)) / (n * n))
 
 
-def separation_loss(zv: jax.Array, zt: jax.Array, zv_ind: jax.Array, zt_ind: jax.Array, zv_ind_aug: jax.Array,
-                    zt_ind_aug: jax.Array, logit_scale: jax.Array) -> jax.Array:
+def separation_loss(
+  zv: jax.Array,
+  zt: jax.Array,
+  zv_ind: jax.Array,
+  zt_ind: jax.Array,
+  zv_ind_aug: jax.Array,
+  zt_ind_aug: jax.Array,
+  logit_scale: jax.Array,
+) -> jax.Array:
   """L_Sep = L_ortho + L_con_i + L_uni_i (unit weights inside, as in the paper)."""
-  return (orthogonality_loss(zv, zt, zv_ind, zt_ind)
-          + independent_contrastive_loss(zv_ind, zt_ind, zv_ind_aug, zt_ind_aug, logit_scale)
-          + independent_uniformity_loss(zv_ind, zt_ind))
+  return (
+    orthogonality_loss(zv, zt, zv_ind, zt_ind)
+    + independent_contrastive_loss(zv_ind, zt_ind, zv_ind_aug, zt_ind_aug, logit_scale)
+    + independent_uniformity_loss(zv_ind, zt_ind)
+  )
 
 
 def _potential_pairs(key: str) -> PairSum:
   """Σ_j Σ_k G(z_j, z_k) over the global batch for z = features[key], block by block."""
-  return PairSum(name=f"gaussian_potential_{key}", visiting=(key,),
-                 block=lambda rows, cols, params, own: gaussian_potential_between(rows[key], cols[key]))
+  return PairSum(
+    name=f"gaussian_potential_{key}",
+    visiting=(key,),
+    block=lambda rows, cols, params, own: gaussian_potential_between(rows[key], cols[key]),
+  )
 
 
 def _separation_from_shard(shard: ShardView, option: None, draw: None) -> jax.Array:
@@ -65,16 +80,22 @@ def _separation_from_shard(shard: ShardView, option: None, draw: None) -> jax.Ar
   f, ce, sums = shard.local, shard.cross_entropy, shard.pair_sums
   orthogonality = shard.mean(orthogonality_loss(f["zv"], f["zt"], f["zv_ind"], f["zt_ind"]))
   potential = sums["gaussian_potential_zv_ind"] + sums["gaussian_potential_zt_ind"]
-  uniformity = jnp.log(potential / shard.batch_size ** 2)
+  uniformity = jnp.log(potential / shard.batch_size**2)
   return orthogonality + ce["zv_ind", "zv_ind_aug"] + ce["zt_ind", "zt_ind_aug"] + uniformity
 
 
 TERMS = (
-    Term(name="separation", role="regularizer",
-         reads=("zv", "zt", "zv_ind", "zt_ind", "zv_ind_aug", "zt_ind_aug", "logit_scale"),
-         formula=lambda f, option, draw: separation_loss(f.zv, f.zt, f.zv_ind, f.zt_ind, f.zv_ind_aug, f.zt_ind_aug,
-                                                         f.logit_scale),
-         ring=RingForm(combine=_separation_from_shard,
-                       cross_entropies=(("zv_ind", "zv_ind_aug"), ("zt_ind", "zt_ind_aug")),
-                       pair_sums=(_potential_pairs("zv_ind"), _potential_pairs("zt_ind")))),
+  Term(
+    name="separation",
+    role="regularizer",
+    reads=("zv", "zt", "zv_ind", "zt_ind", "zv_ind_aug", "zt_ind_aug", "logit_scale"),
+    formula=lambda f, option, draw: separation_loss(
+      f.zv, f.zt, f.zv_ind, f.zt_ind, f.zv_ind_aug, f.zt_ind_aug, f.logit_scale
+    ),
+    ring=RingForm(
+      combine=_separation_from_shard,
+      cross_entropies=(("zv_ind", "zv_ind_aug"), ("zt_ind", "zt_ind_aug")),
+      pair_sums=(_potential_pairs("zv_ind"), _potential_pairs("zt_ind")),
+    ),
+  ),
 )

@@ -17,6 +17,7 @@ distributed variants next to its plain form:
 
 Every function here and in the term modules works on L2-normalised features in float32.
 """
+
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,8 +33,9 @@ Draw = float | jax.Array | None
 ROLES = ("base", "regularizer")
 
 
-def _feature(*, augmented: bool = False, independent: bool = False, scalar: bool = False,
-             required: bool = False) -> Any:
+def _feature(
+  *, augmented: bool = False, independent: bool = False, scalar: bool = False, required: bool = False
+) -> Any:
   """A Features field with its kind as metadata (the objective derives what the update must compute from it)."""
   metadata = {"augmented": augmented, "independent": independent, "scalar": scalar}
   if required:
@@ -45,6 +47,7 @@ def _feature(*, augmented: bool = False, independent: bool = False, scalar: bool
 class Features:
   """L2-normalised features of one batch: original and augmented views, shared and independent heads, and the
   learnable logit scale s and bias b (scalars, replicated on every device)."""
+
   zv: jax.Array = _feature(required=True)
   zt: jax.Array = _feature(required=True)
   logit_scale: jax.Array = _feature(scalar=True, required=True)
@@ -66,6 +69,7 @@ def feature_fields(kind: str | None = None) -> tuple[str, ...]:
 class ShardView:
   """What one device holds inside the ring objective: its rows of every feature (and of every term's draw), the
   global pair sums and InfoNCE cross-entropies of the active terms, and the global batch size B."""
+
   local: Mapping[str, jax.Array]
   pair_sums: Mapping[str, jax.Array]
   cross_entropy: Mapping[tuple[str, str], jax.Array]
@@ -82,6 +86,7 @@ class PairSum:
   """Σ_j Σ_k φ(x_j, y_k) over all pairs of the global batch, computed block by block: `block(rows, cols, params,
   own)` sums φ over one block, `visiting` names the features that travel the ring as columns. The name is its key
   in `ShardView.pair_sums`; terms that share a sum share its definition, and it is computed once."""
+
   name: str
   visiting: tuple[str, ...]
   block: PairSumBlock
@@ -91,6 +96,7 @@ class PairSum:
 class RingForm:
   """A term's ring decomposition: the global statistics it needs and `combine(shard, option, draw)`, which turns them
   (with this device's rows and its rows of the term's draw) into the term's global value, the same on every device."""
+
   combine: Callable[[ShardView, Any, jax.Array | None], jax.Array]
   cross_entropies: tuple[tuple[str, str], ...] = ()
   pair_sums: tuple[PairSum, ...] = ()
@@ -100,6 +106,7 @@ class RingForm:
 class Option:
   """A key of the `objective` config section owned by one term: its default and `parse`, which validates a config
   value (raising a one-line ValueError naming `objective.<key>`) and returns its normalised plain form."""
+
   key: str
   default: Any
   parse: Callable[[Any], Any]
@@ -108,6 +115,7 @@ class Option:
 @dataclasses.dataclass(frozen=True)
 class Term:
   """One objective term: its global formula and its ring form side by side (see the module docstring)."""
+
   name: str
   role: str
   reads: tuple[str, ...]

@@ -6,6 +6,7 @@ The layout and names follow Hugging Face's ``BertModel`` so its checkpoints map 
 ``BertEncoder(cross_attention=True)`` over text states with the image tokens as ``encoder_states``, and its masked
 language modelling uses ``BertMLMHead`` tied to ``BertEmbeddings``' word embeddings. There is no dropout.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,8 +17,8 @@ from lmstruct.models.layers import rematerialised
 LAYER_NORM_EPSILON = 1e-12
 
 BERT_SIZES: dict[str, dict[str, int]] = {
-    # name: width, layers, heads, mlp_dim, vocab_size
-    "MiniLM-L6": dict(width=384, layers=6, heads=12, mlp_dim=1536, vocab_size=30522),
+  # name: width, layers, heads, mlp_dim, vocab_size
+  "MiniLM-L6": dict(width=384, layers=6, heads=12, mlp_dim=1536, vocab_size=30522),
 }
 
 
@@ -34,6 +35,7 @@ def padding_mask(tokens: jax.Array, pad_token_id: int = 0) -> jax.Array:
 
 class BertEmbeddings(nn.Module):
   """Token ids [B, L] → LayerNorm(word + absolute position + token-type-0 embeddings) [B, L, width]."""
+
   vocab_size: int
   width: int
   max_positions: int = 512
@@ -41,8 +43,9 @@ class BertEmbeddings(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    embed = lambda n, name: nn.Embed(n, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype,
-                                     name=name)
+    embed = lambda n, name: nn.Embed(
+      n, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name=name
+    )
     self.word_embeddings = embed(self.vocab_size, "word_embeddings")
     self.position_embeddings = embed(self.max_positions, "position_embeddings")
     self.token_type_embeddings = embed(self.type_vocab_size, "token_type_embeddings")
@@ -52,8 +55,11 @@ class BertEmbeddings(nn.Module):
     length = tokens.shape[-1]
     if length > self.max_positions:
       raise ValueError(f"token sequences of length {length} exceed BERT's {self.max_positions} positions")
-    x = (self.word_embeddings(tokens) + self.position_embeddings(jnp.arange(length))[None]
-         + self.token_type_embeddings(jnp.zeros_like(tokens)))
+    x = (
+      self.word_embeddings(tokens)
+      + self.position_embeddings(jnp.arange(length))[None]
+      + self.token_type_embeddings(jnp.zeros_like(tokens))
+    )
     return self.layer_norm(x)
 
   def word_embedding_matrix(self) -> jax.Array:
@@ -64,6 +70,7 @@ class BertEmbeddings(nn.Module):
 class BertAttention(nn.Module):
   """LN(x + W_o · MultiHead(Q = x, K = V = context)): self-attention when `context` is `x`, cross-attention
   otherwise. `mask` (boolean, broadcastable to [B, heads, L_x, L_context]) is True where attention is allowed."""
+
   heads: int
   dtype: jnp.dtype = jnp.float32
 
@@ -72,7 +79,8 @@ class BertAttention(nn.Module):
     batch, length, width = x.shape
     head_dim = width // self.heads
     project = lambda source, name: nn.Dense(width, dtype=self.dtype, name=name)(source).reshape(
-        batch, source.shape[1], self.heads, head_dim)
+      batch, source.shape[1], self.heads, head_dim
+    )
     q, k, v = project(x, "query"), project(context, "key"), project(context, "value")
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
     if mask is not None:
@@ -84,14 +92,20 @@ class BertAttention(nn.Module):
 
 class BertLayer(nn.Module):
   """Self-attention → (cross-attention to `encoder_states`) → LN(x + W₂ · GELU(W₁ · x)), each post-LN."""
+
   heads: int
   mlp_dim: int
   cross_attention: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None, encoder_states: jax.Array | None = None,
-               encoder_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    encoder_states: jax.Array | None = None,
+    encoder_mask: jax.Array | None = None,
+  ) -> jax.Array:
     x = BertAttention(self.heads, self.dtype, name="attention")(x, x, mask)
     if self.cross_attention:
       if encoder_states is None:
@@ -105,6 +119,7 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
   """`layers` BertLayers over [B, L, width]; with `cross_attention`, every layer also attends to
   `encoder_states` [B, L_enc, width_enc] (masked by `encoder_mask`, True where allowed)."""
+
   layers: int
   heads: int
   mlp_dim: int
@@ -113,18 +128,25 @@ class BertEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None, encoder_states: jax.Array | None = None,
-               encoder_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    encoder_states: jax.Array | None = None,
+    encoder_mask: jax.Array | None = None,
+  ) -> jax.Array:
     layer = rematerialised(BertLayer, self.remat_policy)
     for i in range(self.layers):
       x = layer(self.heads, self.mlp_dim, self.cross_attention, self.dtype, name=f"layer_{i}")(
-          x, mask, encoder_states, encoder_mask)
+        x, mask, encoder_states, encoder_mask
+      )
     return x
 
 
 class BertMLMHead(nn.Module):
   """Hidden states [B, L, width] → vocabulary logits [B, L, vocab]: LN(GELU(Dense(h))) · Eᵀ + b, with E the word
   embedding table passed in (weights tied as in BERT)."""
+
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -138,6 +160,7 @@ class BertMLMHead(nn.Module):
 class BertTextTower(nn.Module):
   """Token ids [B, L] (zero-padded) → pooled feature [B, width]: the mean of the final hidden states over the
   non-padding tokens (`pooling='mean'`, as sentence-transformers) or the first ([CLS]) state (`pooling='cls'`)."""
+
   width: int
   layers: int
   heads: int
@@ -154,11 +177,13 @@ class BertTextTower(nn.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     if self.pooling not in ("mean", "cls"):
       raise ValueError(f"unknown BERT pooling {self.pooling!r}; valid choices: ['cls', 'mean']")
-    x = BertEmbeddings(self.vocab_size, self.width, self.max_positions, self.type_vocab_size, self.dtype,
-                       name="embeddings")(tokens)
+    x = BertEmbeddings(
+      self.vocab_size, self.width, self.max_positions, self.type_vocab_size, self.dtype, name="embeddings"
+    )(tokens)
     mask = padding_mask(tokens, self.pad_token_id)
-    x = BertEncoder(self.layers, self.heads, self.mlp_dim, remat_policy=self.remat_policy, dtype=self.dtype,
-                    name="encoder")(x, mask)
+    x = BertEncoder(
+      self.layers, self.heads, self.mlp_dim, remat_policy=self.remat_policy, dtype=self.dtype, name="encoder"
+    )(x, mask)
     if self.pooling == "cls":
       return x[:, 0]
     weights = (tokens != self.pad_token_id).astype(jnp.float32)[..., None]

@@ -9,6 +9,7 @@ The tower reads lmstruct's CLIP-normalised images and maps them to the input ran
 trained with, (255·pixel − 127) / 128. Batch norm always uses the stored statistics: the tower exists to carry
 pretrained weights, locked (LiT) or fine-tuned.
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -18,11 +19,18 @@ import jax.numpy as jnp
 from lmstruct.data.augment import CLIP_MEAN, CLIP_STD
 
 # One stage per row: (blocks, kernel size, stride of the first block, expansion ratio, output channels).
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-                (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_STAGES = (
+  (1, 3, 1, 1, 16),
+  (2, 3, 2, 6, 24),
+  (2, 5, 2, 6, 40),
+  (3, 3, 2, 6, 80),
+  (3, 5, 1, 6, 112),
+  (4, 5, 2, 6, 192),
+  (1, 3, 1, 6, 320),
+)
 
 EFFICIENTNET_SIZES: dict[str, dict] = {
-    "lite0": dict(stages=LITE0_STAGES, stem_width=32, head_width=1280),
+  "lite0": dict(stages=LITE0_STAGES, stem_width=32, head_width=1280),
 }
 
 BATCH_NORM_EPSILON = 1e-3
@@ -42,6 +50,7 @@ def from_clip_normalised(images: jax.Array) -> jax.Array:
 
 class ConvBN(nn.Module):
   """Convolution (SAME padding, no bias) → batch norm with stored statistics → optional ReLU6."""
+
   features: int
   kernel: int = 1
   stride: int = 1
@@ -51,8 +60,16 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride), padding="SAME",
-                feature_group_count=self.groups, use_bias=False, dtype=self.dtype, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      strides=(self.stride, self.stride),
+      padding="SAME",
+      feature_group_count=self.groups,
+      use_bias=False,
+      dtype=self.dtype,
+      name="conv",
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BATCH_NORM_EPSILON, dtype=self.dtype, name="bn")(x)
     return relu6(x) if self.activation else x
 
@@ -60,6 +77,7 @@ class ConvBN(nn.Module):
 class MBConv(nn.Module):
   """Inverted residual: 1×1 expansion (when `expand` > 1) → k×k depthwise (stride) → 1×1 projection, with an
   identity shortcut when the stride is 1 and the channel count is kept."""
+
   features: int
   kernel: int
   stride: int
@@ -78,6 +96,7 @@ class MBConv(nn.Module):
 
 class EfficientNetLite(nn.Module):
   """CLIP-normalised image [B, H, W, 3] → pooled feature [B, head_width]."""
+
   stages: Sequence[Sequence[int]]
   stem_width: int = 32
   head_width: int = 1280
@@ -96,4 +115,3 @@ class EfficientNetLite(nn.Module):
         index += 1
     x = ConvBN(self.head_width, dtype=self.dtype, name="head")(x)
     return x.mean(axis=(1, 2))
-

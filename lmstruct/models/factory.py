@@ -1,15 +1,16 @@
 """Builds a TwoTower model from a config: a named preset plus per-field overrides.
 
-    model.preset = 'tiny'                         # a key of PRESETS
-    model.image = {'kind': 'vit', 'size': 'tiny'} # overrides merged into the preset's image tower
-    model.text = {'size': 'tiny', 'context_length': 32}
-    model.text = {'kind': 'bert', 'size': 'MiniLM-L6'}  # text kinds: 'transformer' (CLIP's, default), 'bert'
-    model.embed_dim = 256
-    model.independent_heads = True
-    model.dtype = 'bfloat16'                       # compute dtype; parameters stay float32
-    model.remat_policy = 'none'                    # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-    model.scan_layers = False                      # scan the transformer blocks over stacked parameters
+model.preset = 'tiny'                         # a key of PRESETS
+model.image = {'kind': 'vit', 'size': 'tiny'} # overrides merged into the preset's image tower
+model.text = {'size': 'tiny', 'context_length': 32}
+model.text = {'kind': 'bert', 'size': 'MiniLM-L6'}  # text kinds: 'transformer' (CLIP's, default), 'bert'
+model.embed_dim = 256
+model.independent_heads = True
+model.dtype = 'bfloat16'                       # compute dtype; parameters stay float32
+model.remat_policy = 'none'                    # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+model.scan_layers = False                      # scan the transformer blocks over stacked parameters
 """
+
 import copy
 import dataclasses
 from collections.abc import Mapping
@@ -28,21 +29,27 @@ from lmstruct.models.two_tower import TwoTower
 from lmstruct.models.vit import VIT_SIZES, VisionTransformer
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "test": dict(image=dict(kind="vit", size="test", image_size=32), text=dict(size="test", context_length=16),
-                 embed_dim=16),
-    "test-rn": dict(image=dict(kind="resnet", size="test", image_size=32), text=dict(size="test", context_length=16),
-                    embed_dim=16),
-    "tiny": dict(image=dict(kind="vit", size="tiny", image_size=64), text=dict(size="tiny", context_length=32),
-                 embed_dim=256),
-    "RN50": dict(image=dict(kind="resnet", size="RN50", image_size=224), text=dict(size="B", activation="quick_gelu"),
-                 embed_dim=1024),
-    "ViT-B-32": dict(image=dict(kind="vit", size="B/32", image_size=224), text=dict(size="B"), embed_dim=512),
-    "ViT-B-16": dict(image=dict(kind="vit", size="B/16", image_size=224), text=dict(size="B"), embed_dim=512),
-    "ViT-L-14": dict(image=dict(kind="vit", size="L/14", image_size=224), text=dict(size="L"), embed_dim=768),
-    # LiT-style towers with pretrained weights from lmstruct.pretrained: EfficientNet-Lite0 + all-MiniLM-L6-v2.
-    "LiT-EfficientNetLite0-MiniLM": dict(image=dict(kind="efficientnet", size="lite0", image_size=224),
-                                         text=dict(kind="bert", size="MiniLM-L6", context_length=64),
-                                         embed_dim=256),
+  "test": dict(
+    image=dict(kind="vit", size="test", image_size=32), text=dict(size="test", context_length=16), embed_dim=16
+  ),
+  "test-rn": dict(
+    image=dict(kind="resnet", size="test", image_size=32), text=dict(size="test", context_length=16), embed_dim=16
+  ),
+  "tiny": dict(
+    image=dict(kind="vit", size="tiny", image_size=64), text=dict(size="tiny", context_length=32), embed_dim=256
+  ),
+  "RN50": dict(
+    image=dict(kind="resnet", size="RN50", image_size=224), text=dict(size="B", activation="quick_gelu"), embed_dim=1024
+  ),
+  "ViT-B-32": dict(image=dict(kind="vit", size="B/32", image_size=224), text=dict(size="B"), embed_dim=512),
+  "ViT-B-16": dict(image=dict(kind="vit", size="B/16", image_size=224), text=dict(size="B"), embed_dim=512),
+  "ViT-L-14": dict(image=dict(kind="vit", size="L/14", image_size=224), text=dict(size="L"), embed_dim=768),
+  # LiT-style towers with pretrained weights from lmstruct.pretrained: EfficientNet-Lite0 + all-MiniLM-L6-v2.
+  "LiT-EfficientNetLite0-MiniLM": dict(
+    image=dict(kind="efficientnet", size="lite0", image_size=224),
+    text=dict(kind="bert", size="MiniLM-L6", context_length=64),
+    embed_dim=256,
+  ),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -74,20 +81,41 @@ class TowerKind:
 
 
 IMAGE_KINDS: dict[str, TowerKind] = {
-    "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True, scan=True),
-    "resnet": TowerKind(ModifiedResNet, RESNET_SIZES, ignored_keys=("image_size", "activation"),
-                        projection_bias=True),
-    "efficientnet": TowerKind(EfficientNetLite, EFFICIENTNET_SIZES, ignored_keys=("image_size",)),
+  "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True, scan=True),
+  "resnet": TowerKind(ModifiedResNet, RESNET_SIZES, ignored_keys=("image_size", "activation"), projection_bias=True),
+  "efficientnet": TowerKind(EfficientNetLite, EFFICIENTNET_SIZES, ignored_keys=("image_size",)),
 }
 TEXT_KINDS: dict[str, TowerKind] = {
-    "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True, scan=True),
-    "bert": TowerKind(BertTextTower, BERT_SIZES, ignored_keys=("context_length",), remat=True),
+  "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True, scan=True),
+  "bert": TowerKind(BertTextTower, BERT_SIZES, ignored_keys=("context_length",), remat=True),
 }
-_MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat_policy", "scan_layers",
-               "init_logit_scale", "init_logit_bias"}
+_MODEL_KEYS = {
+  "preset",
+  "image",
+  "text",
+  "embed_dim",
+  "independent_heads",
+  "dtype",
+  "remat_policy",
+  "scan_layers",
+  "init_logit_scale",
+  "init_logit_bias",
+}
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
-_TEXT_KEYS = {"kind", "size", "context_length", "vocab_size", "eot_token_id", "activation", "width", "layers", "heads",
-              "mlp_dim", "max_positions", "pooling"}
+_TEXT_KEYS = {
+  "kind",
+  "size",
+  "context_length",
+  "vocab_size",
+  "eot_token_id",
+  "activation",
+  "width",
+  "layers",
+  "heads",
+  "mlp_dim",
+  "max_positions",
+  "pooling",
+}
 
 
 def _check_keys(given: Mapping[str, Any], valid: set[str], where: str) -> None:
@@ -122,13 +150,22 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
       kind = _lookup(kinds, name, f"model.{where}.kind")
       if kind.remat and not kind.scan:
         scannable = sorted(n for n, k in kinds.items() if k.scan)
-        raise ValueError(f"model.scan_layers=True: the {name!r} {where} tower (model.{where}.kind) has unrolled "
-                         f"layers only; {where} kinds that scan: {scannable}")
+        raise ValueError(
+          f"model.scan_layers=True: the {name!r} {where} tower (model.{where}.kind) has unrolled "
+          f"layers only; {where} kinds that scan: {scannable}"
+        )
   return resolved
 
 
-def _tower(kinds: Mapping[str, TowerKind], fields: Mapping[str, Any], default_kind: str, where: str, *,
-           layers: Mapping[str, Any], dtype: Any) -> tuple[nn.Module, TowerKind]:
+def _tower(
+  kinds: Mapping[str, TowerKind],
+  fields: Mapping[str, Any],
+  default_kind: str,
+  where: str,
+  *,
+  layers: Mapping[str, Any],
+  dtype: Any,
+) -> tuple[nn.Module, TowerKind]:
   """The tower `fields` describe: `kind` (default `default_kind`) looked up in `kinds`, its named `size` with the
   remaining fields merged over it; `layers` holds `remat_policy` and `scan_layers`."""
   fields = dict(fields)
@@ -146,10 +183,15 @@ def build_model(config: Mapping[str, Any]) -> TwoTower:
   image_tower, image_kind = _tower(IMAGE_KINDS, cfg["image"], "vit", "model.image", layers=layers, dtype=dtype)
   text_tower, _ = _tower(TEXT_KINDS, cfg["text"], "transformer", "model.text", layers=layers, dtype=dtype)
   return TwoTower(
-      image_tower=image_tower, text_tower=text_tower,
-      embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),
-      image_projection_bias=image_kind.projection_bias, init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
-      init_logit_bias=cfg.get("init_logit_bias", 0.0), dtype=dtype)
+    image_tower=image_tower,
+    text_tower=text_tower,
+    embed_dim=cfg["embed_dim"],
+    independent_heads=bool(cfg.get("independent_heads", True)),
+    image_projection_bias=image_kind.projection_bias,
+    init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
+    init_logit_bias=cfg.get("init_logit_bias", 0.0),
+    dtype=dtype,
+  )
 
 
 def input_shapes(config: Mapping[str, Any]) -> tuple[tuple[int, int, int], int]:

@@ -1,4 +1,5 @@
 """Transformer building blocks shared by the image and text towers (CLIP layout, pre-LayerNorm)."""
+
 import dataclasses
 import functools
 import string
@@ -39,8 +40,12 @@ def _product_f32_accumulate(spec_a: str, spec_b: str, spec_out: str, a: jax.Arra
   b = arrange(b, spec_b, b_order)
   nb, nf, nc = len(batch), len(free_a), len(contract)
   b_contract = [b_order.index(c) for c in contract]
-  out = lax.dot_general(a, b, ((tuple(range(nb + nf, nb + nf + nc)), tuple(b_contract)),
-                               (tuple(range(nb)), tuple(range(nb)))), preferred_element_type=jnp.float32)
+  out = lax.dot_general(
+    a,
+    b,
+    ((tuple(range(nb + nf, nb + nf + nc)), tuple(b_contract)), (tuple(range(nb)), tuple(range(nb)))),
+    preferred_element_type=jnp.float32,
+  )
   produced = batch + free_a + [c for c in b_order if c in free_b]
   out = out.astype(a.dtype)
   if produced == list(spec_out):
@@ -66,8 +71,10 @@ def _einsum_f32_accumulate_fwd(spec: str, a: jax.Array, b: jax.Array):
 def _einsum_f32_accumulate_bwd(spec: str, residuals, g: jax.Array):
   a, b = residuals
   spec_a, spec_b, out = _split_spec(spec)
-  return (_product_f32_accumulate(out, spec_b, spec_a, g.astype(a.dtype), b),
-          _product_f32_accumulate(spec_a, out, spec_b, a, g.astype(b.dtype)))
+  return (
+    _product_f32_accumulate(out, spec_b, spec_a, g.astype(a.dtype), b),
+    _product_f32_accumulate(spec_a, out, spec_b, a, g.astype(b.dtype)),
+  )
 
 
 _einsum_f32_accumulate.defvjp(_einsum_f32_accumulate_fwd, _einsum_f32_accumulate_bwd)
@@ -123,6 +130,7 @@ fan_in_normal: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "no
 class Dense(nn.Module):
   """flax.linen.Dense (same parameters, initialisers and float32 computation), whose low-precision CPU form
   accumulates in float32 as `matmul_einsum` does, bias gradient included (`_add_bias`)."""
+
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
@@ -134,7 +142,7 @@ class Dense(nn.Module):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32) if self.use_bias else None
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     if _use_f32_accumulate(inputs, kernel):
-      letters = string.ascii_lowercase[:inputs.ndim - 1]
+      letters = string.ascii_lowercase[: inputs.ndim - 1]
       y = _einsum_f32_accumulate(f"{letters}y,yz->{letters}z", inputs, kernel)
       return y if bias is None else _add_bias(y, bias)
     y = lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())))
@@ -148,6 +156,7 @@ class PatchEmbedding(nn.Module):
   use_bias=False) — same `kernel` [p, p, C, features], initialiser and float32 computation. In low precision on CPU
   the patches are gathered and multiplied with float32 accumulation (`matmul_einsum`), the same sum as the
   convolution."""
+
   features: int
   patch: int
   dtype: Dtype = jnp.float32
@@ -155,12 +164,11 @@ class PatchEmbedding(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     p = self.patch
-    kernel = self.param("kernel", nn.linear.default_kernel_init, (p, p, images.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param("kernel", nn.linear.default_kernel_init, (p, p, images.shape[-1], self.features), jnp.float32)
     images, kernel = nn.dtypes.promote_dtype(images, kernel, dtype=self.dtype)
     if _use_f32_accumulate(images, kernel):
       b, h, w, c = images.shape
-      patches = images[:, :h - h % p, :w - w % p].reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+      patches = images[:, : h - h % p, : w - w % p].reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
       patches = patches.reshape(b, h // p, w // p, p * p * c)
       return _einsum_f32_accumulate("bhwk,kd->bhwd", patches, kernel.reshape(p * p * c, self.features))
     return lax.conv_general_dilated(images, kernel, (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -178,7 +186,7 @@ def exact_gelu(x: jax.Array) -> jax.Array:
   agree to float32 rounding (≤ 1e-6 here), and XLA:CPU evaluates erf as a short rational polynomial but erfc with
   an exponential, which made the activation about 2× and its gradient about 1.3× slower (benchmarks/RESULTS.md).
   """
-  return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
+  return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype)))
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
@@ -195,6 +203,7 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 class BlockInit:
   """Kernel initialisers of a residual block's four products: packed QKV, attention output, MLP in and MLP out.
   Biases start at zero."""
+
   qkv: Initializer
   out: Initializer
   fc: Initializer
@@ -204,9 +213,13 @@ class BlockInit:
 def clip_text_block_init(width: int, layers: int) -> BlockInit:
   """CLIP's text-tower initialisation (open_clip `TextTransformer.init_parameters`), all normal:
   QKV ~ N(0, w⁻¹), attention out and MLP out ~ N(0, w⁻¹·(2L)⁻¹), MLP in ~ N(0, (2w)⁻¹)."""
-  out_std = width ** -0.5 * (2 * layers) ** -0.5
-  return BlockInit(qkv=nn.initializers.normal(width ** -0.5), out=nn.initializers.normal(out_std),
-                   fc=nn.initializers.normal((2 * width) ** -0.5), proj=nn.initializers.normal(out_std))
+  out_std = width**-0.5 * (2 * layers) ** -0.5
+  return BlockInit(
+    qkv=nn.initializers.normal(width**-0.5),
+    out=nn.initializers.normal(out_std),
+    fc=nn.initializers.normal((2 * width) ** -0.5),
+    proj=nn.initializers.normal(out_std),
+  )
 
 
 def torch_default_block_init() -> BlockInit:
@@ -223,6 +236,7 @@ class MultiHeadAttention(nn.Module):
   `qkv` has kernel [width, 3·width] (query, key, value blocks in that order, as in PyTorch's packed `in_proj`).
   The softmax is computed in float32.
   """
+
   heads: int
   dtype: Dtype = jnp.float32
   block_init: BlockInit = dataclasses.field(default_factory=torch_default_block_init)
@@ -236,7 +250,7 @@ class MultiHeadAttention(nn.Module):
     # A split (its gradient is one concatenation) rather than three index slices (three zero-padded adds).
     q, k, v = (part[:, :, 0] for part in jnp.split(qkv, 3, axis=2))
     # The 1/√d_head scale is applied to Q (B·L·D values, fused into the split) rather than to the B·H·L·L logits.
-    q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+    q = q * jnp.asarray(head_dim**-0.5, q.dtype)
     logits = matmul_einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -247,6 +261,7 @@ class MultiHeadAttention(nn.Module):
 
 class MlpBlock(nn.Module):
   """Dense(4·width) → activation → Dense(width)."""
+
   activation: str = "gelu"
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
@@ -262,6 +277,7 @@ class MlpBlock(nn.Module):
 
 class ResidualBlock(nn.Module):
   """x ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x))."""
+
   heads: int
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
@@ -270,9 +286,11 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     x = x + MultiHeadAttention(self.heads, dtype=self.dtype, block_init=self.block_init, name="attn")(
-        nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x), mask)
+      nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x), mask
+    )
     return x + MlpBlock(self.activation, dtype=self.dtype, block_init=self.block_init, name="mlp")(
-        nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x))
+      nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x)
+    )
 
 
 #: `model.remat_policy`: what a rematerialised block keeps from its forward pass for the backward pass. 'none' keeps
@@ -281,9 +299,9 @@ class ResidualBlock(nn.Module):
 #: 'dots_with_no_batch_dims_saveable' keeps only the products with the weights (not QKᵀ and AV, whose size grows with
 #: the sequence length squared).
 REMAT_POLICIES: dict[str, Callable | None] = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 REMAT_POLICY_NAMES = ("none", *REMAT_POLICIES)
 
@@ -326,6 +344,7 @@ class Transformer(nn.Module):
   `block_init`, in both layouts. `remat_policy` names what each block keeps for the backward pass
   (`REMAT_POLICIES`).
   """
+
   layers: int
   heads: int
   activation: str = "gelu"
@@ -338,10 +357,12 @@ class Transformer(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if self.scan_layers:
       block = rematerialised(_CarriedResidualBlock, self.remat_policy, prevent_cse=False)
-      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-                        length=self.layers)
-      x, _ = scanned(self.heads, self.activation, dtype=self.dtype, block_init=self.block_init,
-                     name=SCANNED_BLOCKS)(x, mask)
+      scanned = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast, length=self.layers
+      )
+      x, _ = scanned(self.heads, self.activation, dtype=self.dtype, block_init=self.block_init, name=SCANNED_BLOCKS)(
+        x, mask
+      )
       return x
     block = rematerialised(ResidualBlock, self.remat_policy)
     for i in range(self.layers):

@@ -11,6 +11,7 @@ map the leaves of block subtrees only: arrays (NumPy or JAX) are stacked or inde
 Subtrees without arrays (optax's `MaskedNode` of a frozen parameter) keep their structure; their layer count is
 taken from the parameters of the same path elsewhere in the tree.
 """
+
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
@@ -83,8 +84,9 @@ def _walk(tree: Any, path: Path, visit: Callable[[Any, Path], Any]) -> Any:
       return visited
     return {key: _walk(value, (*path, str(key)), visit) for key, value in tree.items()}
   if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-    return dataclasses.replace(tree, **{f.name: _walk(getattr(tree, f.name), (*path, f.name), visit)
-                                        for f in dataclasses.fields(tree) if f.init})
+    return dataclasses.replace(
+      tree, **{f.name: _walk(getattr(tree, f.name), (*path, f.name), visit) for f in dataclasses.fields(tree) if f.init}
+    )
   if isinstance(tree, tuple) and hasattr(tree, "_fields"):
     return type(tree)(*(_walk(value, (*path, name), visit) for name, value in zip(tree._fields, tree)))
   if isinstance(tree, (tuple, list)):
@@ -94,10 +96,12 @@ def _walk(tree: Any, path: Path, visit: Callable[[Any, Path], Any]) -> Any:
 
 def to_scanned(tree: Any) -> Any:
   """`tree` with every `{block_0: …, …, block_{L−1}: …}` replaced by `{'blocks': …}`, leaves stacked in block order."""
+
   def visit(node, path):
     if not _unrolled_blocks(node):
       return node
     return {SCANNED_BLOCKS: jax.tree.map(_stack, *(node[f"block_{i}"] for i in range(len(node))))}
+
   return _walk(tree, (), visit)
 
 
@@ -111,6 +115,7 @@ def _layer_counts(tree: Any) -> dict[Path, int]:
       if leaves:
         counts[path] = int(leaves[0].shape[0])
     return node
+
   _walk(tree, (), visit)
   return counts
 
@@ -138,6 +143,7 @@ def to_unrolled(tree: Any) -> Any:
     else:
       raise ValueError(f"cannot unroll {'/'.join(path)}: it holds no arrays to count its layers by")
     return {f"block_{i}": jax.tree.map(lambda leaf, i=i: _row(leaf, i), stacked) for i in range(layers)}
+
   return _walk(tree, (), visit)
 
 

@@ -1,4 +1,5 @@
 """The CLIP-style two-tower model with shared and independent projection heads."""
+
 import math
 
 import flax.linen as nn
@@ -34,6 +35,7 @@ class TwoTower(nn.Module):
   Every projection starts at N(0, 1/fan_in), as CLIP's (ViT `proj` and `text_projection` at width^-½, a ResNet's
   attention-pool `c_proj` at in_features^-½); biases at zero.
   """
+
   image_tower: nn.Module
   text_tower: nn.Module
   embed_dim: int
@@ -44,15 +46,15 @@ class TwoTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    dense = lambda bias, name: nn.Dense(self.embed_dim, use_bias=bias, dtype=self.dtype, name=name,
-                                        kernel_init=fan_in_normal)
+    dense = lambda bias, name: nn.Dense(
+      self.embed_dim, use_bias=bias, dtype=self.dtype, name=name, kernel_init=fan_in_normal
+    )
     self.image_projection = dense(self.image_projection_bias, "image_projection")
     self.text_projection = dense(False, "text_projection")
     if self.independent_heads:
       self.image_projection_ind = dense(self.image_projection_bias, "image_projection_ind")
       self.text_projection_ind = dense(False, "text_projection_ind")
-    self.log_logit_scale = self.param("log_logit_scale", nn.initializers.constant(math.log(self.init_logit_scale)),
-                                      ())
+    self.log_logit_scale = self.param("log_logit_scale", nn.initializers.constant(math.log(self.init_logit_scale)), ())
     self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
   def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -73,8 +75,9 @@ class TwoTower(nn.Module):
       out["zt_ind"] = l2_normalize(self.text_projection_ind(pooled).astype(jnp.float32))
     return out
 
-  def __call__(self, images: jax.Array | None = None, texts: jax.Array | None = None,
-               train: bool = False) -> dict[str, jax.Array]:
+  def __call__(
+    self, images: jax.Array | None = None, texts: jax.Array | None = None, train: bool = False
+  ) -> dict[str, jax.Array]:
     """Features of whichever modalities are given, plus `logit_scale` (clamped) and `logit_bias`."""
     if images is None and texts is None:
       raise ValueError("TwoTower needs images, texts or both")

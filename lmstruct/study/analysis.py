@@ -7,6 +7,7 @@ differences (`stats.paired_difference`), with one verdict per claim.
 Metric names used here are `evaluator/metric`, e.g. `zeroshot_shape/acc1`, `retrieval/mean_recall@1`,
 `structure/modality_gap`, `probes/size/joint/test_ce` (see `experiments.study_evals`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from lmstruct.study import stats
-from lmstruct.study.experiments import (ABLATION_OBJECTIVES, ALIGNMENT_WEIGHTS, PROBE_FEATURES, REGULARIZER_BASE,
-                                        RunSpec)
+from lmstruct.study.experiments import ABLATION_OBJECTIVES, ALIGNMENT_WEIGHTS, PROBE_FEATURES, REGULARIZER_BASE, RunSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
   """The final metrics of one run, flattened to `evaluator/metric`, and its embedding-shift curve."""
+
   spec: RunSpec
   metrics: Mapping[str, float]
   shift_curve: Mapping[str, Sequence[float]] | None = None
@@ -32,10 +33,11 @@ class RunResult:
 class LabelInfo:
   """What each modality carries about one label, in nats: I(X;Y) = H(Y) when the modality determines the label,
   0 when it carries nothing; Δp = |I(X_T;Y) − I(X_V;Y)|."""
-  source: str                # 'both', 'image', 'text' or 'none'
-  entropy: float             # H(Y), nats, from the label's empirical distribution
+
+  source: str  # 'both', 'image', 'text' or 'none'
+  entropy: float  # H(Y), nats, from the label's empirical distribution
   image_information: float  # I(X_V; Y)
-  text_information: float    # I(X_T; Y)
+  text_information: float  # I(X_T; Y)
 
   @property
   def information_gap(self) -> float:
@@ -61,9 +63,14 @@ def label_info(source: str, labels: Sequence[int]) -> LabelInfo:
 
 def _values(runs: Iterable[RunResult], objective: str, alignment: float, metric: str) -> dict[int, float]:
   """{seed: value} of `metric` over the runs of (objective, alignment) that report it."""
-  return {r.spec.seed: float(r.metrics[metric]) for r in runs
-          if r.spec.objective == objective and r.spec.alignment == alignment and metric in r.metrics
-          and math.isfinite(float(r.metrics[metric]))}
+  return {
+    r.spec.seed: float(r.metrics[metric])
+    for r in runs
+    if r.spec.objective == objective
+    and r.spec.alignment == alignment
+    and metric in r.metrics
+    and math.isfinite(float(r.metrics[metric]))
+  }
 
 
 def _summary(runs: Sequence[RunResult], objective: str, alignment: float, metric: str) -> dict | None:
@@ -71,8 +78,7 @@ def _summary(runs: Sequence[RunResult], objective: str, alignment: float, metric
   return stats.summarize([values[s] for s in sorted(values)]) if values else None
 
 
-def _paired(runs: Sequence[RunResult], method: tuple[str, float], base: tuple[str, float],
-            metric: str) -> dict | None:
+def _paired(runs: Sequence[RunResult], method: tuple[str, float], base: tuple[str, float], metric: str) -> dict | None:
   """The paired difference method − base over the seeds both have, or None when fewer than two (no interval, so no
   claim can be judged: its outcome is 'not measured')."""
   a, b = _values(runs, *method, metric), _values(runs, *base, metric)
@@ -85,13 +91,15 @@ def _paired(runs: Sequence[RunResult], method: tuple[str, float], base: tuple[st
 # --------------------------------------------------------------------------------------------------------------
 # Information gap (Theorem 3.1).
 
+
 def probe_metric(label: str, features: str, kind: str) -> str:
   """`probes/<label>/<features>/<kind>` (kind: test_ce or acc1)."""
   return f"probes/{label}/{features}/{kind}"
 
 
 INFORMATION_GAP_ARMS: tuple[tuple[str, float], ...] = tuple(
-    [("inmodal", w) for w in ALIGNMENT_WEIGHTS] + [("full", 0.0)])
+  [("inmodal", w) for w in ALIGNMENT_WEIGHTS] + [("full", 0.0)]
+)
 
 
 def arm_name(arm: tuple[str, float]) -> str:
@@ -107,21 +115,26 @@ def information_gap(runs: Sequence[RunResult], labels: Mapping[str, LabelInfo]) 
   base = INFORMATION_GAP_ARMS[0]
   table: dict = {}
   for label, info in labels.items():
-    entry = {"source": info.source, "entropy_nats": info.entropy, "delta_p_nats": info.information_gap,
-             "features": {}}
+    entry = {"source": info.source, "entropy_nats": info.entropy, "delta_p_nats": info.information_gap, "features": {}}
     for features in PROBE_FEATURES:
       ce_metric, acc_metric = probe_metric(label, features, "test_ce"), probe_metric(label, features, "acc1")
-      per_arm = {arm_name(arm): {"test_ce": _summary(runs, *arm, ce_metric), "acc1": _summary(runs, *arm, acc_metric)}
-                 for arm in INFORMATION_GAP_ARMS}
+      per_arm = {
+        arm_name(arm): {"test_ce": _summary(runs, *arm, ce_metric), "acc1": _summary(runs, *arm, acc_metric)}
+        for arm in INFORMATION_GAP_ARMS
+      }
       cost = {arm_name(arm): _paired(runs, arm, base, ce_metric) for arm in INFORMATION_GAP_ARMS[1:]}
       entry["features"][features] = {"arms": per_arm, "ce_increase_over_lambda0": cost}
     entry["verdict"] = verdict_information_gap(entry)
     table[label] = entry
-  alignment = {arm_name(arm): {m: _summary(runs, *arm, f"structure/{m}")
-                               for m in ("mean_paired_distance", "modality_gap")}
-               for arm in INFORMATION_GAP_ARMS}
-  return {"labels": table, "achieved_alignment": alignment,
-          "strongest_alignment": arm_name(INFORMATION_GAP_ARMS[len(ALIGNMENT_WEIGHTS) - 1])}
+  alignment = {
+    arm_name(arm): {m: _summary(runs, *arm, f"structure/{m}") for m in ("mean_paired_distance", "modality_gap")}
+    for arm in INFORMATION_GAP_ARMS
+  }
+  return {
+    "labels": table,
+    "achieved_alignment": alignment,
+    "strongest_alignment": arm_name(INFORMATION_GAP_ARMS[len(ALIGNMENT_WEIGHTS) - 1]),
+  }
 
 
 def verdict_information_gap(entry: Mapping) -> dict:
@@ -158,8 +171,7 @@ def verdict_information_gap(entry: Mapping) -> dict:
 # Gap study (§3.1).
 
 GAP_METRICS = ("structure/modality_gap", "structure/mean_paired_distance")
-GAP_STUDY_OUTCOMES = ("retrieval/mean_recall@1", "zeroshot_shape/acc1", "zeroshot_colour/acc1",
-                      "zeroshot_count/acc1")
+GAP_STUDY_OUTCOMES = ("retrieval/mean_recall@1", "zeroshot_shape/acc1", "zeroshot_colour/acc1", "zeroshot_count/acc1")
 
 
 def gap_study(runs: Sequence[RunResult]) -> dict:
@@ -172,23 +184,36 @@ def gap_study(runs: Sequence[RunResult]) -> dict:
     point = {"lambda": weight}
     for metric in GAP_METRICS + GAP_STUDY_OUTCOMES:
       point[metric] = _summary(runs, *arm, metric)
-    point["shift_curves"] = [dict(r.shift_curve) for r in runs if r.spec.objective == "inmodal"
-                             and r.spec.alignment == weight and r.shift_curve]
+    point["shift_curves"] = [
+      dict(r.shift_curve)
+      for r in runs
+      if r.spec.objective == "inmodal" and r.spec.alignment == weight and r.shift_curve
+    ]
     points.append(point)
   strongest = ("inmodal", ALIGNMENT_WEIGHTS[-1])
   gap_change = _paired(runs, strongest, ("inmodal", 0.0), "structure/mean_paired_distance")
   claims = []
   for metric in GAP_STUDY_OUTCOMES:
     diff = _paired(runs, strongest, ("inmodal", 0.0), metric)
-    outcome = "not measured" if diff is None else {"no difference": "reproduced", "better": "not reproduced",
-                                                     "worse": "not reproduced"}[stats.verdict(diff)]
-    claims.append({"claim": f"{metric} barely changes when forced alignment shrinks the gap", "metric": metric,
-                   "difference": diff, "outcome": outcome})
+    outcome = (
+      "not measured"
+      if diff is None
+      else {"no difference": "reproduced", "better": "not reproduced", "worse": "not reproduced"}[stats.verdict(diff)]
+    )
+    claims.append(
+      {
+        "claim": f"{metric} barely changes when forced alignment shrinks the gap",
+        "metric": metric,
+        "difference": diff,
+        "outcome": outcome,
+      }
+    )
   return {"points": points, "gap_change": gap_change, "claims": claims}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Ablation (Tables 1–3).
+
 
 def ablation_metrics(labels: Sequence[str], shots: Sequence[int]) -> list[str]:
   """Every metric the ablation tables report."""
@@ -198,15 +223,32 @@ def ablation_metrics(labels: Sequence[str], shots: Sequence[int]) -> list[str]:
     metrics += [probe_metric(label, f, "acc1") for f in ("backbone", "projected")]
     metrics += [f"probes/{label}/backbone/{k}shot_acc1" for k in shots]
   metrics += [f"retrieval/{d}_recall@{k}" for d in ("image_retrieval", "text_retrieval", "mean") for k in (1, 5, 10)]
-  metrics += [f"structure/{m}" for m in ("modality_gap", "mean_paired_distance", "cross_modal_symmetry_error",
-                                         "in_modal_symmetry_error", "bridge_residual", "uniformity_image",
-                                         "uniformity_text", "separability")]
+  metrics += [
+    f"structure/{m}"
+    for m in (
+      "modality_gap",
+      "mean_paired_distance",
+      "cross_modal_symmetry_error",
+      "in_modal_symmetry_error",
+      "bridge_residual",
+      "uniformity_image",
+      "uniformity_text",
+      "separability",
+    )
+  ]
   return metrics
 
 
 #: Metrics where smaller is better (every other one: larger is better).
-LOWER_IS_BETTER = ("test_ce", "modality_gap", "mean_paired_distance", "symmetry_error", "bridge_residual",
-                   "uniformity", "separability")
+LOWER_IS_BETTER = (
+  "test_ce",
+  "modality_gap",
+  "mean_paired_distance",
+  "symmetry_error",
+  "bridge_residual",
+  "uniformity",
+  "separability",
+)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -230,31 +272,68 @@ def paper_claims() -> list[dict]:
   claims = []
   for reg, name in (("sep", "separation"), ("br", "Brownian bridge"), ("gc", "geometric consistency")):
     for baseline in ("clip", "cyclip", REGULARIZER_BASE[reg]):
-      claims.append({"claim": f"{name} improves zero-shot top-1 over {baseline} (Tables 1–2)", "method": reg,
-                     "baseline": baseline, "metric": "mean/zeroshot_shared_acc1"})
-      claims.append({"claim": f"{name} improves linear-probe accuracy over {baseline} (Table 3)", "method": reg,
-                     "baseline": baseline, "metric": "mean/probe_backbone_acc1"})
-  claims.append({"claim": "geometric consistency makes the cross-modal similarities symmetric", "method": "gc",
-                 "baseline": "inmodal", "metric": "structure/cross_modal_symmetry_error"})
-  claims.append({"claim": "geometric consistency equalises the in-modal similarity structures", "method": "gc",
-                 "baseline": "inmodal", "metric": "structure/in_modal_symmetry_error"})
-  claims.append({"claim": "the Brownian bridge puts augmented images on the image–text bridge", "method": "br",
-                 "baseline": "inmodal", "metric": "structure/bridge_residual"})
-  claims.append({"claim": "CyCLIP performs on par with CLIP (Tables 1–3)", "method": "cyclip", "baseline": "clip",
-                 "metric": "mean/zeroshot_shared_acc1", "parity": True})
+      claims.append(
+        {
+          "claim": f"{name} improves zero-shot top-1 over {baseline} (Tables 1–2)",
+          "method": reg,
+          "baseline": baseline,
+          "metric": "mean/zeroshot_shared_acc1",
+        }
+      )
+      claims.append(
+        {
+          "claim": f"{name} improves linear-probe accuracy over {baseline} (Table 3)",
+          "method": reg,
+          "baseline": baseline,
+          "metric": "mean/probe_backbone_acc1",
+        }
+      )
+  claims.append(
+    {
+      "claim": "geometric consistency makes the cross-modal similarities symmetric",
+      "method": "gc",
+      "baseline": "inmodal",
+      "metric": "structure/cross_modal_symmetry_error",
+    }
+  )
+  claims.append(
+    {
+      "claim": "geometric consistency equalises the in-modal similarity structures",
+      "method": "gc",
+      "baseline": "inmodal",
+      "metric": "structure/in_modal_symmetry_error",
+    }
+  )
+  claims.append(
+    {
+      "claim": "the Brownian bridge puts augmented images on the image–text bridge",
+      "method": "br",
+      "baseline": "inmodal",
+      "metric": "structure/bridge_residual",
+    }
+  )
+  claims.append(
+    {
+      "claim": "CyCLIP performs on par with CLIP (Tables 1–3)",
+      "method": "cyclip",
+      "baseline": "clip",
+      "metric": "mean/zeroshot_shared_acc1",
+      "parity": True,
+    }
+  )
   return claims
 
 
-def ablation(runs: Sequence[RunResult], shared_labels: Sequence[str], all_labels: Sequence[str],
-             shots: Sequence[int]) -> dict:
+def ablation(
+  runs: Sequence[RunResult], shared_labels: Sequence[str], all_labels: Sequence[str], shots: Sequence[int]
+) -> dict:
   """Mean ± std of every metric per objective; the paired difference of each regulariser against its base and
   against CLIP; and a verdict per paper claim: 'reproduced' (significantly better), 'not reproduced' (the
   interval contains 0) or 'reversed' (significantly worse). A parity claim is reproduced when the interval
   contains 0."""
   runs = [r for r in runs if r.spec.alignment == 0.0]
   runs = mean_over(runs, [f"zeroshot_{label}/acc1" for label in shared_labels], "mean/zeroshot_shared_acc1")
-  runs = mean_over(runs, [probe_metric(label, "backbone", "acc1") for label in all_labels],
-                   "mean/probe_backbone_acc1")
+  runs = mean_over(runs, [probe_metric(label, "backbone", "acc1") for label in all_labels], "mean/probe_backbone_acc1")
   metrics = ["mean/zeroshot_shared_acc1", "mean/probe_backbone_acc1"] + ablation_metrics(all_labels, shots)
   table = {m: {obj: _summary(runs, obj, 0.0, m) for obj in ABLATION_OBJECTIVES} for m in metrics}
   table = {m: row for m, row in table.items() if any(v is not None for v in row.values())}
@@ -271,7 +350,8 @@ def ablation(runs: Sequence[RunResult], shared_labels: Sequence[str], all_labels
     elif claim.get("parity"):
       outcome = "reproduced" if stats.verdict(diff) == "no difference" else "not reproduced"
     else:
-      outcome = {"better": "reproduced", "no difference": "not reproduced",
-                 "worse": "reversed"}[stats.verdict(diff, higher_is_better(claim["metric"]))]
+      outcome = {"better": "reproduced", "no difference": "not reproduced", "worse": "reversed"}[
+        stats.verdict(diff, higher_is_better(claim["metric"]))
+      ]
     verdicts.append({**claim, "difference": diff, "outcome": outcome})
   return {"objectives": list(ABLATION_OBJECTIVES), "metrics": table, "paired": paired, "claims": verdicts}

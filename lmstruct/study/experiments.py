@@ -12,6 +12,7 @@ both):
 A run is one (objective, alignment weight, seed); runs that two experiments need (λ = 0 is the ablation's
 `inmodal`, the full objective is in both) are trained once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,10 +45,17 @@ def study_evals(split_source: Callable[[str], dict], shots: Sequence[int], probe
   test = split_source("test")
   evals = {f"zeroshot_{label}": {"kind": "zeroshot", "data": test, "label": label} for label in LABELS}
   evals["retrieval"] = {"kind": "retrieval", "data": test, "captions": 5}
-  evals["probes"] = {"kind": "label_probes", "train_data": split_source("validation"), "test_data": test,
-                     "label": list(LABELS), "features": list(PROBE_FEATURES), "shots": list(shots),
-                     "criterion": "ce", "coarse_exponents": list(probe_exponents),
-                     "refine_steps": [1.0] if len(probe_exponents) > 1 else []}
+  evals["probes"] = {
+    "kind": "label_probes",
+    "train_data": split_source("validation"),
+    "test_data": test,
+    "label": list(LABELS),
+    "features": list(PROBE_FEATURES),
+    "shots": list(shots),
+    "criterion": "ce",
+    "coarse_exponents": list(probe_exponents),
+    "refine_steps": [1.0] if len(probe_exponents) > 1 else [],
+  }
   evals["structure"] = {"kind": "structure", "data": test, "write_plots": True}
   return evals
 
@@ -55,6 +63,7 @@ def study_evals(split_source: Callable[[str], dict], shots: Sequence[int], probe
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One training run: an objective of configs/clip_scenes.py, a forced-alignment weight and a seed."""
+
   objective: str
   alignment: float
   seed: int

@@ -12,6 +12,7 @@ logit scale as `configs/lit_coco.py`, with the augmentation drawn from a finite 
 COCO-mini's val images are split by position into a validation half (early stopping: the step with the best
 mean R@1, stopping after `patience` evaluations without improvement) and a test half (reported).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,11 +46,12 @@ RETRIEVAL_KS = (1, 5, 10)
 class CachedSplit:
   """Pooled tower outputs of one split: images [N, V, Di] (view 0 plain, 1… augmented), captions
   [M, V, Dt] (variant 0 plain, 1… EDA) and the image of every caption [M]."""
+
   images: np.ndarray
   captions: np.ndarray
   caption_image: np.ndarray
 
-  def subset(self, image_indices: np.ndarray) -> "CachedSplit":
+  def subset(self, image_indices: np.ndarray) -> CachedSplit:
     """The images `image_indices` (renumbered 0…) with their captions."""
     renumber = -np.ones(self.images.shape[0], np.int64)
     renumber[image_indices] = np.arange(image_indices.size)
@@ -70,7 +72,7 @@ def _tower_functions(trainer: Trainer) -> tuple[Callable, Callable]:
 
 def _batched(fn: Callable, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
   """fn over `inputs` in batches, concatenated as float32 NumPy."""
-  return np.concatenate([np.asarray(fn(inputs[i:i + batch]), np.float32) for i in range(0, len(inputs), batch)])
+  return np.concatenate([np.asarray(fn(inputs[i : i + batch]), np.float32) for i in range(0, len(inputs), batch)])
 
 
 def cache_split(source: Any, trainer: Trainer, views: int, seed: int) -> CachedSplit:
@@ -95,8 +97,11 @@ def cache_split(source: Any, trainer: Trainer, views: int, seed: int) -> CachedS
   pooled_images = _batched(image_fn, image_array.reshape(-1, *image_array.shape[2:]))
   caption_array = np.stack(captions)
   pooled_captions = _batched(text_fn, caption_array.reshape(-1, caption_array.shape[-1]))
-  return CachedSplit(pooled_images.reshape(*image_array.shape[:2], -1),
-                     pooled_captions.reshape(*caption_array.shape[:2], -1), np.asarray(caption_image))
+  return CachedSplit(
+    pooled_images.reshape(*image_array.shape[:2], -1),
+    pooled_captions.reshape(*caption_array.shape[:2], -1),
+    np.asarray(caption_image),
+  )
 
 
 def heads_model(lit_model: TwoTower) -> TwoTower:
@@ -112,8 +117,12 @@ def sample_batch(train: CachedSplit, rng: np.random.Generator, batch: int) -> di
   views = train.images.shape[1]
   aug_view = rng.integers(1, views, size=batch) if views > 1 else np.zeros(batch, np.int64)
   aug_text = rng.integers(1, views, size=batch) if views > 1 else np.zeros(batch, np.int64)
-  return {"image": train.images[images, 0], "image_aug": train.images[images, aug_view],
-          "text": train.captions[captions, 0], "text_aug": train.captions[captions, aug_text]}
+  return {
+    "image": train.images[images, 0],
+    "image_aug": train.images[images, aug_view],
+    "text": train.captions[captions, 0],
+    "text_aug": train.captions[captions, aug_text],
+  }
 
 
 def retrieval(model: TwoTower, params: Any, split: CachedSplit) -> dict[str, float]:
@@ -122,18 +131,37 @@ def retrieval(model: TwoTower, params: Any, split: CachedSplit) -> dict[str, flo
   return retrieval_metrics(np.asarray(out["zv"]), np.asarray(out["zt"]), split.caption_image, RETRIEVAL_KS)
 
 
-def train_heads(config: ml_collections.ConfigDict, model: TwoTower, train: CachedSplit, val: CachedSplit,
-                test: CachedSplit, scale: LitScale, seed: int) -> dict[str, float]:
+def train_heads(
+  config: ml_collections.ConfigDict,
+  model: TwoTower,
+  train: CachedSplit,
+  val: CachedSplit,
+  test: CachedSplit,
+  scale: LitScale,
+  seed: int,
+) -> dict[str, float]:
   """Trains the heads with early stopping on validation mean R@1; returns the test recalls of the best step,
   with `best_step` and `val_mean_recall@1`."""
   optimizer = {**config.optimizer.to_dict(), "total_steps": scale.max_steps, "trainable": []}
   tx = make_optimizer(optimizer)
   mesh = make_mesh({"data": 1})
-  state, shardings = init_train_state(model, tx, image_shape=(train.images.shape[-1],),
-                                      context_length=train.captions.shape[-1], mesh=mesh,
-                                      rules=sharding_rules("replicate"), seed=seed)
-  step_fn = make_train_step(model, tx, objective=config.objective.to_dict(), mesh=mesh, state_shardings=shardings,
-                            learning_rate=learning_rate_schedule(optimizer))
+  state, shardings = init_train_state(
+    model,
+    tx,
+    image_shape=(train.images.shape[-1],),
+    context_length=train.captions.shape[-1],
+    mesh=mesh,
+    rules=sharding_rules("replicate"),
+    seed=seed,
+  )
+  step_fn = make_train_step(
+    model,
+    tx,
+    objective=config.objective.to_dict(),
+    mesh=mesh,
+    state_shardings=shardings,
+    learning_rate=learning_rate_schedule(optimizer),
+  )
   rng = np.random.default_rng(seed)
   best, best_step, best_params, waited = -1.0, 0, None, 0
   for step in range(1, scale.max_steps + 1):
@@ -173,9 +201,15 @@ def run_comparison(scale: LitScale, out: pathlib.Path, seeds: Sequence[int]) -> 
     config = lit_config(objective, scale.batch)
     runs[objective] = {seed: train_heads(config, model, train, val, test, scale, seed) for seed in seeds}
     logging.info("study/lit: %s %s", objective, {s: r["mean_recall@1"] for s, r in runs[objective].items()})
-  return summarize_comparison(runs, {"train_images": int(train.images.shape[0]),
-                                     "val_images": int(val.images.shape[0]), "test_images": int(test.images.shape[0]),
-                                     "augmented_views": scale.augmented_views})
+  return summarize_comparison(
+    runs,
+    {
+      "train_images": int(train.images.shape[0]),
+      "val_images": int(val.images.shape[0]),
+      "test_images": int(test.images.shape[0]),
+      "augmented_views": scale.augmented_views,
+    },
+  )
 
 
 def summarize_comparison(runs: Mapping[str, Mapping[int, Mapping[str, float]]], sizes: Mapping[str, int]) -> dict:
@@ -188,13 +222,22 @@ def summarize_comparison(runs: Mapping[str, Mapping[int, Mapping[str, float]]], 
     for baseline in sorted({REGULARIZER_BASE.get(method), "clip"} - {None, method}):
       seeds = sorted(set(runs[method]) & set(runs[baseline]))
       paired[f"{method}-{baseline}"] = {
-          m: stats.paired_difference([runs[method][s][m] for s in seeds], [runs[baseline][s][m] for s in seeds])
-          for m in metrics}
+        m: stats.paired_difference([runs[method][s][m] for s in seeds], [runs[baseline][s][m] for s in seeds])
+        for m in metrics
+      }
       if method in REGULARIZER_BASE and method != "cyclip":
         diff = paired[f"{method}-{baseline}"]["mean_recall@1"]
-        outcome = {"better": "reproduced", "no difference": "not reproduced",
-                   "worse": "reversed"}[stats.verdict(diff, higher_is_better("mean_recall@1"))]
-        claims.append({"claim": f"{method} improves retrieval over {baseline} on real photos (LiT)",
-                       "method": method, "baseline": baseline, "metric": "mean_recall@1", "difference": diff,
-                       "outcome": outcome})
+        outcome = {"better": "reproduced", "no difference": "not reproduced", "worse": "reversed"}[
+          stats.verdict(diff, higher_is_better("mean_recall@1"))
+        ]
+        claims.append(
+          {
+            "claim": f"{method} improves retrieval over {baseline} on real photos (LiT)",
+            "method": method,
+            "baseline": baseline,
+            "metric": "mean_recall@1",
+            "difference": diff,
+            "outcome": outcome,
+          }
+        )
   return {"sizes": dict(sizes), "metrics": table, "paired": paired, "claims": claims}

@@ -1,4 +1,5 @@
 """The study's figures, drawn from the analysis dicts (matplotlib, Agg backend, PNG)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -34,10 +35,17 @@ def plot_information_gap(result: Mapping, path: str | pathlib.Path, features: st
   width = 0.8 / max(len(arms), 1)
   x = np.arange(len(labels))
   for i, arm in enumerate(arms):
-    stats = [_mean_std(result["labels"][label]["features"][features]["ce_increase_over_lambda0"][arm])
-             for label in labels]
-    ax.bar(x + (i - (len(arms) - 1) / 2) * width, [m for m, _ in stats], width, yerr=[s for _, s in stats],
-           label=arm, capsize=2)
+    stats = [
+      _mean_std(result["labels"][label]["features"][features]["ce_increase_over_lambda0"][arm]) for label in labels
+    ]
+    ax.bar(
+      x + (i - (len(arms) - 1) / 2) * width,
+      [m for m, _ in stats],
+      width,
+      yerr=[s for _, s in stats],
+      label=arm,
+      capsize=2,
+    )
   delta_p = [result["labels"][label]["delta_p_nats"] for label in labels]
   ax.scatter(x, delta_p, marker="_", s=900, color="black", zorder=3, label="Δp (bound at perfect alignment)")
   ax.axhline(0.0, color="grey", lw=0.8)
@@ -47,8 +55,11 @@ def plot_information_gap(result: Mapping, path: str | pathlib.Path, features: st
   return save_figure(fig, path)
 
 
-def plot_gap_study(result: Mapping, path: str | pathlib.Path,
-                   outcomes: Sequence[str] = ("retrieval/mean_recall@1", "zeroshot_colour/acc1")) -> pathlib.Path:
+def plot_gap_study(
+  result: Mapping,
+  path: str | pathlib.Path,
+  outcomes: Sequence[str] = ("retrieval/mean_recall@1", "zeroshot_colour/acc1"),
+) -> pathlib.Path:
   """Left panels: each outcome against the mean paired distance (the paper's gap), one point per alignment
   weight (± std over seeds). Right panel: the embedding-shift curves (modality gap against retrieval R@1) of every
   run, coloured by alignment weight."""
@@ -65,8 +76,9 @@ def plot_gap_study(result: Mapping, path: str | pathlib.Path,
   ax = axes[-1]
   for colour, point in zip(colours, result["points"]):
     for i, curve in enumerate(point["shift_curves"]):
-      ax.plot(curve["gap"], curve["metric"], "-", color=colour, alpha=0.7,
-              label=f"λ={point['lambda']:g}" if i == 0 else None)
+      ax.plot(
+        curve["gap"], curve["metric"], "-", color=colour, alpha=0.7, label=f"λ={point['lambda']:g}" if i == 0 else None
+      )
   ax.set_xlabel("modality gap ‖mean zv − mean zt‖ after shifting")
   ax.set_ylabel("retrieval mean R@1")
   ax.set_title("embedding shift", fontsize=9)
@@ -81,8 +93,13 @@ def plot_ablation(result: Mapping, path: str | pathlib.Path, metrics: Sequence[s
   objectives = result["objectives"]
   for ax, metric in zip(axes, metrics):
     stats = [_mean_std(result["metrics"][metric].get(obj)) for obj in objectives]
-    ax.bar(np.arange(len(objectives)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=2,
-           color=colormaps["tab10"](np.arange(len(objectives))))
+    ax.bar(
+      np.arange(len(objectives)),
+      [m for m, _ in stats],
+      yerr=[s for _, s in stats],
+      capsize=2,
+      color=colormaps["tab10"](np.arange(len(objectives))),
+    )
     ax.set_xticks(np.arange(len(objectives)), objectives, rotation=45, fontsize=8)
     ax.set_title(metric, fontsize=8)
   return save_figure(fig, path)

@@ -7,6 +7,7 @@ re-evaluated with `lmstruct eval` and resumed: a run whose `results.json` exists
 interrupted one continues from its last checkpoint. `study.json` has the keys `information_gap`, `gap_study`,
 `ablation` (with the real-photo comparison under `ablation.real_photos`) and `meta`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,18 @@ SCENES_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip_
 def run_config(spec: experiments.RunSpec, scale: StudyScale, data_dir: str) -> ml_collections.ConfigDict:
   """The training config of one run: configs/clip_scenes.py at the preset's scale on the study's scenes, with the
   run's objective, alignment weight and seed, and the study's evaluators (`experiments.study_evals`)."""
-  arg = (f"variant={scale.variant},objective={spec.objective},align={spec.alignment!r},steps={scale.steps},"
-         f"batch={scale.batch},scenes={experiments.SCENES_PRESET},train_size={scale.train_size},"
-         f"eval_size={scale.eval_size}")
+  arg = (
+    f"variant={scale.variant},objective={spec.objective},align={spec.alignment!r},steps={scale.steps},"
+    f"batch={scale.batch},scenes={experiments.SCENES_PRESET},train_size={scale.train_size},"
+    f"eval_size={scale.eval_size}"
+  )
   overrides = {"seed": str(spec.seed), "data.data_dir": data_dir, "train.progress_bar": "off"}
   config = load_config(f"{SCENES_CONFIG}:{arg}", overrides)
   train_source = config.data.train.to_dict()
   with config.unlocked():
-    config.evals = experiments.study_evals(lambda split: {**train_source, "split": split}, scale.shots,
-                                           scale.probe_exponents)
+    config.evals = experiments.study_evals(
+      lambda split: {**train_source, "split": split}, scale.shots, scale.probe_exponents
+    )
   validate_config(config)
   return config
 
@@ -58,8 +62,7 @@ def read_run(spec: experiments.RunSpec, workdir: pathlib.Path) -> analysis.RunRe
   return analysis.RunResult(spec, flat, curve)
 
 
-def train_or_read(spec: experiments.RunSpec, scale: StudyScale, out: pathlib.Path,
-                  data_dir: str) -> analysis.RunResult:
+def train_or_read(spec: experiments.RunSpec, scale: StudyScale, out: pathlib.Path, data_dir: str) -> analysis.RunResult:
   """Reads a finished run; otherwise trains it (resuming from its checkpoints) and reads it."""
   workdir = out / "runs" / spec.name
   result = read_run(spec, workdir)
@@ -89,10 +92,12 @@ def git_commit() -> str:
   """The checkout's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
   root = pathlib.Path(__file__).resolve().parents[2]
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                            check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return commit + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
@@ -109,37 +114,62 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
   labels = scenes_label_info(run_config(runs[0], scale, data_dir))
   shared = [label for label, info in labels.items() if info.source == "both"]
   study = {
-      "information_gap": analysis.information_gap(results, labels),
-      "gap_study": analysis.gap_study(results),
-      "ablation": analysis.ablation(results, shared, list(labels), scale.shots),
+    "information_gap": analysis.information_gap(results, labels),
+    "gap_study": analysis.gap_study(results),
+    "ablation": analysis.ablation(results, shared, list(labels), scale.shots),
   }
   study["ablation"]["real_photos"] = lit.run_comparison(scale.lit, out / "lit", seed_list)
-  study["meta"] = {"preset": preset, "seeds": seed_list, "scale": scale_description(scale),
-                   "commit": git_commit(), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-                                                      f"{jax.device_count()} {jax.default_backend()} device(s)",
-                   "wall_seconds": round(time.time() - started, 1),
-                   "date": time.strftime("%Y-%m-%d", time.gmtime())}
+  study["meta"] = {
+    "preset": preset,
+    "seeds": seed_list,
+    "scale": scale_description(scale),
+    "commit": git_commit(),
+    "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+    f"{jax.device_count()} {jax.default_backend()} device(s)",
+    "wall_seconds": round(time.time() - started, 1),
+    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+  }
   out.mkdir(parents=True, exist_ok=True)
   (out / "study.json").write_text(json.dumps(study, indent=1, allow_nan=True))
   plots.plot_information_gap(study["information_gap"], out / "information_gap.png")
   plots.plot_gap_study(study["gap_study"], out / "gap_study.png")
-  plots.plot_ablation(study["ablation"], out / "ablation.png",
-                      ["mean/zeroshot_shared_acc1", "mean/probe_backbone_acc1", "retrieval/mean_recall@1",
-                       "structure/mean_paired_distance", "structure/cross_modal_symmetry_error",
-                       "structure/bridge_residual"])
+  plots.plot_ablation(
+    study["ablation"],
+    out / "ablation.png",
+    [
+      "mean/zeroshot_shared_acc1",
+      "mean/probe_backbone_acc1",
+      "retrieval/mean_recall@1",
+      "structure/mean_paired_distance",
+      "structure/cross_modal_symmetry_error",
+      "structure/bridge_residual",
+    ],
+  )
   return study
 
 
 def scale_description(scale: StudyScale) -> dict:
   """The preset's sizes as a JSON dict."""
-  return {"variant": scale.variant, "steps": scale.steps, "batch": scale.batch, "train_size": scale.train_size,
-          "eval_size": scale.eval_size}
+  return {
+    "variant": scale.variant,
+    "steps": scale.steps,
+    "batch": scale.batch,
+    "train_size": scale.train_size,
+    "eval_size": scale.eval_size,
+  }
 
 
 def main(args: argparse.Namespace) -> int:
   """`lmstruct study` (module docstring; flags parsed by `lmstruct.cli`): prints one JSON line with the output
   folder, the wall time and each claim's outcome."""
   study = run_study(args.preset, args.out, args.seeds, args.data_dir)
-  print(json.dumps({"out": str(args.out), "wall_seconds": study["meta"]["wall_seconds"],
-                    "claims": [(c["claim"], c["outcome"]) for c in study["ablation"]["claims"]]}))
+  print(
+    json.dumps(
+      {
+        "out": str(args.out),
+        "wall_seconds": study["meta"]["wall_seconds"],
+        "claims": [(c["claim"], c["outcome"]) for c in study["ablation"]["claims"]],
+      }
+    )
+  )
   return 0

@@ -13,6 +13,7 @@ d_i = A_i − B_i the same way. Its verdict, for a metric where larger is better
 
 with the roles swapped when smaller is better.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,18 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[s
   mean = float(x.mean())
   std = float(x.std(ddof=1)) if x.size > 1 else math.nan
   half = t_quantile(x.size, confidence) * std / math.sqrt(x.size) if x.size > 1 else math.nan
-  return {"mean": mean, "std": std, "n": int(x.size), "ci95": [mean - half, mean + half],
-          "values": [float(v) for v in x]}
+  return {
+    "mean": mean,
+    "std": std,
+    "n": int(x.size),
+    "ci95": [mean - half, mean + half],
+    "values": [float(v) for v in x],
+  }
 
 
-def paired_difference(method: Sequence[float], base: Sequence[float],
-                      confidence: float = CONFIDENCE) -> dict[str, float | int | list[float]]:
+def paired_difference(
+  method: Sequence[float], base: Sequence[float], confidence: float = CONFIDENCE
+) -> dict[str, float | int | list[float]]:
   """The summary (`summarize`) of d_i = method_i − base_i over seeds paired by position."""
   method, base = np.asarray(method, np.float64), np.asarray(base, np.float64)
   if method.shape != base.shape:

@@ -30,6 +30,7 @@ Across processes, each process reads its own contiguous block of every evaluatio
 the mesh and encodes only those rows; the evaluators gather the embeddings their metrics need
 (lmstruct.eval.features), so every process computes the single-process results, and process 0 writes them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,10 @@ def make_encoders(model: nn.Module, variables: Mapping[str, Any], mesh: Mesh) ->
   """
   data_axis = mesh.axis_names[0]
   if mesh.shape[data_axis] % jax.process_count():
-    raise ValueError(f"the mesh's data axis {data_axis!r} has {mesh.shape[data_axis]} devices; evaluation shards "
-                     f"its rows over the {jax.process_count()} processes, so it needs a multiple of that")
+    raise ValueError(
+      f"the mesh's data axis {data_axis!r} has {mesh.shape[data_axis]} devices; evaluation shards "
+      f"its rows over the {jax.process_count()} processes, so it needs a multiple of that"
+    )
   sharding = batch_sharding(mesh, (data_axis,))
   local_devices = mesh.shape[data_axis] // jax.process_count()
 
@@ -113,10 +116,19 @@ class EvalData:
 
   def __call__(self) -> Iterator[dict[str, Any]]:
     return itertools.chain.from_iterable(
-        pipeline.eval_pipeline(self.source, global_batch_size=self.batch_size, image_size=self.image_size,
-                               tokenize=self.tokenize, caption_index=c, augmentation=self.augmentation,
-                               augment_seed=self.augment_seed, mesh=self.mesh,
-                               data_axes=self.mesh.axis_names[:1]) for c in range(self.captions))
+      pipeline.eval_pipeline(
+        self.source,
+        global_batch_size=self.batch_size,
+        image_size=self.image_size,
+        tokenize=self.tokenize,
+        caption_index=c,
+        augmentation=self.augmentation,
+        augment_seed=self.augment_seed,
+        mesh=self.mesh,
+        data_axes=self.mesh.axis_names[:1],
+      )
+      for c in range(self.captions)
+    )
 
   @property
   def cache_key(self) -> str:
@@ -128,15 +140,21 @@ class EvalData:
 def _evaluator_class(name: str, kind: Any) -> type[Evaluator]:
   """The registered evaluator class of `kind`; a ValueError names the valid kinds and the closest one."""
   if kind not in EVALUATORS:
-    raise ValueError(f"evals.{name}.kind must be one of {sorted(EVALUATORS)}, got {kind!r}"
-                     f"{did_you_mean(str(kind), EVALUATORS)}")
+    raise ValueError(
+      f"evals.{name}.kind must be one of {sorted(EVALUATORS)}, got {kind!r}{did_you_mean(str(kind), EVALUATORS)}"
+    )
   return EVALUATORS[kind]
 
 
 def _check_entry_keys(name: str, kind: str, inputs: DataInputs, entry: Mapping[str, Any]) -> None:
   """Rejects entry keys (ENTRY_KEYS) that the evaluator's declared inputs give no use to."""
-  used = {"label": inputs.labels, "class_names": inputs.class_names or inputs.num_classes,
-          "class_subset": inputs.class_names, "captions": inputs.captions, "prepare": True}
+  used = {
+    "label": inputs.labels,
+    "class_names": inputs.class_names or inputs.num_classes,
+    "class_subset": inputs.class_names,
+    "captions": inputs.captions,
+    "prepare": True,
+  }
   for key, value in entry.items():
     if value is not None and not used[key]:
       raise ValueError(f"evals.{name}.{key} does not apply to a {kind!r} evaluator")
@@ -161,19 +179,31 @@ def _candidate_classes(name: str, subset: Any, names: Sequence[str]) -> list[int
     return None
   if isinstance(subset, str):
     if subset not in classnames.SUBSETS:
-      raise ValueError(f"evals.{name}.class_subset must be one of {list(classnames.SUBSETS)} or a list of labels, "
-                       f"got {subset!r}{did_you_mean(subset, classnames.SUBSETS)}")
+      raise ValueError(
+        f"evals.{name}.class_subset must be one of {list(classnames.SUBSETS)} or a list of labels, "
+        f"got {subset!r}{did_you_mean(subset, classnames.SUBSETS)}"
+      )
     if len(names) != len(classnames.imagenet_wnids()):
-      raise ValueError(f"evals.{name}.class_subset {subset!r} selects from the 1000 ImageNet-1K labels, but the "
-                       f"dataset has {len(names)} classes (an ImageFolder of {subset} already holds only its own "
-                       "classes: leave class_subset out)")
+      raise ValueError(
+        f"evals.{name}.class_subset {subset!r} selects from the 1000 ImageNet-1K labels, but the "
+        f"dataset has {len(names)} classes (an ImageFolder of {subset} already holds only its own "
+        "classes: leave class_subset out)"
+      )
     return list(classnames.subset_indices(subset))
   return sorted(int(c) for c in subset)
 
 
-def build_evaluators(evals: Mapping[str, Mapping[str, Any]], *, data_dir: str, batch_size: int, image_size: int,
-                     tokenize: Callable, mesh: Mesh, augment_config: Mapping[str, Any] | None = None,
-                     seed: int = 0) -> list[Evaluator]:
+def build_evaluators(
+  evals: Mapping[str, Mapping[str, Any]],
+  *,
+  data_dir: str,
+  batch_size: int,
+  image_size: int,
+  tokenize: Callable,
+  mesh: Mesh,
+  augment_config: Mapping[str, Any] | None = None,
+  seed: int = 0,
+) -> list[Evaluator]:
   """One evaluator per entry of `evals` (module docstring), fed as its class's `inputs` declare.
 
   Augmented views (for evaluators that read them) use the training augmentation of `augment_config` (the run's
@@ -194,16 +224,28 @@ def build_evaluators(evals: Mapping[str, Mapping[str, Any]], *, data_dir: str, b
       if entry["prepare"] is None:
         raise
       if entry["prepare"] not in reported:
-        log.warning("evals.%s: dataset not found, so its evaluators are skipped (%s); prepare it with: %s", name,
-                    error, entry["prepare"])
+        log.warning(
+          "evals.%s: dataset not found, so its evaluators are skipped (%s); prepare it with: %s",
+          name,
+          error,
+          entry["prepare"],
+        )
         reported.add(entry["prepare"])
       continue
     augmentation = augment.training_augmentation(augment_config) if inputs.augmented_views else None
     fields: dict[str, Any] = {"name": name}
     for field, (source, config) in opened.items():
-      fields[field] = EvalData(source, config, batch_size, image_size, mesh,
-                               tokenize=tokenize if inputs.captions else None,
-                               captions=int(entry["captions"] or 1), augmentation=augmentation, augment_seed=seed)
+      fields[field] = EvalData(
+        source,
+        config,
+        batch_size,
+        image_size,
+        mesh,
+        tokenize=tokenize if inputs.captions else None,
+        captions=int(entry["captions"] or 1),
+        augmentation=augmentation,
+        augment_seed=seed,
+      )
     first = opened[next(iter(inputs.sources.values()))][0]
     if inputs.several_labels:
       labels = list(entry["label"]) if isinstance(entry["label"], (list, tuple)) else [entry["label"]]
@@ -212,13 +254,17 @@ def build_evaluators(evals: Mapping[str, Mapping[str, Any]], *, data_dir: str, b
     elif inputs.labels:
       fields["label_key"] = sources.label_key(first, entry["label"])
     if inputs.class_names or inputs.num_classes:
-      names = (classnames.load_class_names(entry["class_names"]) if entry["class_names"] is not None
-               else sources.class_names(first, entry["label"]))
+      names = (
+        classnames.load_class_names(entry["class_names"])
+        if entry["class_names"] is not None
+        else sources.class_names(first, entry["label"])
+      )
       if inputs.num_classes:
         fields["num_classes"] = len(names)
       if inputs.class_names:
-        fields.update(class_names=names, tokenize=tokenize,
-                      candidate_classes=_candidate_classes(name, entry["class_subset"], names))
+        fields.update(
+          class_names=names, tokenize=tokenize, candidate_classes=_candidate_classes(name, entry["class_subset"], names)
+        )
         default = sources.default_templates(first, entry["label"])
         if default is not None and "templates" not in cfg:
           fields["templates"] = default

@@ -11,21 +11,50 @@ loop it can analyse; one it cannot is counted once). Per device (an SPMD program
 * `matmul_flops`: 2·M·N·K for every dot and 2·(output elements)·(kernel window)·(kernel input features) for every
   convolution; the element-wise work (a few per cent of a transformer's FLOPs) is not counted.
 """
+
 import collections
 import dataclasses
 import math
 import re
 from collections.abc import Iterator
 
-COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
-                  "collective-broadcast", "ragged-all-to-all")
-DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
-               "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-               "c128": 16, "token": 0}
+COLLECTIVE_OPS = (
+  "all-reduce",
+  "all-gather",
+  "reduce-scatter",
+  "all-to-all",
+  "collective-permute",
+  "collective-broadcast",
+  "ragged-all-to-all",
+)
+DTYPE_BYTES = {
+  "pred": 1,
+  "s4": 0.5,
+  "u4": 0.5,
+  "s8": 1,
+  "u8": 1,
+  "f8e4m3fn": 1,
+  "f8e5m2": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+  "token": 0,
+}
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>\S+) .*\{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>\S+) = (?P<type>.+?) (?P<op>[a-z][a-z0-9\-]*)\("
-                          r"(?P<operands>[^)]*)\)(?P<attrs>.*)$")
+_INSTRUCTION = re.compile(
+  r"^\s*(?:ROOT )?%(?P<name>\S+) = (?P<type>.+?) (?P<op>[a-z][a-z0-9\-]*)\("
+  r"(?P<operands>[^)]*)\)(?P<attrs>.*)$"
+)
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z]+[0-9]*[a-z0-9]*)\[(?P<dims>[0-9,]*)\]")
 _CALLEES = re.compile(r"\b(?:body|condition|to_apply|calls|true_computation|false_computation)=%(?P<name>[^\s,)}]+)")
 _BRANCHES = re.compile(r"branch_computations=\{(?P<names>[^}]*)\}")
@@ -36,6 +65,7 @@ _PAIRS = re.compile(r"source_target_pairs=\{(?P<pairs>(?:\{\d+,\d+\},?)*)\}")
 @dataclasses.dataclass(frozen=True)
 class Array:
   """One array type of an HLO instruction: element type and dimensions."""
+
   dtype: str
   dims: tuple[int, ...]
 
@@ -48,6 +78,7 @@ class Array:
 class Instruction:
   """One HLO instruction: its name, result arrays (several for a tuple), opcode, operand names, attribute text,
   its computation and how many times that computation runs per execution of the program."""
+
   name: str
   result: tuple[Array, ...]
   op: str
@@ -61,6 +92,7 @@ class Instruction:
 class Collective:
   """A collective instruction: `kind` (the HLO op name, without `-start`), its result arrays and bytes, how many
   times it runs, and for a collective-permute its (source, target) device pairs."""
+
   kind: str
   result: tuple[Array, ...]
   bytes: int
@@ -69,8 +101,9 @@ class Collective:
 
 
 def _arrays(type_text: str) -> tuple[Array, ...]:
-  return tuple(Array(m.group("dtype"), tuple(int(d) for d in m.group("dims").split(",") if d))
-               for m in _ARRAY.finditer(type_text))
+  return tuple(
+    Array(m.group("dtype"), tuple(int(d) for d in m.group("dims").split(",") if d)) for m in _ARRAY.finditer(type_text)
+  )
 
 
 def _computations(hlo_text: str) -> tuple[dict[str, list[re.Match]], str]:
@@ -126,10 +159,19 @@ def instructions(hlo_text: str) -> list[Instruction]:
       executions[name] = 1 if name == entry else sum(count(caller) * factor for caller, factor in callers[name])
     return executions[name]
 
-  return [Instruction(m.group("name"), _arrays(m.group("type")), m.group("op"),
-                      tuple(o.strip().lstrip("%") for o in m.group("operands").split(",") if o.strip()),
-                      m.group("attrs"), name, count(name))
-          for name, matches in computations.items() for m in matches]
+  return [
+    Instruction(
+      m.group("name"),
+      _arrays(m.group("type")),
+      m.group("op"),
+      tuple(o.strip().lstrip("%") for o in m.group("operands").split(",") if o.strip()),
+      m.group("attrs"),
+      name,
+      count(name),
+    )
+    for name, matches in computations.items()
+    for m in matches
+  ]
 
 
 def _pairs(attrs: str) -> tuple[tuple[int, int], ...]:

@@ -6,6 +6,7 @@ The loop body is one update; its periodic work has one named helper each: `Profi
 `run_evaluations` (evaluators that are due) and `checkpoint_due` / `Trainer.save` (checkpoints). A run that reached
 `train.steps` writes `results.json`; rerunning it finds that record (`finished_step`) and does nothing.
 """
+
 import json
 import logging
 import pathlib
@@ -15,14 +16,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-from etils import epath
 import ml_collections
 import numpy as np
+from etils import epath
 
 from lmstruct import paths
 from lmstruct.config import validate_config
 from lmstruct.data import pipeline, sources
 from lmstruct.data.tokenize import get_tokenizer
+from lmstruct.eval import tables
+from lmstruct.eval.evaluators import Evaluator
+from lmstruct.eval.registry import run_evaluators
 from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import checkpoint
@@ -31,9 +35,6 @@ from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
 from lmstruct.train.sharding import make_mesh, sharding_rules
 from lmstruct.train.step import init_train_state, make_train_step
-from lmstruct.eval import tables
-from lmstruct.eval.evaluators import Evaluator
-from lmstruct.eval.registry import run_evaluators
 
 
 class NonFiniteError(RuntimeError):
@@ -54,8 +55,7 @@ class StopRequest:
     return self
 
   def _handle(self, signum: int, frame: Any) -> None:
-    logging.warning("received %s: finishing this step, saving a checkpoint and exiting",
-                    signal.Signals(signum).name)
+    logging.warning("received %s: finishing this step, saving a checkpoint and exiting", signal.Signals(signum).name)
     self.signal = signum
 
   def __exit__(self, *exc: Any) -> None:
@@ -134,8 +134,10 @@ def nonfinite_update(metrics: Mapping[str, Any], step: int, policy: str) -> bool
   if not int(metrics["nonfinite"]):
     return False
   if policy == "stop":
-    raise NonFiniteError(f"non-finite loss or gradient at step {step}: {_nonfinite_terms(metrics)}; "
-                         "the update was rejected (set train.nonfinite='skip' to skip and count instead)")
+    raise NonFiniteError(
+      f"non-finite loss or gradient at step {step}: {_nonfinite_terms(metrics)}; "
+      "the update was rejected (set train.nonfinite='skip' to skip and count instead)"
+    )
   return True
 
 
@@ -161,8 +163,9 @@ class TrainingLog:
       self.progress.update(step)
 
 
-def run_evaluations(trainer: "Trainer", evaluators: Sequence[Evaluator], writer: MetricWriter,
-                    step: int) -> dict[str, dict[str, float]]:
+def run_evaluations(
+  trainer: "Trainer", evaluators: Sequence[Evaluator], writer: MetricWriter, step: int
+) -> dict[str, dict[str, float]]:
   """Runs `evaluators` (none: nothing) on the current parameters and writes their metrics as `eval/<name>/<key>`."""
   if not evaluators:
     return {}
@@ -176,15 +179,23 @@ def checkpoint_due(step: int, cfg: ml_collections.ConfigDict, stopping: bool) ->
   return step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
 
 
-def training_update(config: ml_collections.ConfigDict, *, model: Any, tx: Any, mesh: Any, shardings: Any,
-                    data_axes: Sequence[str]):
+def training_update(
+  config: ml_collections.ConfigDict, *, model: Any, tx: Any, mesh: Any, shardings: Any, data_axes: Sequence[str]
+):
   """The jitted update that a run of `config` trains with: `make_train_step` with the config's objective,
   learning-rate schedule, accumulation steps and trainable patterns. `lmstruct plan` compiles this same update."""
   optimizer = resolved_optimizer(config)
-  return make_train_step(model, tx, objective=ObjectiveConfig.from_dict(config.objective), mesh=mesh,
-                         state_shardings=shardings, learning_rate=learning_rate_schedule(optimizer),
-                         data_axes=data_axes, accumulation_steps=config.train.accumulation_steps,
-                         trainable=optimizer["trainable"])
+  return make_train_step(
+    model,
+    tx,
+    objective=ObjectiveConfig.from_dict(config.objective),
+    mesh=mesh,
+    state_shardings=shardings,
+    learning_rate=learning_rate_schedule(optimizer),
+    data_axes=data_axes,
+    accumulation_steps=config.train.accumulation_steps,
+    trainable=optimizer["trainable"],
+  )
 
 
 class Trainer:
@@ -205,18 +216,27 @@ class Trainer:
     tokenizer_args = {"path": config.data.tokenizer_path} if config.data.tokenizer_path else {}
     self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length, **tokenizer_args)
     self.state, self.shardings = init_train_state(
-        self.model, self.tx, image_shape=self.image_shape, context_length=self.context_length, mesh=self.mesh,
-        rules=sharding_rules(config.sharding.rules), seed=config.seed, data_axes=self.data_axes)
+      self.model,
+      self.tx,
+      image_shape=self.image_shape,
+      context_length=self.context_length,
+      mesh=self.mesh,
+      rules=sharding_rules(config.sharding.rules),
+      seed=config.seed,
+      data_axes=self.data_axes,
+    )
     if config.init.pretrained or config.init.towers:
       self._load_pretrained()
-    self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
-                                           config.train.best_metric, config.train.best_mode)
+    self.manager = checkpoint.make_manager(
+      self.workdir / "checkpoints", config.train.keep_checkpoints, config.train.best_metric, config.train.best_mode
+    )
 
   def _load_pretrained(self) -> None:
     """Overwrites the fresh initialisation with pretrained weights: a converted checkpoint (`init.pretrained`,
     from `lmstruct convert openclip`) and/or named pretrained towers (`init.towers`). Parameters the weights do
     not cover (e.g. the independent heads) keep their initialisation."""
     from lmstruct.pretrained import export, towers
+
     pretrained: dict[str, Any] = {}
     if self.config.init.pretrained:
       saved_config, pretrained = export.load_pretrained(self.config.init.pretrained)
@@ -226,8 +246,10 @@ class Trainer:
       pretrained = {kind: {**pretrained.get(kind, {}), **loaded.get(kind, {})} for kind in {*pretrained, *loaded}}
     initial = jax.device_get({"params": self.state.params, "batch_stats": self.state.batch_stats})
     merged, fresh = export.merge_pretrained(initial, pretrained)
-    self.state = self.state.replace(params=jax.device_put(merged["params"], self.shardings.params),
-                                    batch_stats=jax.device_put(merged.get("batch_stats", {}), self.shardings.batch_stats))
+    self.state = self.state.replace(
+      params=jax.device_put(merged["params"], self.shardings.params),
+      batch_stats=jax.device_put(merged.get("batch_stats", {}), self.shardings.batch_stats),
+    )
     logging.info("initialised from pretrained weights; freshly initialised: %s", fresh)
 
   def restore_latest(self) -> dict[str, Any] | None:
@@ -244,14 +266,25 @@ class Trainer:
     """Starts saving a checkpoint of the state, the data-iterator state and the config, ranked by
     `train.best_metric` when the last evaluation reported it."""
     flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
-    checkpoint.save(self.manager, self.state, data_state, self.config.to_dict(),
-                    flat if self.config.train.best_metric in flat else None)
+    checkpoint.save(
+      self.manager,
+      self.state,
+      data_state,
+      self.config.to_dict(),
+      flat if self.config.train.best_metric in flat else None,
+    )
 
   def evaluators(self) -> list:
-    return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
-                            batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
-                            tokenize=self.tokenize, mesh=self.mesh, augment_config=self.config.data.augment.to_dict(),
-                            seed=self.config.seed)
+    return build_evaluators(
+      self.config.evals.to_dict(),
+      data_dir=self.config.data.data_dir,
+      batch_size=self.config.data.eval_batch_size,
+      image_size=self.image_shape[0],
+      tokenize=self.tokenize,
+      mesh=self.mesh,
+      augment_config=self.config.data.augment.to_dict(),
+      seed=self.config.seed,
+    )
 
   def encoders(self):
     variables = {"params": self.state.params}
@@ -276,16 +309,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   writer = MetricWriter(trainer.workdir, enabled=is_main)
   writer.write_config(config.to_dict())
   batches = pipeline.train_pipeline(
-      source, tokenize=trainer.tokenize, global_batch_size=config.data.global_batch_size, seed=config.seed,
-      image_size=trainer.image_shape[0], augment_config=config.data.augment.to_dict() or None,
-      eda_config=config.data.eda.to_dict() or None, mesh=trainer.mesh, data_axes=trainer.data_axes,
-      worker_count=config.data.worker_count, read_threads=config.data.read_threads,
-      caption_choice=config.data.caption_choice)
+    source,
+    tokenize=trainer.tokenize,
+    global_batch_size=config.data.global_batch_size,
+    seed=config.seed,
+    image_size=trainer.image_shape[0],
+    augment_config=config.data.augment.to_dict() or None,
+    eda_config=config.data.eda.to_dict() or None,
+    mesh=trainer.mesh,
+    data_axes=trainer.data_axes,
+    worker_count=config.data.worker_count,
+    read_threads=config.data.read_threads,
+    caption_choice=config.data.caption_choice,
+  )
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = training_update(config, model=trainer.model, tx=trainer.tx, mesh=trainer.mesh,
-                            shardings=trainer.shardings, data_axes=trainer.data_axes)
+  step_fn = training_update(
+    config,
+    model=trainer.model,
+    tx=trainer.tx,
+    mesh=trainer.mesh,
+    shardings=trainer.shardings,
+    data_axes=trainer.data_axes,
+  )
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
   log = TrainingLog(writer, progress, cfg.log_every, cfg.steps)
@@ -317,15 +364,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                        step: int | None = None) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None
+) -> dict[str, dict[str, float]]:
   """Runs every evaluator of `config` on checkpoint `step` (default: the latest) of `workdir`."""
   step = checkpoint.saved_step(paths.as_path(workdir) / "checkpoints", step)
   trainer = Trainer(config, workdir)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
-  results = run_evaluators(trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir,
-                           only_due=False)
+  results = run_evaluators(
+    trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir, only_due=False
+  )
   if jax.process_index() == 0:
     tables.write_run_tables(trainer.workdir, results)
   trainer.manager.close()

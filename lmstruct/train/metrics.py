@@ -6,6 +6,7 @@ event-file writer instead, so no TensorFlow is needed. Files under the workdir:
 may be an object-store URL (:mod:`lmstruct.paths`): an object cannot be appended to, so there `metrics.jsonl` is
 rewritten whole at each logging step (the event writer handles URLs itself).
 """
+
 import json
 import logging
 import os
@@ -53,8 +54,11 @@ class MetricWriter:
       self._events = EventFileWriter(os.fspath(self._workdir / "tensorboard"))
       self._metrics_path = self._workdir / "metrics.jsonl"
       self._rewrite = paths.is_url(self._workdir)
-      self._lines = self._metrics_path.read_text().splitlines(keepends=True) if self._rewrite and \
-          self._metrics_path.exists() else []
+      self._lines = (
+        self._metrics_path.read_text().splitlines(keepends=True)
+        if self._rewrite and self._metrics_path.exists()
+        else []
+      )
       self._jsonl = None if self._rewrite else self._metrics_path.open("a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -68,8 +72,9 @@ class MetricWriter:
       self._jsonl.write(line)
       self._jsonl.flush()
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
-    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary_pb2.Summary(value=values)))
+    self._events.add_event(
+      event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))
+    )
     self._events.flush()
 
   def write_config(self, config: Mapping[str, Any]) -> None:
@@ -78,13 +83,17 @@ class MetricWriter:
       return
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
     (self._workdir / "config.json").write_text(text, encoding="utf-8")
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode()],
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                                        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
-    value = summary_pb2.Summary.Value(tag="config", tensor=tensor, metadata=summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")))
-    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=0,
-                                           summary=summary_pb2.Summary(value=[value])))
+    tensor = tensor_pb2.TensorProto(
+      dtype=types_pb2.DT_STRING,
+      string_val=[text.encode()],
+      tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]),
+    )
+    value = summary_pb2.Summary.Value(
+      tag="config",
+      tensor=tensor,
+      metadata=summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")),
+    )
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary_pb2.Summary(value=[value])))
     self._events.flush()
 
   def close(self) -> None:
@@ -116,13 +125,19 @@ class Progress:
     if self._bar is not None:
       self._bar.update(steps)
       if scalars:
-        self._bar.set_postfix(loss=f"{scalars.get('loss/total', float('nan')):.4f}",
-                              ex_s=f"{rates['perf/examples_per_sec']:.1f}")
+        self._bar.set_postfix(
+          loss=f"{scalars.get('loss/total', float('nan')):.4f}", ex_s=f"{rates['perf/examples_per_sec']:.1f}"
+        )
     elif scalars is not None:
       remaining = (self._total - step) / rates["perf/steps_per_sec"] if steps else float("nan")
-      logging.info("step %d/%d  loss %.4f  %.1f examples/s  ETA %s", step, self._total,
-                   scalars.get("loss/total", float("nan")), rates["perf/examples_per_sec"],
-                   time.strftime("%H:%M:%S", time.gmtime(remaining)) if np.isfinite(remaining) else "?")
+      logging.info(
+        "step %d/%d  loss %.4f  %.1f examples/s  ETA %s",
+        step,
+        self._total,
+        scalars.get("loss/total", float("nan")),
+        rates["perf/examples_per_sec"],
+        time.strftime("%H:%M:%S", time.gmtime(remaining)) if np.isfinite(remaining) else "?",
+      )
     self._last_time, self._last_step = now, step
     return rates
 

@@ -6,6 +6,7 @@ Parameters (and the matching optimizer state) are placed by an ordered list of (
 wins; `spec` is 'replicate', 'fsdp' (shard the largest dimension that the data axes divide), or a tuple with one
 mesh-axis name or None per dimension. `config.sharding.rules` names a rule list of `NAMED_RULES` or spells one out.
 """
+
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lmstruct.choices import unknown_choice
 
@@ -44,7 +46,9 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   sizes = [len(devices) // known if s == -1 else s for s in shape.values()]
   if math.prod(sizes) > len(devices) or (-1 in shape.values() and math.prod(sizes) != len(devices)):
     raise ValueError(f"mesh.shape {shape} does not fit the {len(devices)} available devices")
-  return Mesh(np.asarray(devices[:math.prod(sizes)]).reshape(sizes), tuple(shape), axis_types=(AxisType.Auto,) * len(sizes))
+  return Mesh(
+    np.asarray(devices[: math.prod(sizes)]).reshape(sizes), tuple(shape), axis_types=(AxisType.Auto,) * len(sizes)
+  )
 
 
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = ("data",)) -> NamedSharding:
@@ -69,8 +73,9 @@ def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, data_axes: Sequence[str]) -> 
   return P(*[tuple(data_axes) if i == dim else None for i in range(len(shape))])
 
 
-def spec_for(path: str, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]], mesh: Mesh,
-             data_axes: Sequence[str] = ("data",)) -> P:
+def spec_for(
+  path: str, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]], mesh: Mesh, data_axes: Sequence[str] = ("data",)
+) -> P:
   """The PartitionSpec of the first rule whose regex is found in `path`."""
   for pattern, spec in rules:
     if re.search(pattern, path):
@@ -80,8 +85,10 @@ def spec_for(path: str, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]]
         return _fsdp_spec(shape, mesh, data_axes)
       if isinstance(spec, (tuple, list)) and len(spec) == len(shape):
         return P(*spec)
-      raise ValueError(f"sharding rule {pattern!r} → {spec!r} does not fit parameter {path} of shape {shape}; use "
-                       "'replicate', 'fsdp' or a tuple with one entry per dimension")
+      raise ValueError(
+        f"sharding rule {pattern!r} → {spec!r} does not fit parameter {path} of shape {shape}; use "
+        "'replicate', 'fsdp' or a tuple with one entry per dimension"
+      )
   return P()
 
 
@@ -90,9 +97,10 @@ def path_string(path: tuple) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
-                   data_axes: Sequence[str] = ("data",)) -> Any:
+def tree_shardings(
+  tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, data_axes: Sequence[str] = ("data",)
+) -> Any:
   """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs) by the rules on its path."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, spec_for(path_string(path), tuple(leaf.shape), rules, mesh, data_axes)),
-      tree)
+    lambda path, leaf: NamedSharding(mesh, spec_for(path_string(path), tuple(leaf.shape), rules, mesh, data_axes)), tree
+  )

@@ -1,4 +1,5 @@
 """The training state: everything a step reads and writes, as one pytree."""
+
 from typing import Any
 
 import flax.struct
@@ -9,6 +10,7 @@ import jax
 class TrainState:
   """step, parameters, batch-norm statistics (empty for LayerNorm-only models), optimizer state, and the base RNG
   key as raw uint32 key data (so checkpoints hold plain arrays; `jax.random.wrap_key_data` turns it back)."""
+
   step: jax.Array
   params: Any
   batch_stats: Any

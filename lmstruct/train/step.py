@@ -8,6 +8,7 @@ examples (`interleave_views`): the only collectives of a data-parallel update ar
 objective's. With gradient accumulation the objective and its gradient are still those of the whole batch
 (`batch_gradients`: feature caching).
 """
+
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -30,23 +31,40 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
-                            context_length: int) -> Callable[[jax.Array], TrainState]:
+def train_state_initializer(
+  model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int], context_length: int
+) -> Callable[[jax.Array], TrainState]:
   """rng ↦ the initial TrainState: the model's variables from a one-example input, the optimizer state, a step
   counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes without allocating them."""
+
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32),
-                           jnp.zeros((1, context_length), jnp.int32))
+    variables = model.init(
+      init_rng, jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1, context_length), jnp.int32)
+    )
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(state_rng),
+    )
+
   return init
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
-                     context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
-                     data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
+def init_train_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  *,
+  image_shape: tuple[int, int, int],
+  context_length: int,
+  mesh: Mesh,
+  rules: Sequence[tuple[str, Any]],
+  seed: int,
+  data_axes: Sequence[str] = ("data",),
+) -> tuple[TrainState, TrainState]:
   """(state, state shardings): parameters initialised directly into their sharded layout."""
   init = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
   key = jax.random.key(seed)
@@ -131,6 +149,7 @@ def make_encoder(model: nn.Module, with_augmented: bool, trainable: Sequence[str
   (the ResNet tower) normalises with the statistics of the rows it is given and returns its updated running
   averages.
   """
+
   def encode(params: Any, batch_stats: Any, batch: Batch) -> tuple[Views, Any]:
     if trainable:
       params = stop_frozen_gradients(params, trainable)
@@ -150,17 +169,19 @@ def make_encoder(model: nn.Module, with_augmented: bool, trainable: Sequence[str
   return encode
 
 
-def make_views_objective(objective_config: ObjectiveConfig,
-                         objective_fn: ObjectiveFn = compute_objective) -> Callable:
+def make_views_objective(objective_config: ObjectiveConfig, objective_fn: ObjectiveFn = compute_objective) -> Callable:
   """objective(views, rng) → (L, metrics): the objective on the views, with the logit scale among the metrics."""
+
   def objective(views: Views, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     total, metrics = objective_fn(Features(**views), objective_config, rng)
     return total, {**metrics, "logit_scale": views["logit_scale"]}
+
   return objective
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Gradients of the whole batch, in one pass or accumulated over micro-batches.
+
 
 def split_micro_batches(batch: Batch, count: int, sharding: jax.sharding.NamedSharding) -> Batch:
   """[B, ...] → [count, B/count, ...] where micro-batch m holds rows m, m + count, m + 2·count, …
@@ -175,11 +196,14 @@ def split_micro_batches(batch: Batch, count: int, sharding: jax.sharding.NamedSh
     if x.shape[0] % count:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by train.accumulation_steps={count}")
     if (x.shape[0] // count) % devices:
-      raise ValueError(f"micro-batches of {x.shape[0] // count} rows (batch {x.shape[0]} / "
-                       f"train.accumulation_steps={count}) do not divide over the {devices} devices of the data axes")
+      raise ValueError(
+        f"micro-batches of {x.shape[0] // count} rows (batch {x.shape[0]} / "
+        f"train.accumulation_steps={count}) do not divide over the {devices} devices of the data axes"
+      )
     micro = jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
     spec = jax.sharding.PartitionSpec(None, *sharding.spec)
     return jax.lax.with_sharding_constraint(micro, jax.sharding.NamedSharding(sharding.mesh, spec))
+
   return {k: split(v) for k, v in batch.items()}
 
 
@@ -187,11 +211,13 @@ def merge_micro_batches(stacked: Views, sharding: jax.sharding.NamedSharding) ->
   """The inverse of `split_micro_batches` for the views: [count, B/count, …] → [B, …] in the batch's row order
   (row i·count + m is row i of micro-batch m), sharded like the batch. The scalars [count], the same in every
   micro-batch, become their mean, so the gradient of each micro-batch's copy is 1/count of the scalar's."""
+
   def merge(key: str, x: jax.Array) -> jax.Array:
     if key in _SCALAR_OUTPUTS:
       return jnp.mean(x, axis=0)
     merged = jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
     return jax.lax.with_sharding_constraint(merged, sharding)
+
   return {key: merge(key, x) for key, x in stacked.items()}
 
 
@@ -199,8 +225,16 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree.map(jnp.add, a, b)
 
 
-def batch_gradients(encode: Encoder, objective: Callable, params: Any, batch_stats: Any, batch: Batch,
-                    rng: jax.Array, count: int, sharding: jax.sharding.NamedSharding) -> tuple[Any, dict, Any]:
+def batch_gradients(
+  encode: Encoder,
+  objective: Callable,
+  params: Any,
+  batch_stats: Any,
+  batch: Batch,
+  rng: jax.Array,
+  count: int,
+  sharding: jax.sharding.NamedSharding,
+) -> tuple[Any, dict, Any]:
   """(∂L/∂θ, metrics, new batch_stats) of L(θ) = objective(encode(θ, batch)) over the whole global batch.
 
   count = 1: one `value_and_grad` through towers and objective. count = k > 1, feature caching (Gao et al.
@@ -219,17 +253,20 @@ def batch_gradients(encode: Encoder, objective: Callable, params: Any, batch_sta
   within-micro-batch variance.
   """
   if count == 1:
+
     def loss(params):
       views, new_stats = encode(params, batch_stats, batch)
       total, metrics = objective(views, rng)
       return total, (metrics, new_stats)
+
     (_, (metrics, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
     return grads, metrics, new_stats
 
   micro_batches = split_micro_batches(batch, count, sharding)
   stacked_views, stacked_stats = jax.lax.map(lambda micro: encode(params, batch_stats, micro), micro_batches)
   (_, metrics), view_grads = jax.value_and_grad(
-      lambda views: objective(merge_micro_batches(views, sharding), rng), has_aux=True)(stacked_views)
+    lambda views: objective(merge_micro_batches(views, sharding), rng), has_aux=True
+  )(stacked_views)
 
   def backward(grads, micro_and_cotangent):
     micro, cotangent = micro_and_cotangent
@@ -251,10 +288,18 @@ def schedule_count(opt_state: Any) -> Any:
   return optax.tree_utils.tree_get(opt_state, "count", filtering=_is_schedule_count)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    objective: ObjectiveConfig | Mapping[str, Any], mesh: Mesh, state_shardings: TrainState,
-                    learning_rate: optax.Schedule | None = None, data_axes: Sequence[str] = ("data",),
-                    accumulation_steps: int = 1, trainable: Sequence[str] = ()) -> Callable:
+def make_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  *,
+  objective: ObjectiveConfig | Mapping[str, Any],
+  mesh: Mesh,
+  state_shardings: TrainState,
+  learning_rate: optax.Schedule | None = None,
+  data_axes: Sequence[str] = ("data",),
+  accumulation_steps: int = 1,
+  trainable: Sequence[str] = (),
+) -> Callable:
   """The jitted update (state, batch) → (state, metrics); the state is donated.
 
   The objective is computed by the implementation `objective.impl` selects on this mesh (`objective_function`).
@@ -274,16 +319,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   """
   objective = ObjectiveConfig.from_dict(objective)
   if learning_rate is not None and schedule_count(state_shardings.opt_state) is None:
-    raise ValueError("make_train_step: learning_rate is given but the optimizer state has no schedule count "
-                     "(optax ScaleByScheduleState); pass the schedule the optimizer was built with")
+    raise ValueError(
+      "make_train_step: learning_rate is given but the optimizer state has no schedule count "
+      "(optax ScaleByScheduleState); pass the schedule the optimizer was built with"
+    )
   encode = make_encoder(model, objective.needs_augmented_view, trainable)
   views_objective = make_views_objective(objective, objective_function(objective, mesh, data_axes))
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, metrics, batch_stats = batch_gradients(encode, views_objective, state.params, state.batch_stats, batch, rng,
-                                                  accumulation_steps, data_sharding)
+    grads, metrics, batch_stats = batch_gradients(
+      encode, views_objective, state.params, state.batch_stats, batch, rng, accumulation_steps, data_sharding
+    )
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
 
     # The update is applied under lax.cond rather than computed and then selected element by element: XLA can then
@@ -300,14 +348,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       return params, opt_state, old_batch_stats
 
     params, opt_state, batch_stats = jax.lax.cond(
-        finite, apply_update, keep_state, (grads, state.params, state.opt_state, batch_stats, state.batch_stats))
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                           rng=state.rng)
+      finite, apply_update, keep_state, (grads, state.params, state.opt_state, batch_stats, state.batch_stats)
+    )
+    new_state = TrainState(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, rng=state.rng
+    )
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
     if learning_rate is not None:
       metrics["learning_rate"] = learning_rate(schedule_count(state.opt_state))
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(state_shardings, data_sharding),
-                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(state_shardings, data_sharding),
+    out_shardings=(state_shardings, replicated(mesh)),
+    donate_argnums=0,
+  )

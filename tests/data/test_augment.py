@@ -1,4 +1,5 @@
 """Image augmentation (lmstruct.data.augment) and EDA text augmentation (lmstruct.data.eda)."""
+
 import collections
 import pathlib
 
@@ -32,7 +33,7 @@ def reference_clip_preprocess(path, size):
   assert min(new_w, new_h) == size and abs(max(new_w, new_h) - max(width, height) * scale) < 1
   resized = np.asarray(image.resize((new_w, new_h), Image.BICUBIC), dtype=np.float64)
   top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
-  crop = resized[top:top + size, left:left + size]
+  crop = resized[top : top + size, left : left + size]
   return (crop / 255.0 - MEAN) / STD
 
 
@@ -117,18 +118,26 @@ def test_random_resized_crop_full_area_equals_plain_resize():
 def test_random_resized_crop_takes_a_window_of_the_image():
   image = structured_image(64, 64)
   for seed in range(5):
-    crop = np.asarray(augment.random_resized_crop(Image.fromarray(image), np.random.default_rng(seed), 32,
-                                                  scale=(0.25, 0.25), ratio=(1.0, 1.0)))
+    crop = np.asarray(
+      augment.random_resized_crop(
+        Image.fromarray(image), np.random.default_rng(seed), 32, scale=(0.25, 0.25), ratio=(1.0, 1.0)
+      )
+    )
     assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
-    windows = [(top, left) for top in range(33) for left in range(33)
-               if np.array_equal(image[top:top + 32, left:left + 32], crop)]
+    windows = [
+      (top, left)
+      for top in range(33)
+      for left in range(33)
+      if np.array_equal(image[top : top + 32, left : left + 32], crop)
+    ]
     assert len(windows) == 1
 
 
 def test_random_resized_crop_is_deterministic_per_generator():
   image = Image.fromarray(structured_image())
-  first, again, other = (np.asarray(augment.random_resized_crop(image, np.random.default_rng(s), 24))
-                         for s in (1, 1, 2))
+  first, again, other = (
+    np.asarray(augment.random_resized_crop(image, np.random.default_rng(s), 24)) for s in (1, 1, 2)
+  )
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 
@@ -159,24 +168,29 @@ def test_randaugment_op_keeps_shape_and_range_and_changes_image(name):
 def test_solarize_and_posterize_at_full_magnitude():
   image = structured_image()
   rng = np.random.default_rng(0)
-  np.testing.assert_array_equal(np.asarray(augment.apply_op(Image.fromarray(image), "solarize", 10, rng)),
-                                255 - image)
-  np.testing.assert_array_equal(np.asarray(augment.apply_op(Image.fromarray(image), "posterize", 10, rng)),
-                                image & 0xF0)
+  np.testing.assert_array_equal(np.asarray(augment.apply_op(Image.fromarray(image), "solarize", 10, rng)), 255 - image)
+  np.testing.assert_array_equal(
+    np.asarray(augment.apply_op(Image.fromarray(image), "posterize", 10, rng)), image & 0xF0
+  )
 
 
 def test_rand_augment_zero_magnitude_of_geometric_ops_is_identity():
   image = structured_image()
-  out = augment.rand_augment(Image.fromarray(image), np.random.default_rng(0), num_ops=3, magnitude=0,
-                             ops=("translate_x", "translate_y", "shear_x", "shear_y"))
+  out = augment.rand_augment(
+    Image.fromarray(image),
+    np.random.default_rng(0),
+    num_ops=3,
+    magnitude=0,
+    ops=("translate_x", "translate_y", "shear_x", "shear_y"),
+  )
   np.testing.assert_array_equal(np.asarray(out), image)
 
 
 FULL_CONFIG = {
-    "random_resized_crop": {"scale": [0.3, 1.0], "ratio": [0.75, 1.33]},
-    "horizontal_flip": {"p": 0.5},
-    "color_jitter": {"p": 1.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
-    "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ["rotate", "equalize", "shear_x", "color"]},
+  "random_resized_crop": {"scale": [0.3, 1.0], "ratio": [0.75, 1.33]},
+  "horizontal_flip": {"p": 0.5},
+  "color_jitter": {"p": 1.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+  "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ["rotate", "equalize", "shear_x", "color"]},
 }
 
 
@@ -206,23 +220,29 @@ def test_augmentation_accepts_ml_collections_config():
   assert augmentation.random_resized_crop.scale == (0.3, 1.0)
 
 
-@pytest.mark.parametrize("config, bad, valid", [
+@pytest.mark.parametrize(
+  "config, bad, valid",
+  [
     ({"rand_augment": {"ops": ["rotate", "blur"]}}, "'blur'", "translate_y"),
     ({"cutout": {}}, "'cutout'", "rand_augment"),
     ({"color_jitter": {"gamma": 0.1}}, "'gamma'", "saturation"),
-])
+  ],
+)
 def test_bad_config_names_bad_value_and_choices(config, bad, valid):
   with pytest.raises(ValueError) as error:
     augment.augmentation_from_config(config)
   assert bad in str(error.value) and valid in str(error.value)
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize(
+  "config",
+  [
     {"rand_augment": {"magnitude": 11}},
     {"horizontal_flip": {"p": 1.5}},
     {"random_resized_crop": {"scale": (0.9, 0.2)}},
     {"color_jitter": {"hue": 0.7}},
-])
+  ],
+)
 def test_out_of_range_settings_raise(config):
   with pytest.raises(ValueError):
     augment.augmentation_from_config(config)
@@ -230,8 +250,15 @@ def test_out_of_range_settings_raise(config):
 
 # ---------------------------------------------------------------- EDA
 
-TABLE = {"dog": ("hound", "canine"), "grass": ("lawn",), "running": ("sprinting",), "a": ("angstrom",),
-         "on": ("along",), "the": ("thee",), "green": ("verdant",)}
+TABLE = {
+  "dog": ("hound", "canine"),
+  "grass": ("lawn",),
+  "running": ("sprinting",),
+  "a": ("angstrom",),
+  "on": ("along",),
+  "the": ("thee",),
+  "green": ("verdant",),
+}
 
 
 def table_synonyms(word):
@@ -329,11 +356,11 @@ def test_wordnet_synonyms_offline():
 def test_parse_wordnet_reads_data_files(tmp_path):
   header = "  1 This software and database is being provided to you\n"
   files = {
-      "data.noun1": header + "00000001 05 n 02 dog 0 domestic_dog 0 000 | a canine\n",
-      "data.noun2": "00000002 05 n 02 hound 0 dog 1 000 | a hunting dog\n",
-      "data.verb": "00000003 30 v 02 run 0 sprint 0 000 | move fast\n",
-      "data.adj": "00000004 00 a 02 green(a) 0 verdant 0 000 | coloured\n",
-      "data.adv": "00000005 02 r 01 quickly 0 000 | fast\n",
+    "data.noun1": header + "00000001 05 n 02 dog 0 domestic_dog 0 000 | a canine\n",
+    "data.noun2": "00000002 05 n 02 hound 0 dog 1 000 | a hunting dog\n",
+    "data.verb": "00000003 30 v 02 run 0 sprint 0 000 | move fast\n",
+    "data.adj": "00000004 00 a 02 green(a) 0 verdant 0 000 | coloured\n",
+    "data.adv": "00000005 02 r 01 quickly 0 000 | fast\n",
   }
   for name, text in files.items():
     (tmp_path / name).write_text(text)
@@ -345,7 +372,9 @@ def test_parse_wordnet_reads_data_files(tmp_path):
   assert eda.synonyms_in(wordnet, "quickly") == ()
 
 
-@pytest.mark.parametrize("stages,expected", [
+@pytest.mark.parametrize(
+  "stages,expected",
+  [
     ({}, []),
     (augment.caption_safe_augment_config(), []),
     ({"random_resized_crop": {"scale": (1.0, 1.0)}}, []),
@@ -356,9 +385,12 @@ def test_parse_wordnet_reads_data_files(tmp_path):
     ({"color_jitter": {"hue": 0.0, "saturation": 0.0}}, []),
     ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ("brightness", "rotate")}}, ["rand_augment"]),
     ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}, []),
-    ({"horizontal_flip": {"p": 1.0}, "rand_augment": {"num_ops": 1, "magnitude": 5}},
-     ["horizontal_flip", "rand_augment"]),
-])
+    (
+      {"horizontal_flip": {"p": 1.0}, "rand_augment": {"num_ops": 1, "magnitude": 5}},
+      ["horizontal_flip", "rand_augment"],
+    ),
+  ],
+)
 def test_caption_contradictions_name_each_unsafe_stage(stages, expected):
   reasons = augment.caption_contradictions(augment.augmentation_from_config(stages))
   assert [reason.split()[0] for reason in reasons] == expected

@@ -1,4 +1,5 @@
 """The class-name registry: ImageNet-1K by WordNet id and by index, the ImageNet-A/-R subsets, loading user names."""
+
 import json
 import pathlib
 
@@ -9,11 +10,20 @@ from lmstruct.data import classnames, formats, sources
 
 # (class index, WordNet id, CLIP's name), written down by hand from the ILSVRC2012 synset list and CLIP's notebook;
 # 744 and 836 are the two names CLIP duplicates, here their WordNet lemmas.
-HAND_PICKED = [(0, "n01440764", "tench"), (1, "n01443537", "goldfish"), (6, "n01498041", "stingray"),
-               (21, "n01608432", "kite (bird of prey)"), (207, "n02099601", "Golden Retriever"),
-               (281, "n02123045", "tabby cat"), (657, "n03773504", "missile"), (744, "n04008634", "projectile"),
-               (836, "n04355933", "sunglass"), (837, "n04356056", "sunglasses"), (954, "n07753592", "banana"),
-               (999, "n15075141", "toilet paper")]
+HAND_PICKED = [
+  (0, "n01440764", "tench"),
+  (1, "n01443537", "goldfish"),
+  (6, "n01498041", "stingray"),
+  (21, "n01608432", "kite (bird of prey)"),
+  (207, "n02099601", "Golden Retriever"),
+  (281, "n02123045", "tabby cat"),
+  (657, "n03773504", "missile"),
+  (744, "n04008634", "projectile"),
+  (836, "n04355933", "sunglass"),
+  (837, "n04356056", "sunglasses"),
+  (954, "n07753592", "banana"),
+  (999, "n15075141", "toilet paper"),
+]
 
 
 def test_imagenet_wnids_are_the_standard_sorted_list():
@@ -45,8 +55,7 @@ def test_imagenet_a_and_r_subsets_select_their_200_classes():
   # Their first classes (ImageNet-A / ImageNet-R class lists, in WordNet-id order) and ImageNet indices.
   assert classnames.named_lists()["imagenet_a"][:4] == ("stingray", "goldfinch", "junco", "American robin")
   assert classnames.subset_indices("imagenet_a")[:3] == (6, 11, 13)
-  assert classnames.named_lists()["imagenet_r"][:4] == ("goldfish", "great white shark", "hammerhead shark",
-                                                        "stingray")
+  assert classnames.named_lists()["imagenet_r"][:4] == ("goldfish", "great white shark", "hammerhead shark", "stingray")
   assert classnames.subset_indices("imagenet_r")[:4] == (1, 2, 4, 6)
   assert classnames.subset_indices("imagenet_a")[-1] == 988 and classnames.imagenet_names()[988] == "acorn"
   with pytest.raises(ValueError, match="imagenet_a"):

@@ -1,4 +1,5 @@
 """Real-format readers and conversion to array_record (shared sample data and fixtures built in tmp_path)."""
+
 import collections
 import csv
 import io
@@ -20,6 +21,7 @@ def _coco(shared_data, split):
 
 
 # --- COCO captions -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("split,images,captions", [("train", 80, 400), ("val", 159, 795)])
 def test_coco_captions_counts(shared_data, split, images, captions):
@@ -52,16 +54,19 @@ def test_coco_captions_bad_input(shared_data, tmp_path):
 
 # --- Karpathy splits and Flickr30k ---------------------------------------------------------------------------------
 
+
 def _karpathy_coco(shared_data, tmp_path):
   """dataset_coco.json-style file over coco-mini: 3 train, 2 restval, 2 val, 1 test images."""
   images = []
   for split, folder in (("train", "train2017"), ("val", "val2017")):
     ann = json.loads((shared_data / f"coco-mini/annotations/captions_{split}2017.json").read_text())
     for img in ann["images"][:4]:
-      sentences = [{"raw": a["caption"], "tokens": a["caption"].lower().split()}
-                   for a in ann["annotations"] if a["image_id"] == img["id"]]
-      images.append({"filepath": folder, "filename": img["file_name"], "cocoid": img["id"],
-                     "sentences": sentences})
+      sentences = [
+        {"raw": a["caption"], "tokens": a["caption"].lower().split()}
+        for a in ann["annotations"]
+        if a["image_id"] == img["id"]
+      ]
+      images.append({"filepath": folder, "filename": img["file_name"], "cocoid": img["id"], "sentences": sentences})
   for img, split in zip(images, ["train"] * 3 + ["restval"] * 2 + ["val"] * 2 + ["test"]):
     img["split"] = split
   path = tmp_path / "dataset_coco.json"
@@ -84,11 +89,17 @@ def test_karpathy_coco_splits(shared_data, tmp_path):
 
 
 def test_karpathy_flickr30k_style(shared_data, tmp_path):
-    # dataset_flickr30k.json has neither `filepath` nor `cocoid`; ids come from the file name.
+  # dataset_flickr30k.json has neither `filepath` nor `cocoid`; ids come from the file name.
   image_dir = shared_data / "vl-fixtures/images/flickr30k"
-  images = [{"filename": f"{i}.jpg", "imgid": n, "split": "test",
-             "sentences": [{"raw": f"Caption {k} of {i}."} for k in range(5)]}
-            for n, i in enumerate(["1", "2", "3"])]
+  images = [
+    {
+      "filename": f"{i}.jpg",
+      "imgid": n,
+      "split": "test",
+      "sentences": [{"raw": f"Caption {k} of {i}."} for k in range(5)],
+    }
+    for n, i in enumerate(["1", "2", "3"])
+  ]
   path = tmp_path / "dataset_flickr30k.json"
   path.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
   reader = formats.karpathy(path, image_dir, ["test"])
@@ -99,21 +110,22 @@ def test_karpathy_flickr30k_style(shared_data, tmp_path):
 
 def test_flickr30k_entities(shared_data):
   root = shared_data / "vl-fixtures"
-  test = formats.flickr30k_entities(root / "flickr30k/test.txt", root / "flickr30k/sentences",
-                                    root / "images/flickr30k")
+  test = formats.flickr30k_entities(
+    root / "flickr30k/test.txt", root / "flickr30k/sentences", root / "images/flickr30k"
+  )
   assert [f["image_id"] for f in test.fields] == ["6338542128", "4945942737", "1", "2", "3"]
   assert sum(len(f["captions"]) for f in test.fields) == 25
-  assert test.fields[2]["captions"][0] == \
-      "A girl with brown hair sits on the edge of a cement area overlooking water ."
-  assert test.fields[0]["captions"][4] == \
-      "# 8 for Iowa State stiff arms a Texas AM player attempting to tackle him ."
+  assert test.fields[2]["captions"][0] == "A girl with brown hair sits on the edge of a cement area overlooking water ."
+  assert test.fields[0]["captions"][4] == "# 8 for Iowa State stiff arms a Texas AM player attempting to tackle him ."
   assert test[2]["image_bytes"] == (root / "images/flickr30k/1.jpg").read_bytes()
-  dev = formats.flickr30k_entities(root / "flickr30k/tiny-dev.txt", root / "flickr30k/sentences",
-                                   root / "images/flickr30k")
+  dev = formats.flickr30k_entities(
+    root / "flickr30k/tiny-dev.txt", root / "flickr30k/sentences", root / "images/flickr30k"
+  )
   assert len(dev) == 3
 
 
 # --- caption tables ------------------------------------------------------------------------------------------------
+
 
 def _table_rows(shared_data):
   ann = json.loads((shared_data / "coco-mini/annotations/captions_train2017.json").read_text())
@@ -145,6 +157,7 @@ def test_caption_table(shared_data, tmp_path, suffix):
 
 
 # --- webdataset ----------------------------------------------------------------------------------------------------
+
 
 def _add(tar, name, data):
   info = tarfile.TarInfo(name)
@@ -228,6 +241,7 @@ def test_webdataset_reader_skips_and_counts_damage(shared_data, tmp_path):
 
 def test_streaming_reader_applies_the_same_rules(shared_data, tmp_path):
   from lmstruct.data import skips, streaming
+
   kept = _damaged_shards(shared_data, tmp_path / "shards")
   stream = streaming.WebDatasetStream(tmp_path / "shards")
   tally = skips.Skips()
@@ -250,8 +264,20 @@ def test_convert_of_damaged_shards_exits_0_with_a_summary_and_strict_fails(share
   created = set(tmp_path.rglob("*")) - before
   assert {p.name for p in created if p.is_file()} == {"train-00000-of-00001.array_record", "train.manifest.json"}
   assert not (tmp_path / "x.jpg").exists() and not pathlib.Path("/abs.jpg").exists()
-  assert convert.main(["webdataset", "--src", str(tmp_path / "shards"), "--out", str(tmp_path / "strict" / "t"),
-                       "--no-progress", "--strict"]) == 2
+  assert (
+    convert.main(
+      [
+        "webdataset",
+        "--src",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "strict" / "t"),
+        "--no-progress",
+        "--strict",
+      ]
+    )
+    == 2
+  )
   error = capsys.readouterr().err.strip()
   assert error.count("\n") == 0 and error.startswith("error: skipped record under --strict:")
 
@@ -278,6 +304,7 @@ def test_every_reader_skips_and_counts_incomplete_records(shared_data, tmp_path)
 
 # --- ImageFolder ---------------------------------------------------------------------------------------------------
 
+
 def test_image_folder(shared_data, tmp_path):
   photos = sorted((shared_data / "coco-mini/val2017").glob("*.jpg"))
   layout = {"zebra": 2, "apple": 3, "mango": 1}
@@ -298,6 +325,7 @@ def test_image_folder(shared_data, tmp_path):
 
 # --- vision-language tasks -----------------------------------------------------------------------------------------
 
+
 def test_vqa_v2(shared_data):
   root = shared_data / "vl-fixtures"
   reader = formats.vqa_v2(root / "vqav2/questions.json", root / "images/vqav2", root / "vqav2/annotations.json")
@@ -313,8 +341,14 @@ def test_vqa_v2(shared_data):
 def test_gqa(shared_data):
   root = shared_data / "vl-fixtures"
   single = formats.gqa(root / "gqa/questions.json", root / "images/gqa")
-  assert single.fields == [{"question_id": "202218649", "image_id": "n578564",
-                            "question": "What is hanging above the chalkboard?", "answer": "picture"}]
+  assert single.fields == [
+    {
+      "question_id": "202218649",
+      "image_id": "n578564",
+      "question": "What is hanging above the chalkboard?",
+      "answer": "picture",
+    }
+  ]
   assert single[0]["image_bytes"] == (root / "images/gqa/n578564.jpg").read_bytes()
   folder = formats.gqa(root / "gqa/question_dir", root / "images/gqa")
   assert [f["image_id"] for f in folder.fields] == ["n578564", "n166008"]
@@ -338,14 +372,19 @@ def test_snli_ve(shared_data):
   assert len(reader) == 16
   assert reader.metadata["classes"] == ["entailment", "neutral", "contradiction"]
   assert collections.Counter(f["label"] for f in reader.fields) == {0: 6, 1: 6, 2: 4}
-  assert reader.fields[0] == {"image_id": "2248275918", "pair_id": "2248275918.jpg#2r1c",
-                              "hypothesis": "A toddler sleeps outside.", "label": 2}
+  assert reader.fields[0] == {
+    "image_id": "2248275918",
+    "pair_id": "2248275918.jpg#2r1c",
+    "hypothesis": "A toddler sleeps outside.",
+    "label": 2,
+  }
   assert reader[15]["image_bytes"] == (root / "images/visual_entailment/402978771.jpg").read_bytes()
 
 
 # --- prepared tfds datasets ----------------------------------------------------------------------------------------
 
 with tfds.core.registered.skip_registration():
+
   class _FakeCocoCaptions(tfds.core.GeneratorBasedBuilder):
     """Same name, config and feature layout as tfds's ``coco_captions`` (whose code needs TensorFlow)."""
 
@@ -358,19 +397,32 @@ with tfds.core.registered.skip_registration():
       super().__init__(**kwargs)
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(encoding_format="jpeg"), "image/filename": tfds.features.Text(),
-          "image/id": np.int64,
-          "captions": tfds.features.Sequence({"id": np.int64, "text": tfds.features.Text()}),
-      }))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "image/filename": tfds.features.Text(),
+            "image/id": np.int64,
+            "captions": tfds.features.Sequence({"id": np.int64, "text": tfds.features.Text()}),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"val": self._generate_examples()}
 
     def _generate_examples(self):
       for i, photo in enumerate(self.photos):
-        yield i, {"image": io.BytesIO(photo.read_bytes()), "image/filename": photo.name, "image/id": 500 + i,
-                  "captions": {"id": [i, 100 + i], "text": [f"first {i}", f"second {i}"]}}
+        yield (
+          i,
+          {
+            "image": io.BytesIO(photo.read_bytes()),
+            "image/filename": photo.name,
+            "image/id": 500 + i,
+            "captions": {"id": [i, 100 + i], "text": [f"first {i}", f"second {i}"]},
+          },
+        )
 
   class _FakeCifar10(tfds.core.GeneratorBasedBuilder):
     """Same name and feature layout as tfds's ``cifar10``."""
@@ -379,16 +431,23 @@ with tfds.core.registered.skip_registration():
     VERSION = tfds.core.Version("3.0.2")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "id": tfds.features.Text(), "image": tfds.features.Image(shape=(4, 4, 3)),
-          "label": tfds.features.ClassLabel(names=["airplane", "automobile", "bird"])}))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "id": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(4, 4, 3)),
+            "label": tfds.features.ClassLabel(names=["airplane", "automobile", "bird"]),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"test": self._generate_examples()}
 
     def _generate_examples(self):
       for i in range(6):
-          # tfds encodes numpy images with TensorFlow; a PIL image is encoded with PIL.
+        # tfds encodes numpy images with TensorFlow; a PIL image is encoded with PIL.
         image = Image.fromarray(np.full((4, 4, 3), 40 * i, np.uint8))
         yield i, {"id": f"test_{i:05d}", "image": image, "label": i % 3}
 
@@ -409,8 +468,11 @@ def test_tfds_coco_captions(tfds_dir):
   by_id = {ex["image_id"]: ex for ex in reader}
   assert sorted(by_id) == ["500", "501", "502", "503"]
   for i, photo in enumerate(photos):
-    assert by_id[str(500 + i)] == {"image_id": str(500 + i), "captions": [f"first {i}", f"second {i}"],
-                                   "image_bytes": photo.read_bytes()}
+    assert by_id[str(500 + i)] == {
+      "image_id": str(500 + i),
+      "captions": [f"first {i}", f"second {i}"],
+      "image_bytes": photo.read_bytes(),
+    }
 
 
 def test_tfds_classification(tfds_dir):
@@ -437,6 +499,7 @@ def test_tfds_bad_input(tfds_dir):
 
 # --- conversion ----------------------------------------------------------------------------------------------------
 
+
 def _stored(out):
   source = records.RecordDataSource(out.parent, out.name)
   return [source[i] for i in range(len(source))]
@@ -445,11 +508,27 @@ def _stored(out):
 def test_convert_coco_cli(shared_data, tmp_path, capsys):
   ann_file, image_dir = _coco(shared_data, "val")
   out = tmp_path / "coco" / "val"
-  assert convert.main(["coco", "--src", str(ann_file), "--images", str(image_dir), "--out", str(out),
-                       "--shard-size", "40", "--no-progress"]) == 0
+  assert (
+    convert.main(
+      [
+        "coco",
+        "--src",
+        str(ann_file),
+        "--images",
+        str(image_dir),
+        "--out",
+        str(out),
+        "--shard-size",
+        "40",
+        "--no-progress",
+      ]
+    )
+    == 0
+  )
   assert "wrote 159 examples in 4 shards" in capsys.readouterr().out
-  assert sorted(p.name for p in out.parent.glob("*.array_record")) == \
-      [f"val-0000{i}-of-00004.array_record" for i in range(4)]
+  assert sorted(p.name for p in out.parent.glob("*.array_record")) == [
+    f"val-0000{i}-of-00004.array_record" for i in range(4)
+  ]
   stored = _stored(out)
   assert len(stored) == 159 and sum(len(ex["captions"]) for ex in stored) == 795
   assert stored == list(formats.coco_captions(ann_file, image_dir))
@@ -460,19 +539,40 @@ def test_convert_cli_formats(shared_data, tmp_path, tfds_dir):
   _write_webdataset(shared_data, tmp_path / "shards")
   karpathy_file, _ = _karpathy_coco(shared_data, tmp_path)
   runs = {
-      "nlvr2": (["--src", str(root / "nlvr2/tiny-dev.json"), "--images", str(root / "images/nlvr2")], 8),
-      "snli-ve": (["--src", str(root / "visual_entailment/sample_pairs.jsonl"),
-                   "--images", str(root / "images/visual_entailment")], 16),
-      "vqav2": (["--src", str(root / "vqav2/questions.json"), "--annotations", str(root / "vqav2/annotations.json"),
-                 "--images", str(root / "images/vqav2")], 3),
-      "gqa": (["--src", str(root / "gqa/question_dir"), "--images", str(root / "images/gqa")], 2),
-      "flickr30k-entities": (["--src", str(root / "flickr30k/test.txt"),
-                              "--sentences", str(root / "flickr30k/sentences"),
-                              "--images", str(root / "images/flickr30k")], 5),
-      "tfds": (["--src", "cifar10", "--split", "test", "--data-dir", str(tfds_dir[0])], 6),
-      "webdataset": (["--src", str(tmp_path / "shards")], 5),
-      "karpathy": (["--src", str(karpathy_file), "--images", str(shared_data / "coco-mini"),
-                    "--split", "train,restval"], 5),
+    "nlvr2": (["--src", str(root / "nlvr2/tiny-dev.json"), "--images", str(root / "images/nlvr2")], 8),
+    "snli-ve": (
+      ["--src", str(root / "visual_entailment/sample_pairs.jsonl"), "--images", str(root / "images/visual_entailment")],
+      16,
+    ),
+    "vqav2": (
+      [
+        "--src",
+        str(root / "vqav2/questions.json"),
+        "--annotations",
+        str(root / "vqav2/annotations.json"),
+        "--images",
+        str(root / "images/vqav2"),
+      ],
+      3,
+    ),
+    "gqa": (["--src", str(root / "gqa/question_dir"), "--images", str(root / "images/gqa")], 2),
+    "flickr30k-entities": (
+      [
+        "--src",
+        str(root / "flickr30k/test.txt"),
+        "--sentences",
+        str(root / "flickr30k/sentences"),
+        "--images",
+        str(root / "images/flickr30k"),
+      ],
+      5,
+    ),
+    "tfds": (["--src", "cifar10", "--split", "test", "--data-dir", str(tfds_dir[0])], 6),
+    "webdataset": (["--src", str(tmp_path / "shards")], 5),
+    "karpathy": (
+      ["--src", str(karpathy_file), "--images", str(shared_data / "coco-mini"), "--split", "train,restval"],
+      5,
+    ),
   }
   for name, (args, count) in runs.items():
     out = tmp_path / name / "data"
@@ -491,8 +591,21 @@ def test_convert_cli_errors(shared_data, tmp_path, capsys):
   with pytest.raises(SystemExit):
     convert.main(["parquet", "--src", str(ann_file), "--out", str(tmp_path / "x")])
   (tmp_path / "empty").mkdir()
-  assert convert.main(["coco", "--src", str(ann_file), "--images", str(tmp_path / "empty"),
-                       "--out", str(tmp_path / "x"), "--no-progress"]) == 1
+  assert (
+    convert.main(
+      [
+        "coco",
+        "--src",
+        str(ann_file),
+        "--images",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "x"),
+        "--no-progress",
+      ]
+    )
+    == 1
+  )
   assert "none of the 159 examples" in capsys.readouterr().err
 
 
@@ -524,8 +637,10 @@ def test_convert_skips_and_reports_damaged_images(shared_data, tmp_path):
   assert summary.skipped.counts == {"corrupt image": 2, "missing file": 1, "unreadable file": 1}
   assert summary.skipped.details["missing file"] == [str(tmp_path / "images" / photos[5].name)]
   assert photos[6].name in summary.skipped.details["unreadable file"][0]
-  assert [c.split(" ")[0] for c in summary.skipped.details["corrupt image"]] == \
-      [f"images/{photos[1].name}", f"images/{photos[3].name}"]
+  assert [c.split(" ")[0] for c in summary.skipped.details["corrupt image"]] == [
+    f"images/{photos[1].name}",
+    f"images/{photos[3].name}",
+  ]
   report = summary.report()
   assert "skipped 1 (missing file)" in report and photos[5].name in report
   assert "skipped 2 (corrupt image)" in report
@@ -561,7 +676,10 @@ def test_interrupted_conversion_resumes_without_loss(shared_data, tmp_path):
   manifest = json.loads(convert.manifest_path(out).read_text())
   assert sorted(manifest["shards"]) == ["0", "1"]
   assert sorted(p.name for p in out.parent.iterdir()) == [
-      "train-00000-of-00003.array_record", "train-00001-of-00003.array_record", "train.manifest.json"]
+    "train-00000-of-00003.array_record",
+    "train-00001-of-00003.array_record",
+    "train.manifest.json",
+  ]
 
   resumed = _Recording(reader)
   summary = convert.convert(resumed, out, 3, settings, workers=1, progress=False)
@@ -578,8 +696,10 @@ def test_interrupted_conversion_resumes_without_loss(shared_data, tmp_path):
 
 # --- one format table: source kinds and conversion formats -------------------------------------------------------
 
+
 def test_every_conversion_format_is_a_source_kind_with_the_same_keys(shared_data):
   from lmstruct.data import sources
+
   assert set(sources.FORMATS) <= set(sources.KINDS)
   parser = convert.build_parser()
   commands = next(a for a in parser._actions if a.dest == "format").choices
@@ -589,14 +709,28 @@ def test_every_conversion_format_is_a_source_kind_with_the_same_keys(shared_data
     assert {p.key: flags[p.key] for p in fmt.params} == {p.key: p.cli_flag for p in fmt.params}, name
   root = shared_data / "vl-fixtures"
   configs = {
-      "vqav2": ({"questions": root / "vqav2/questions.json", "images": root / "images/vqav2",
-                 "annotations": root / "vqav2/annotations.json"}, 3),
-      "gqa": ({"questions": root / "gqa/question_dir", "images": root / "images/gqa"}, 2),
-      "nlvr2": ({"path": root / "nlvr2/tiny-dev.json", "images": root / "images/nlvr2"}, 8),
-      "snli-ve": ({"path": root / "visual_entailment/sample_pairs.jsonl",
-                   "images": root / "images/visual_entailment"}, 16),
-      "flickr30k-entities": ({"split_file": root / "flickr30k/test.txt", "sentences": root / "flickr30k/sentences",
-                              "images": root / "images/flickr30k"}, 5),
+    "vqav2": (
+      {
+        "questions": root / "vqav2/questions.json",
+        "images": root / "images/vqav2",
+        "annotations": root / "vqav2/annotations.json",
+      },
+      3,
+    ),
+    "gqa": ({"questions": root / "gqa/question_dir", "images": root / "images/gqa"}, 2),
+    "nlvr2": ({"path": root / "nlvr2/tiny-dev.json", "images": root / "images/nlvr2"}, 8),
+    "snli-ve": (
+      {"path": root / "visual_entailment/sample_pairs.jsonl", "images": root / "images/visual_entailment"},
+      16,
+    ),
+    "flickr30k-entities": (
+      {
+        "split_file": root / "flickr30k/test.txt",
+        "sentences": root / "flickr30k/sentences",
+        "images": root / "images/flickr30k",
+      },
+      5,
+    ),
   }
   for kind, (keys, count) in configs.items():
     source = sources.build_source({"kind": kind, **{k: str(v) for k, v in keys.items()}})

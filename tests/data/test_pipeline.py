@@ -1,4 +1,5 @@
 """Training and evaluation input pipelines (lmstruct.data.pipeline) on small in-memory sources."""
+
 import io
 import json
 import zlib
@@ -20,9 +21,9 @@ def tokenize(texts):
   """Start token 1, one id per word (digits map to their value, other words to 1000 + crc32 % 10000), end 2."""
   out = np.zeros((len(texts), CONTEXT), np.int32)
   for row, text in enumerate(texts):
-    words = text.lower().split()[:CONTEXT - 2]
+    words = text.lower().split()[: CONTEXT - 2]
     ids = [1] + [int(w) if w.isdigit() else 1000 + zlib.crc32(w.encode()) % 10000 for w in words] + [2]
-    out[row, :len(ids)] = ids
+    out[row, : len(ids)] = ids
   return out
 
 
@@ -86,8 +87,12 @@ def test_train_batches_are_global_arrays_sharded_over_data_axis(mesh):
   batch = next(train(source, mesh=mesh))
   assert set(batch) == {"image", "image_aug", "text", "text_aug"}
   expected = NamedSharding(mesh, PartitionSpec("data"))
-  for key, dtype, shape in [("image", np.float32, (8, SIZE, SIZE, 3)), ("image_aug", np.float32, (8, SIZE, SIZE, 3)),
-                            ("text", np.int32, (8, CONTEXT)), ("text_aug", np.int32, (8, CONTEXT))]:
+  for key, dtype, shape in [
+    ("image", np.float32, (8, SIZE, SIZE, 3)),
+    ("image_aug", np.float32, (8, SIZE, SIZE, 3)),
+    ("text", np.int32, (8, CONTEXT)),
+    ("text_aug", np.int32, (8, CONTEXT)),
+  ]:
     array = batch[key]
     assert isinstance(array, jax.Array) and array.dtype == dtype and array.shape == shape
     assert array.sharding.is_equivalent_to(expected, array.ndim)
@@ -140,8 +145,10 @@ def test_each_epoch_visits_every_example_once_in_a_new_order():
 @pytest.mark.parametrize("n", [24, 25])
 def test_process_shards_are_disjoint_and_complete(n):
   source = make_source(n)
-  shards = [[i for b in train(source, global_batch_size=8, num_epochs=1, shard_index=k, shard_count=2)
-             for i in ids_of(b)] for k in range(2)]
+  shards = [
+    [i for b in train(source, global_batch_size=8, num_epochs=1, shard_index=k, shard_count=2) for i in ids_of(b)]
+    for k in range(2)
+  ]
   assert len(shards[0]) == len(shards[1]) == 12  # 4 examples per process batch, 3 batches each
   assert not set(shards[0]) & set(shards[1])
   assert sorted(shards[0] + shards[1]) == sorted(set(shards[0] + shards[1]))
@@ -191,8 +198,10 @@ def test_eval_covers_every_example_once_in_order_with_mask(mesh):
 
 def test_eval_shards_pad_to_equal_batches_and_cover_everything_once():
   source = make_source(13, corrupt=(4,))
-  shards = [list(pipeline.eval_pipeline(source, global_batch_size=6, image_size=SIZE, shard_index=k,
-                                        shard_count=2)) for k in range(2)]
+  shards = [
+    list(pipeline.eval_pipeline(source, global_batch_size=6, image_size=SIZE, shard_index=k, shard_count=2))
+    for k in range(2)
+  ]
   assert [len(s) for s in shards] == [3, 3]
   index = np.concatenate([b["index"] for s in shards for b in s])
   mask = np.concatenate([b["mask"] for s in shards for b in s])
@@ -203,17 +212,36 @@ def test_eval_shards_pad_to_equal_batches_and_cover_everything_once():
 
 def test_eval_reads_caption_less_examples_and_adds_a_seeded_augmented_view():
   source = [{k: v for k, v in example.items() if k != "captions"} for example in make_source(6)]
-  augmentation = augment.augmentation_from_config({"random_resized_crop": {"scale": (0.3, 0.6)},
-                                                   "horizontal_flip": {"p": 0.5}})
-  batches = list(pipeline.eval_pipeline(source, global_batch_size=4, image_size=SIZE, augmentation=augmentation,
-                                        augment_seed=9, shard_index=1, shard_count=2))
+  augmentation = augment.augmentation_from_config(
+    {"random_resized_crop": {"scale": (0.3, 0.6)}, "horizontal_flip": {"p": 0.5}}
+  )
+  batches = list(
+    pipeline.eval_pipeline(
+      source,
+      global_batch_size=4,
+      image_size=SIZE,
+      augmentation=augmentation,
+      augment_seed=9,
+      shard_index=1,
+      shard_count=2,
+    )
+  )
   assert "text" not in batches[0]
   for row, index in enumerate(batches[0]["index"][:3]):
     image = pipeline.decode_image(source[index])
     expected = augmentation(image, np.random.default_rng((9, int(index))), SIZE)
     np.testing.assert_array_equal(batches[0]["image_aug"][row], expected)
-  again = list(pipeline.eval_pipeline(source, global_batch_size=4, image_size=SIZE, augmentation=augmentation,
-                                      augment_seed=9, shard_index=1, shard_count=2))
+  again = list(
+    pipeline.eval_pipeline(
+      source,
+      global_batch_size=4,
+      image_size=SIZE,
+      augmentation=augmentation,
+      augment_seed=9,
+      shard_index=1,
+      shard_count=2,
+    )
+  )
   np.testing.assert_array_equal(again[0]["image_aug"], batches[0]["image_aug"])
   assert not np.any(batches[0]["image_aug"][~batches[0]["mask"]])
 

@@ -1,4 +1,5 @@
 """Record files: msgpack examples in sharded array_record files, random access, image decoding."""
+
 import io
 import pickle
 
@@ -19,9 +20,16 @@ def _png(array: np.ndarray) -> bytes:
 
 def _examples(n: int) -> list[dict]:
   rng = np.random.default_rng(0)
-  return [{"image_bytes": _png(rng.integers(0, 256, (4 + i % 3, 5, 3), dtype=np.uint8)),
-           "captions": [f"caption {i}", f"zweite Beschriftung {i} ü"], "image_id": f"img-{i}", "label": i % 4,
-           "labels": {"shape": i % 3, "colour": i % 5}} for i in range(n)]
+  return [
+    {
+      "image_bytes": _png(rng.integers(0, 256, (4 + i % 3, 5, 3), dtype=np.uint8)),
+      "captions": [f"caption {i}", f"zweite Beschriftung {i} ü"],
+      "image_id": f"img-{i}",
+      "label": i % 4,
+      "labels": {"shape": i % 3, "colour": i % 5},
+    }
+    for i in range(n)
+  ]
 
 
 def test_encode_decode_roundtrip_is_plain_msgpack():
@@ -76,9 +84,12 @@ def test_reader_is_a_grain_data_source(tmp_path):
   source = records.RecordDataSource(tmp_path, "train")
   dataset = grain.MapDataset.source(source).map(lambda ex: ex["image_id"])
   assert list(dataset) == [ex["image_id"] for ex in examples]
-  loader = grain.DataLoader(data_source=source, operations=[],
-                            sampler=grain.samplers.IndexSampler(6, num_epochs=1, shuffle=False, seed=0),
-                            worker_count=0)
+  loader = grain.DataLoader(
+    data_source=source,
+    operations=[],
+    sampler=grain.samplers.IndexSampler(6, num_epochs=1, shuffle=False, seed=0),
+    worker_count=0,
+  )
   assert [ex["label"] for ex in loader] == [ex["label"] for ex in examples]
   assert pickle.loads(pickle.dumps(source))[5] == examples[5]
 

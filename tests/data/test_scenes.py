@@ -4,6 +4,7 @@ Captions, questions, statements and hypotheses are parsed back with a small pars
 grammar (its own lexicon, not the generator's), and task answers are recomputed by enumerating every value the image
 hides (possible worlds), independently of the generator's three-valued logic.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,20 +18,52 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lmstruct.data import scenes
-from lmstruct.data import scenes_builder
+from lmstruct.data import scenes, scenes_builder
 
 # --- independent lexicon and parser --------------------------------------------------------------------------------
-SHAPE_LEX = {"circle": "circle", "disc": "circle", "disk": "circle", "square": "square", "block": "square",
-             "triangle": "triangle", "star": "star", "hexagon": "hexagon", "cross": "cross",
-             "semicircle": "semicircle", "half-disc": "semicircle"}
-COLOUR_LEX = {"red": "red", "crimson": "red", "scarlet": "red", "orange": "orange", "tangerine": "orange",
-              "yellow": "yellow", "lemon": "yellow", "green": "green", "cyan": "cyan", "turquoise": "cyan",
-              "aqua": "cyan", "blue": "blue", "azure": "blue", "purple": "purple", "violet": "purple",
-              "pink": "pink", "rosy": "pink"}
+SHAPE_LEX = {
+  "circle": "circle",
+  "disc": "circle",
+  "disk": "circle",
+  "square": "square",
+  "block": "square",
+  "triangle": "triangle",
+  "star": "star",
+  "hexagon": "hexagon",
+  "cross": "cross",
+  "semicircle": "semicircle",
+  "half-disc": "semicircle",
+}
+COLOUR_LEX = {
+  "red": "red",
+  "crimson": "red",
+  "scarlet": "red",
+  "orange": "orange",
+  "tangerine": "orange",
+  "yellow": "yellow",
+  "lemon": "yellow",
+  "green": "green",
+  "cyan": "cyan",
+  "turquoise": "cyan",
+  "aqua": "cyan",
+  "blue": "blue",
+  "azure": "blue",
+  "purple": "purple",
+  "violet": "purple",
+  "pink": "pink",
+  "rosy": "pink",
+}
 SIZE_LEX = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large", "huge": "large"}
-MATERIAL_LEX = {"wooden": "wooden", "wood": "wooden", "metal": "metal", "metallic": "metal", "glass": "glass",
-                "plastic": "plastic", "rubber": "rubber", "stone": "stone"}
+MATERIAL_LEX = {
+  "wooden": "wooden",
+  "wood": "wooden",
+  "metal": "metal",
+  "metallic": "metal",
+  "glass": "glass",
+  "plastic": "plastic",
+  "rubber": "rubber",
+  "stone": "stone",
+}
 LEXICONS = {"shape": SHAPE_LEX, "colour": COLOUR_LEX, "size": SIZE_LEX, "material": MATERIAL_LEX}
 GENERIC = {"shape", "object", "thing", "item"}
 NUMBERS = {"one": 1, "single": 1, "two": 2, "pair": 2, "three": 3}
@@ -48,8 +81,8 @@ def singular(word: str) -> str:
   if word in ALL_WORDS or word in GENERIC:
     return word
   for suffix in ("es", "s"):
-    if word.endswith(suffix) and (word[:-len(suffix)] in ALL_WORDS or word[:-len(suffix)] in GENERIC):
-      return word[:-len(suffix)]
+    if word.endswith(suffix) and (word[: -len(suffix)] in ALL_WORDS or word[: -len(suffix)] in GENERIC):
+      return word[: -len(suffix)]
   return word
 
 
@@ -117,14 +150,15 @@ def possible_matches(objects: dict, i: int, description: dict[str, str], image_o
 
 def worlds(object_sets: list[dict], description: dict[str, str], image_only: bool) -> list[list[tuple[bool, ...]]]:
   """All joint match vectors (one tuple per scene) consistent with what is known."""
-  per_scene = [[possible_matches(objs, i, description, image_only) for i in range(len(objs["shape"]))]
-               for objs in object_sets]
+  per_scene = [
+    [possible_matches(objs, i, description, image_only) for i in range(len(objs["shape"]))] for objs in object_sets
+  ]
   flat = [s for scene in per_scene for s in scene]
   result = []
   for combo in itertools.product(*flat):
     vectors, start = [], 0
     for scene in per_scene:
-      vectors.append(tuple(combo[start:start + len(scene)]))
+      vectors.append(tuple(combo[start : start + len(scene)]))
       start += len(scene)
     result.append(vectors)
   return result
@@ -145,8 +179,9 @@ def decode(png: bytes) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-GAP_CONFIG = scenes.SceneConfig(caption_attributes=scenes.CAPTION_ATTRIBUTES, grey_fraction=0.3,
-                                occlusion_fraction=0.25)
+GAP_CONFIG = scenes.SceneConfig(
+  caption_attributes=scenes.CAPTION_ATTRIBUTES, grey_fraction=0.3, occlusion_fraction=0.25
+)
 
 
 # --- determinism ----------------------------------------------------------------------------------------------------
@@ -162,9 +197,19 @@ def test_examples_are_determined_by_seed_split_and_index():
 
 
 # --- captions state exactly the configured attributes ------------------------------------------------------------
-@pytest.mark.parametrize("attributes", [
-    ("shape", "colour", "size", "material", "count"), ("shape", "colour", "size", "count"), ("colour", "material"),
-    ("size", "count"), ("shape",), (), ("count",), ("shape", "colour", "material", "count")])
+@pytest.mark.parametrize(
+  "attributes",
+  [
+    ("shape", "colour", "size", "material", "count"),
+    ("shape", "colour", "size", "count"),
+    ("colour", "material"),
+    ("size", "count"),
+    ("shape",),
+    (),
+    ("count",),
+    ("shape", "colour", "material", "count"),
+  ],
+)
 def test_captions_state_exactly_the_configured_attributes(attributes):
   config = scenes.SceneConfig(caption_attributes=attributes, captions_per_image=4)
   stated = {a for a in attributes if a != "count"}
@@ -180,8 +225,9 @@ def test_captions_state_exactly_the_configured_attributes(attributes):
       for i, description in enumerate(descriptions):
         expected = {a: v for a, v in object_names(objects, i).items() if a in stated}
         assert description == expected, caption
-      leftover = [w for w in tokens(caption) if singular(w) in ALL_WORDS and
-                  not any(singular(w) in LEXICONS[a] for a in stated)]
+      leftover = [
+        w for w in tokens(caption) if singular(w) in ALL_WORDS and not any(singular(w) in LEXICONS[a] for a in stated)
+      ]
       assert not leftover, caption
 
 
@@ -244,15 +290,15 @@ def test_material_is_stated_in_text_and_never_drawn():
   for index in range(10):
     scene, _ = scenes.example_scenes(with_material, "train", index)
     for material in range(len(MATERIAL_NAMES)):
-      swapped = dataclasses.replace(scene, objects=tuple(dataclasses.replace(o, material=material)
-                                                         for o in scene.objects))
-      assert np.array_equal(scenes.render_scene(swapped, with_material),
-                            scenes.render_scene(scene, with_material))
+      swapped = dataclasses.replace(
+        scene, objects=tuple(dataclasses.replace(o, material=material) for o in scene.objects)
+      )
+      assert np.array_equal(scenes.render_scene(swapped, with_material), scenes.render_scene(scene, with_material))
 
 
 def interior(image: np.ndarray, x: float, y: float, radius: float) -> np.ndarray:
   """Pixels ``[n, 3]`` within 0.2 × radius of an object's centre (inside every shape)."""
-  yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+  yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
   mask = np.hypot(xx - x, yy - y) <= max(0.2 * radius, 1.0)
   return image[mask]
 
@@ -276,7 +322,7 @@ def test_grey_out_hides_colour_of_affected_objects_only():
         assert np.all(pixels.max(-1) == pixels.min(-1))
         for colour in range(len(COLOUR_NAMES)):
           recoloured = dataclasses.replace(obj, colour=colour, tint=(colour, -colour, 3))
-          objects = scene.objects[:i] + (recoloured,) + scene.objects[i + 1:]
+          objects = scene.objects[:i] + (recoloured,) + scene.objects[i + 1 :]
           other = scenes.render_scene(dataclasses.replace(scene, objects=objects), config)
           assert np.array_equal(other, image)
       else:
@@ -305,27 +351,31 @@ def test_occlusion_hides_every_attribute_of_affected_objects():
       for shape, colour, size in [(0, 0, 0), (5, 7, 1), (3, 2, 1)]:
         radius = np.mean(scenes.SIZE_RADIUS[SIZE_NAMES[size]]) * config.image_size
         changed = dataclasses.replace(obj, shape=shape, colour=colour, size=size, radius=radius)
-        objects = scene.objects[:i] + (changed,) + scene.objects[i + 1:]
+        objects = scene.objects[:i] + (changed,) + scene.objects[i + 1 :]
         assert np.array_equal(scenes.render_scene(dataclasses.replace(scene, objects=objects), config), image)
   assert occluded_seen >= 10
 
 
-@pytest.mark.parametrize("preset, expected", [
+@pytest.mark.parametrize(
+  "preset, expected",
+  [
     ("default", {"shape": "both", "colour": "both", "size": "both", "material": "none", "count": "both"}),
     ("material_text", {"shape": "both", "colour": "both", "size": "both", "material": "text", "count": "both"}),
     ("no_size_text", {"shape": "both", "colour": "both", "size": "image", "material": "none", "count": "both"}),
     ("two_way_gap", {"shape": "both", "colour": "both", "size": "image", "material": "text", "count": "both"}),
     ("grey_out", {"shape": "both", "colour": "both", "size": "both", "material": "none", "count": "both"}),
     ("occlusion", {"shape": "both", "colour": "both", "size": "both", "material": "none", "count": "both"}),
-])
+  ],
+)
 def test_preset_label_sources(preset, expected):
   config = next(c for c in scenes_builder.PRESETS if c.name == preset)
   assert scenes.label_sources(config.scene) == expected
   hidden = scenes.image_hidden_fractions(config.scene)
   occluded = {"occlusion": 0.2}.get(preset, 0.0)
   colour_hidden = {"grey_out": 0.3, "occlusion": 0.2}.get(preset, 0.0)
-  assert hidden == pytest.approx({"shape": occluded, "colour": colour_hidden, "size": occluded, "material": 1.0,
-                                  "count": 0.0})
+  assert hidden == pytest.approx(
+    {"shape": occluded, "colour": colour_hidden, "size": occluded, "material": 1.0, "count": 0.0}
+  )
 
 
 def test_hidden_fractions_match_sampled_visibility():
@@ -373,9 +423,15 @@ def test_vqa_answers_are_in_vocabulary_and_correct():
     else:
       position = next(w for w in words if w in ("leftmost", "rightmost", "middle", "only"))
       index = n - 1 if position == "rightmost" else POSITIONS[position]
-      attribute = ("material" if "made" in words or "material" in words else
-                   "size" if "size" in words or "small" in words else
-                   "colour" if "colour" in words else "shape")
+      attribute = (
+        "material"
+        if "made" in words or "material" in words
+        else "size"
+        if "size" in words or "small" in words
+        else "colour"
+        if "colour" in words
+        else "shape"
+      )
       kinds.add(attribute)
       assert answer == object_names(objects, index)[attribute], question
       assert record["answerable"] == (attribute not in hidden_attributes(objects, index))
@@ -386,15 +442,16 @@ def nlvr_predicate(statement: str):
   """``(description, predicate(left_matches, right_matches))`` of an NLVR statement."""
   words = tokens(statement)
   if words[:4] == ["the", "two", "images", "contain"]:
-    description = parse_description(words[words.index("of") + 1:])
+    description = parse_description(words[words.index("of") + 1 :])
     return description, lambda a, b: sum(a) == sum(b)
   if words[2] == "image" and words[4] in ("more", "fewer"):
     first, relation = words[1], words[4]
-    description = parse_description(words[5:words.index("than")])
+    description = parse_description(words[5 : words.index("than")])
 
     def compare(a, b):
       x, y = (a, b) if first == "left" else (b, a)
       return sum(x) > sum(y) if relation == "more" else sum(x) < sum(y)
+
     return description, compare
   if words[0] == "both":
     return parse_description(words[3:]), lambda a, b: any(a) and any(b)
@@ -440,7 +497,8 @@ def test_visual_entailment_labels_follow_the_rule():
     assert truth == {record["hypothesis_true"]}, record["hypothesis"]
     possible = outcomes([objects], description, predicate, True)
     expected = {frozenset({True}): "entailment", frozenset({False}): "contradiction"}.get(
-        frozenset(possible), "neutral")
+      frozenset(possible), "neutral"
+    )
     assert scenes.VE_LABELS[record["target"]] == expected, record["hypothesis"]
     if "material" in description and expected == "neutral":
       seen.add("material-neutral")
@@ -449,16 +507,29 @@ def test_visual_entailment_labels_follow_the_rule():
 
 
 # --- TFDS build -----------------------------------------------------------------------------------------------------
-TINY_SIZES = {"train": 64, "validation": 16, "test": 16, "vqa_train": 8, "vqa_test": 8, "nlvr_train": 8,
-              "nlvr_test": 8, "ve_train": 8, "ve_test": 8}
+TINY_SIZES = {
+  "train": 64,
+  "validation": 16,
+  "test": 16,
+  "vqa_train": 8,
+  "vqa_test": 8,
+  "nlvr_train": 8,
+  "nlvr_test": 8,
+  "ve_train": 8,
+  "ve_test": 8,
+}
 
 
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory) -> tuple[pathlib.Path, scenes_builder.ScenesBuilderConfig]:
   """A tiny build of every split into a temporary data_dir."""
   data_dir = tmp_path_factory.mktemp("scenes")
-  config = scenes_builder.scenes_config(split_sizes=TINY_SIZES, grey_fraction=0.3, occlusion_fraction=0.2,
-                                        caption_attributes=("shape", "colour", "material", "count"))
+  config = scenes_builder.scenes_config(
+    split_sizes=TINY_SIZES,
+    grey_fraction=0.3,
+    occlusion_fraction=0.2,
+    caption_attributes=("shape", "colour", "material", "count"),
+  )
   scenes_builder.scenes_builder(data_dir, config, num_workers=1).download_and_prepare()
   return data_dir, config
 
@@ -471,16 +542,24 @@ def test_build_reads_back_through_tfds_data_source(tiny_build):
   assert raw["image"].shape == (64, 64, 3) and raw["image"].dtype == np.uint8
   builder = tfds.builder_from_directory(str(data_dir / "lmstruct_scenes" / config.name / "1.0.0"))
   assert builder.info.metadata["label_sources"] == {
-      "shape": "both", "colour": "both", "size": "image", "material": "text", "count": "both"}
+    "shape": "both",
+    "colour": "both",
+    "size": "image",
+    "material": "text",
+    "count": "both",
+  }
   assert builder.info.file_format.value == "array_record"
 
 
 def test_load_scenes_gives_contract_dicts(tiny_build):
   data_dir, config = tiny_build
   common = {"image", "image_id", "captions", "labels", "visible_in_image", "objects"}
-  expected_keys = {"captions": set(), "vqa": {"question", "answer", "question_type", "answerable"},
-                   "nlvr": {"image2", "objects2", "statement", "target", "answerable"},
-                   "ve": {"hypothesis", "target", "hypothesis_true"}}
+  expected_keys = {
+    "captions": set(),
+    "vqa": {"question", "answer", "question_type", "answerable"},
+    "nlvr": {"image2", "objects2", "statement", "target", "answerable"},
+    "ve": {"hypothesis", "target", "hypothesis_true"},
+  }
   for split, size in TINY_SIZES.items():
     source = scenes_builder.load_scenes(split, data_dir, config)
     assert len(source) == size
@@ -528,11 +607,10 @@ def test_worker_processes_do_not_change_records():
   serial = list(scenes_builder.generate_records(config, "train", 130, num_workers=1))
   parallel = list(scenes_builder.generate_records(config, "train", 130, num_workers=2))
   assert [i for i, _ in parallel] == list(range(130))
-  assert [(r["image"], r["captions"]) for _, r in serial] == [
-      (r["image"], r["captions"]) for _, r in parallel]
+  assert [(r["image"], r["captions"]) for _, r in serial] == [(r["image"], r["captions"]) for _, r in parallel]
 
 
-# --- bad input ---------------------------------------------------------------------------------------------------------
+# --- bad input -------------------------------------------------------------------------------------------------------
 def test_bad_names_raise_errors_naming_the_choices(tmp_path):
   with pytest.raises(ValueError, match=r"unknown scene knob.*'colour_count'.*valid knobs.*grey_fraction"):
     scenes.SceneConfig.from_dict({"colour_count": 3})

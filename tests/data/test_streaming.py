@@ -1,5 +1,6 @@
 """Streaming webdataset input and reader positions: exactly once per epoch (damaged shards mixed in, shard counts
 that do not divide), exact resume, and resume onto other numbers of processes, readers and devices."""
+
 import collections
 import io
 import json
@@ -8,9 +9,9 @@ import tarfile
 import jax
 import numpy as np
 import pytest
+from test_pipeline import assert_batches_equal, ids_of, make_source, png_bytes, take, train
 
 from lmstruct.data import pipeline, plan, streaming
-from test_pipeline import assert_batches_equal, ids_of, make_source, png_bytes, take, train
 
 SHARD_SIZES = (5, 3, 6, 4, 2, 5, 4)  # 29 samples in 7 shards
 
@@ -66,8 +67,17 @@ def drain(iterator):
 @pytest.mark.parametrize("processes,threads", [(1, 1), (2, 2), (3, 1), (2, 3)])
 def test_each_epoch_delivers_every_usable_sample_exactly_once(shards, processes, threads):
   folder, usable, damaged = shards
-  iterators = [train(stream_of(folder), global_batch_size=processes, num_epochs=2, shard_index=k,
-                     shard_count=processes, read_threads=threads) for k in range(processes)]
+  iterators = [
+    train(
+      stream_of(folder),
+      global_batch_size=processes,
+      num_epochs=2,
+      shard_index=k,
+      shard_count=processes,
+      read_threads=threads,
+    )
+    for k in range(processes)
+  ]
   seen = [drain(it) for it in iterators]
   counts = collections.Counter(i for ids in seen for i in ids)
   assert counts == {i: 2 for i in usable}
@@ -109,13 +119,16 @@ def test_resume_continues_exactly_where_it_stopped(shards):
 def _epoch_after_remap(folder_or_source, before, after, batches, **kwargs):
   """Runs `before` processes for `batches` batches each, then resumes on `after` processes to the end of the
   epoch; returns every id delivered."""
-  first = [train(folder_or_source(), global_batch_size=before, num_epochs=1, shard_index=k, shard_count=before,
-                 **kwargs) for k in range(before)]
+  first = [
+    train(folder_or_source(), global_batch_size=before, num_epochs=1, shard_index=k, shard_count=before, **kwargs)
+    for k in range(before)
+  ]
   seen = [i for it in first for i in ids_of_batches(take(it, batches))]
   state = pipeline.combine_states([it.get_state() for it in first])
   for k in range(after):
-    resumed = train(folder_or_source(), global_batch_size=after, num_epochs=1, shard_index=k, shard_count=after,
-                    **kwargs)
+    resumed = train(
+      folder_or_source(), global_batch_size=after, num_epochs=1, shard_index=k, shard_count=after, **kwargs
+    )
     resumed.set_state(json.loads(json.dumps(state)))
     seen += drain(resumed)
   return seen

@@ -1,4 +1,5 @@
 """Tokenizers: CLIP BPE parity with open_clip golden ids, BPE pieces by hand, WordPiece by hand, vocabulary assets."""
+
 import json
 import pathlib
 import pickle
@@ -20,7 +21,7 @@ def clip():
 
 def _padded(ids, length):
   row = np.zeros(length, np.int32)
-  row[:len(ids)] = ids
+  row[: len(ids)] = ids
   return row
 
 
@@ -38,8 +39,13 @@ def test_clip_matches_open_clip_golden_ids(clip):
 
 
 def test_clip_special_tokens_and_truncation(clip):
-  assert (clip.vocab_size, clip.context_length, clip.sot_token_id, clip.eot_token_id, clip.pad_id) == \
-      (49408, 77, 49406, 49407, 0)
+  assert (clip.vocab_size, clip.context_length, clip.sot_token_id, clip.eot_token_id, clip.pad_id) == (
+    49408,
+    77,
+    49406,
+    49407,
+    0,
+  )
   np.testing.assert_array_equal(clip([""])[0], _padded([49406, 49407], 77))
   long = clip(["many words " * 100])[0]
   assert long[0] == 49406 and long[-1] == 49407 and np.all(long != 0)
@@ -107,7 +113,8 @@ def _tokenizer_json(path, vocab=VOCAB):
   tok.normalizer = normalizers.BertNormalizer(lowercase=True)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
+    single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))]
+  )
   tok.save(str(path))
   return path
 
@@ -117,9 +124,9 @@ def test_wordpiece_by_hand(tmp_path):
   assert (tok.vocab_size, tok.context_length, tok.eot_token_id, tok.pad_id) == (12, 10, 3, 0)
   got = tok(["The cats PLAYING!", "a zebra", ""])
   assert got.dtype == np.int32
-  np.testing.assert_array_equal(got, [[2, 4, 5, 6, 7, 8, 9, 3, 0, 0],
-                                      [2, 10, 1, 3, 0, 0, 0, 0, 0, 0],
-                                      [2, 3, 0, 0, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    got, [[2, 4, 5, 6, 7, 8, 9, 3, 0, 0], [2, 10, 1, 3, 0, 0, 0, 0, 0, 0], [2, 3, 0, 0, 0, 0, 0, 0, 0, 0]]
+  )
   short = tokenize.WordPieceTokenizer(tmp_path / "tokenizer.json", context_length=5)
   np.testing.assert_array_equal(short(["the cat the dog the cat"]), [[2, 4, 5, 4, 3]])
 
@@ -137,11 +144,13 @@ def test_wordpiece_bad_input(tmp_path):
 
 # --- vocabulary asset ----------------------------------------------------------------------------------------------
 
+
 def _fake_pip(vocab_bytes, calls):
   def download(requirement, dest):
     calls.append(requirement)
     with zipfile.ZipFile(dest / "open_clip_torch-3.3.0-py3-none-any.whl", "w") as wheel:
       wheel.writestr(assets.CLIP_VOCAB_MEMBER, vocab_bytes)
+
   return download
 
 

@@ -3,19 +3,27 @@ a hand-worked L2 sweep, few-shot draws.
 
 Every problem here has 16 features, 4 classes and at most 256 rows, so the solver compiles once per process.
 """
+
 import numpy as np
 import pytest
 import scipy.optimize
 
 from lmstruct.eval import get_evaluator, probe
-from lmstruct.eval.probe import (fit_logreg, few_shot_probe, linear_probe, predict, sample_few_shot, select_l2,
-                                 validation_split)
+from lmstruct.eval.probe import (
+  few_shot_probe,
+  fit_logreg,
+  linear_probe,
+  predict,
+  sample_few_shot,
+  select_l2,
+  validation_split,
+)
 
 
 def _reference_objective(theta, x, y, weights, l2, num_classes):
   """float64 weighted softmax cross-entropy + l2 ||W||^2, written independently."""
   d = x.shape[1]
-  w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+  w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
   logits = x @ w + b
   top = logits.max(axis=1, keepdims=True)
   log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
@@ -26,7 +34,7 @@ def _reference_objective(theta, x, y, weights, l2, num_classes):
 def _reference_gradient(theta, x, y, weights, l2, num_classes):
   """d/dtheta of ``_reference_objective``: x^T (P - Y) diag(weights) / sum(weights) + 2 l2 W, and the bias part."""
   d = x.shape[1]
-  w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+  w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
   logits = x @ w + b
   p = np.exp(logits - logits.max(axis=1, keepdims=True))
   p /= p.sum(axis=1, keepdims=True)
@@ -39,9 +47,15 @@ def _reference_fit(x, y, num_classes, l2):
   x = np.asarray(x, np.float64)
   d = x.shape[1]
   args = (x, y, np.ones(len(y)), l2, num_classes)
-  theta = scipy.optimize.minimize(_reference_objective, np.zeros(d * num_classes + num_classes), args=args,
-                                  jac=_reference_gradient, method="BFGS", options={"gtol": 1e-10}).x
-  return theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+  theta = scipy.optimize.minimize(
+    _reference_objective,
+    np.zeros(d * num_classes + num_classes),
+    args=args,
+    jac=_reference_gradient,
+    method="BFGS",
+    options={"gtol": 1e-10},
+  ).x
+  return theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
 
 
 def test_lbfgs_solution_matches_scipy_on_weighted_objective():
@@ -50,14 +64,15 @@ def test_lbfgs_solution_matches_scipy_on_weighted_objective():
   x = rng.normal(size=(n, d))
   y = rng.integers(0, c, n)
   weights = np.ones(n)
-  weights[60:] = 0.0            # zero-weight rows must not influence the fit
+  weights[60:] = 0.0  # zero-weight rows must not influence the fit
   x[60:] *= 100.0
-  ref = scipy.optimize.minimize(_reference_objective, np.zeros(d * c + c), args=(x, y, weights, l2, c),
-                                method="BFGS", options={"gtol": 1e-10})
+  ref = scipy.optimize.minimize(
+    _reference_objective, np.zeros(d * c + c), args=(x, y, weights, l2, c), method="BFGS", options={"gtol": 1e-10}
+  )
   w, b = fit_logreg(x, y, c, l2, weights=weights, tol=1e-6)
   ours = _reference_objective(np.concatenate([w.ravel(), b]), x, y, weights, l2, c)
   assert ours == pytest.approx(ref.fun, abs=1e-6)
-  np.testing.assert_allclose(w, ref.x[:d * c].reshape(d, c), atol=1e-3)
+  np.testing.assert_allclose(w, ref.x[: d * c].reshape(d, c), atol=1e-3)
 
 
 def _clusters(rng, n, num_classes=4, dim=16, scale=3.0):
@@ -177,11 +192,29 @@ def test_probe_evaluators_on_batches():
     return np.asarray(images)[:, 0, :, 0]
 
   train, test = batches(x[:100], y[:100]), batches(x[100:], y[100:])
-  probe = get_evaluator("linear_probe", {"train_batches": train, "test_batches": test, "label_key": "labels/shape",
-                                         "max_iter": 100, "coarse_exponents": (-4.0, 0.0), "refine_steps": ()})
+  probe = get_evaluator(
+    "linear_probe",
+    {
+      "train_batches": train,
+      "test_batches": test,
+      "label_key": "labels/shape",
+      "max_iter": 100,
+      "coarse_exponents": (-4.0, 0.0),
+      "refine_steps": (),
+    },
+  )
   assert probe.run(encode_image, None)["acc1"] >= 0.95
-  few = get_evaluator("few_shot", {"train_batches": train, "test_batches": test, "label_key": "labels/shape",
-                                   "shots": (2,), "seeds": (0, 1), "max_iter": 100})
+  few = get_evaluator(
+    "few_shot",
+    {
+      "train_batches": train,
+      "test_batches": test,
+      "label_key": "labels/shape",
+      "shots": (2,),
+      "seeds": (0, 1),
+      "max_iter": 100,
+    },
+  )
   metrics = few.run(encode_image, None)
   assert set(metrics) == {"2shot_acc1_mean", "2shot_acc1_std", "nonfinite_fraction"}
   assert metrics["2shot_acc1_mean"] >= 0.9 and metrics["nonfinite_fraction"] == 0.0
@@ -230,14 +263,28 @@ def test_label_probes_read_each_feature_kind_from_its_own_encoder_output():
   noise = lambda: rng.normal(size=(n, 4)).astype(np.float32)
   hv, zv, zt = onehot(backbone_label) + 0.1 * noise(), noise(), onehot(text_label) + 0.1 * noise()
   ids = np.arange(n)
-  batches = [{"image": ids[i:i + 100], "text": ids[i:i + 100, None], "mask": np.ones(100, bool),
-              "labels": {"t": text_label[i:i + 100], "b": backbone_label[i:i + 100]}} for i in range(0, n, 100)]
+  batches = [
+    {
+      "image": ids[i : i + 100],
+      "text": ids[i : i + 100, None],
+      "mask": np.ones(100, bool),
+      "labels": {"t": text_label[i : i + 100], "b": backbone_label[i : i + 100]},
+    }
+    for i in range(0, n, 100)
+  ]
   train, test = batches[:2], batches[2:]
   encode_image = lambda idx: {"zv": zv[np.asarray(idx)], "hv": hv[np.asarray(idx)]}
   encode_text = lambda tok: {"zt": zt[np.asarray(tok)[:, 0]]}
-  evaluator = get_evaluator("label_probes", {"train_batches": train, "test_batches": test,
-                                             "label_keys": {"t": "labels/t", "b": "labels/b"},
-                                             "num_classes": {"t": 4, "b": 4}, "shots": [2]})
+  evaluator = get_evaluator(
+    "label_probes",
+    {
+      "train_batches": train,
+      "test_batches": test,
+      "label_keys": {"t": "labels/t", "b": "labels/b"},
+      "num_classes": {"t": 4, "b": 4},
+      "shots": [2],
+    },
+  )
   metrics = evaluator.run(encode_image, encode_text)
   assert metrics["t/text/acc1"] == metrics["t/joint/acc1"] == metrics["b/backbone/acc1"] == 1.0
   assert metrics["t/text/test_ce"] < 0.05 and metrics["b/backbone/test_ce"] < 0.05
@@ -246,5 +293,13 @@ def test_label_probes_read_each_feature_kind_from_its_own_encoder_output():
     assert metrics[f"{key}/test_ce"] == pytest.approx(np.log(4), abs=0.1)
   assert metrics["b/backbone/2shot_acc1"] > 0.9
   with pytest.raises(ValueError, match=r"unknown evaluator 'label_probes' feature kind 'pooled'"):
-    get_evaluator("label_probes", {"train_batches": train, "test_batches": test, "label_keys": {"t": "labels/t"},
-                                   "num_classes": {"t": 4}, "features": ["pooled"]})
+    get_evaluator(
+      "label_probes",
+      {
+        "train_batches": train,
+        "test_batches": test,
+        "label_keys": {"t": "labels/t"},
+        "num_classes": {"t": 4},
+        "features": ["pooled"],
+      },
+    )

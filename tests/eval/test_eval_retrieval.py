@@ -1,4 +1,5 @@
 """Retrieval under the COCO protocol: hand-worked ranks with ties, recall keys, sharded == unsharded == float64."""
+
 import jax
 import numpy as np
 import pytest
@@ -35,10 +36,20 @@ def test_hand_worked_ranks(ties, devices):
 
 def test_hand_worked_recall_keys_follow_clip_benchmark():
   pess = retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(8))
-  expected = {"image_retrieval_recall@1": 1 / 5, "image_retrieval_recall@2": 3 / 5, "image_retrieval_recall@3": 1.0,
-              "text_retrieval_recall@1": 1 / 3, "text_retrieval_recall@2": 1 / 3, "text_retrieval_recall@3": 1.0}
-  expected.update({f"mean_recall@{k}": 0.5 * (expected[f"image_retrieval_recall@{k}"]
-                                              + expected[f"text_retrieval_recall@{k}"]) for k in (1, 2, 3)})
+  expected = {
+    "image_retrieval_recall@1": 1 / 5,
+    "image_retrieval_recall@2": 3 / 5,
+    "image_retrieval_recall@3": 1.0,
+    "text_retrieval_recall@1": 1 / 3,
+    "text_retrieval_recall@2": 1 / 3,
+    "text_retrieval_recall@3": 1.0,
+  }
+  expected.update(
+    {
+      f"mean_recall@{k}": 0.5 * (expected[f"image_retrieval_recall@{k}"] + expected[f"text_retrieval_recall@{k}"])
+      for k in (1, 2, 3)
+    }
+  )
   assert pess == pytest.approx(expected)
   opt = retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2), mesh=_mesh(8), ties="optimistic")
   assert opt["image_retrieval_recall@1"] == pytest.approx(2 / 5)
@@ -56,19 +67,22 @@ def test_dense_reference_ranks_match_hand_worked():
 
 # Non-finite scores are the worst: a query with no finite positive score gets the worst rank, 1 + #negatives, under
 # either tie rule; a non-finite negative is never ahead of the best finite positive.
-NONFINITE_SCORES = np.array([[np.nan, 0.2, 0.5, -np.inf],   # positive {0}: not finite -> 1 + 3
-                             [0.3, np.nan, 0.3, np.inf],     # positive {0}: only the tie at 0.3 may count
-                             [np.nan, 0.1, 0.7, 0.2],        # positives {0, 2}: best finite positive 0.7
-                             [np.inf, 0.9, np.nan, 0.1],     # positives {0, 2}: none finite -> 1 + 2
-                             [np.nan] * 4])                  # positive {1}: all NaN -> 1 + 3
+NONFINITE_SCORES = np.array(
+  [
+    [np.nan, 0.2, 0.5, -np.inf],  # positive {0}: not finite -> 1 + 3
+    [0.3, np.nan, 0.3, np.inf],  # positive {0}: only the tie at 0.3 may count
+    [np.nan, 0.1, 0.7, 0.2],  # positives {0, 2}: best finite positive 0.7
+    [np.inf, 0.9, np.nan, 0.1],  # positives {0, 2}: none finite -> 1 + 2
+    [np.nan] * 4,
+  ]
+)  # positive {1}: all NaN -> 1 + 3
 NONFINITE_POSITIVE = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0], [0, 1, 0, 0]], bool)
 NONFINITE_RANKS = {"pessimistic": [4, 2, 1, 3, 4], "optimistic": [4, 1, 1, 3, 4]}
 
 
 @pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
 def test_nonfinite_scores_are_the_worst(ties):
-  np.testing.assert_array_equal(ranks_from_scores(NONFINITE_SCORES, NONFINITE_POSITIVE, ties),
-                                NONFINITE_RANKS[ties])
+  np.testing.assert_array_equal(ranks_from_scores(NONFINITE_SCORES, NONFINITE_POSITIVE, ties), NONFINITE_RANKS[ties])
 
 
 # t4's embedding holds a NaN, so every score with t4 is NaN: as a query (image 2) it gets the worst rank 1 + 2; as
@@ -101,8 +115,7 @@ def test_an_all_nan_model_gets_the_worst_ranks(ties):
 def _loop_reference(zv, zt, text_image):
   """float64 ranks by explicit loops over queries: 1 + #negatives scoring >= the best positive."""
   s = zv.astype(np.float64) @ zt.astype(np.float64).T
-  t2i = [1 + sum(s[i, t] >= s[text_image[t], t] for i in range(len(zv)) if i != text_image[t])
-         for t in range(len(zt))]
+  t2i = [1 + sum(s[i, t] >= s[text_image[t], t] for i in range(len(zv)) if i != text_image[t]) for t in range(len(zt))]
   i2t = []
   for i in range(len(zv)):
     own = [t for t in range(len(zt)) if text_image[t] == i]
@@ -157,16 +170,24 @@ def test_retrieval_evaluator_with_several_captions_text_mask_and_padding():
   def batch(image_vectors, captions, text_mask, mask):
     images = np.zeros((len(image_vectors), 1, 3, 3), np.float32)
     images[:, 0, :, 0] = image_vectors
-    return {"image": images, "text": np.array(captions, np.int32)[..., None],
-            "text_mask": np.array(text_mask), "mask": np.array(mask)}
+    return {
+      "image": images,
+      "text": np.array(captions, np.int32)[..., None],
+      "text_mask": np.array(text_mask),
+      "mask": np.array(mask),
+    }
 
-  batches = [batch(ZV[:2], [[0, 1], [2, 3]], [[True, True], [True, True]], [True, True]),
-             batch([ZV[2], np.ones(3)], [[4, junk], [junk, junk]], [[True, False], [True, True]], [True, False])]
-  evaluator = get_evaluator("retrieval", {"batches": lambda: iter(batches), "ks": (1, 2, 3),
-                                          "mesh": _mesh(8), "query_chunk": 4})
+  batches = [
+    batch(ZV[:2], [[0, 1], [2, 3]], [[True, True], [True, True]], [True, True]),
+    batch([ZV[2], np.ones(3)], [[4, junk], [junk, junk]], [[True, False], [True, True]], [True, False]),
+  ]
+  evaluator = get_evaluator(
+    "retrieval", {"batches": lambda: iter(batches), "ks": (1, 2, 3), "mesh": _mesh(8), "query_chunk": 4}
+  )
   first = evaluator.run(encode_image, encode_text)
-  assert first == pytest.approx({**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)),
-                                 "nonfinite_fraction": 0.0})
+  assert first == pytest.approx(
+    {**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)), "nonfinite_fraction": 0.0}
+  )
   assert first["image_retrieval_recall@2"] == pytest.approx(3 / 5)
   assert evaluator.run(encode_image, encode_text) == first  # a callable source is re-iterated
 
@@ -181,16 +202,25 @@ def test_retrieval_evaluator_joins_caption_passes_by_image_index():
   def batch(index, captions, mask):
     images = np.zeros((len(index), 1, 3, 3), np.float32)
     images[:, 0, :, 0] = ZV[np.maximum(index, 0)]
-    return {"image": images, "text": np.array(captions, np.int32)[:, None], "index": np.array(index, np.int32),
-            "mask": np.array(mask)}
+    return {
+      "image": images,
+      "text": np.array(captions, np.int32)[:, None],
+      "index": np.array(index, np.int32),
+      "mask": np.array(mask),
+    }
 
-# pass over caption 0 of every image, then over caption 1 (image 2 has none: its row is masked)
-  passes = [batch([0, 1], [0, 2], [True, True]), batch([2, -1], [4, 0], [True, False]),
-            batch([0, 1], [1, 3], [True, True]), batch([2, -1], [0, 0], [False, False])]
+  # pass over caption 0 of every image, then over caption 1 (image 2 has none: its row is masked)
+  passes = [
+    batch([0, 1], [0, 2], [True, True]),
+    batch([2, -1], [4, 0], [True, False]),
+    batch([0, 1], [1, 3], [True, True]),
+    batch([2, -1], [0, 0], [False, False]),
+  ]
   evaluator = get_evaluator("retrieval", {"batches": passes, "ks": (1, 2, 3), "mesh": _mesh(8)})
   metrics = evaluator.run(encode_image, encode_text)
-  assert metrics == pytest.approx({**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)),
-                                   "nonfinite_fraction": 0.0})
+  assert metrics == pytest.approx(
+    {**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)), "nonfinite_fraction": 0.0}
+  )
   separate = get_evaluator("retrieval", {"batches": passes, "ks": (1,), "image_id_key": None, "mesh": _mesh(8)})
   # without joining, the second pass adds duplicate images (5 images, one caption each)
   assert separate.compute(encode_image, encode_text).extra == {"num_images": 5, "num_texts": 5}

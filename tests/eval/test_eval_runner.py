@@ -1,4 +1,5 @@
 """Registry, step scheduling, JSON records, PNG figures, the feature cache and the structure evaluator end to end."""
+
 import json
 import math
 
@@ -37,8 +38,10 @@ def test_config_fields_are_checked():
 
 
 def test_due_and_run_evaluators_schedule():
-  evaluators = [get_evaluator("retrieval", {"batches": [], "every_steps": 10, "name": "a"}),
-                get_evaluator("retrieval", {"batches": [], "every_steps": 0, "name": "b"})]
+  evaluators = [
+    get_evaluator("retrieval", {"batches": [], "every_steps": 10, "name": "a"}),
+    get_evaluator("retrieval", {"batches": [], "every_steps": 0, "name": "b"}),
+  ]
   assert [e.due(20) for e in evaluators] == [True, False]
   assert [e.due(15) for e in evaluators] == [False, False]
   assert run_evaluators(evaluators, None, None, step=15) == {}
@@ -74,8 +77,10 @@ def test_plots_write_png(tmp_path):
   rng = np.random.default_rng(0)
   zv, zt = rng.normal(size=(30, 8)), rng.normal(size=(30, 8)) + 1.0
   curve = {"lambda": [0.0, 0.5, 1.0], "gap": [0.8, 0.4, 0.0], "metric": [0.5, 0.55, 0.52]}
-  for path in (plot_gap_shift_curve(curve, tmp_path / "a" / "curve.png"),
-               plot_modality_pca(zv, zt, tmp_path / "pca.png", max_pairs=10)):
+  for path in (
+    plot_gap_shift_curve(curve, tmp_path / "a" / "curve.png"),
+    plot_modality_pca(zv, zt, tmp_path / "pca.png", max_pairs=10),
+  ):
     data = path.read_bytes()
     assert len(data) > 1000 and data.startswith(PNG_SIGNATURE)
 
@@ -91,6 +96,7 @@ def test_structure_evaluator_end_to_end(tmp_path):
   zt = _unit(zv + 0.3 * rng.normal(size=(n, d)) + 1.0 * np.eye(d)[1])
   zv_aug = _unit(zv + 0.1 * rng.normal(size=(n, d)))
   zv_ind, zt_ind = _unit(rng.normal(size=(n, d))), _unit(rng.normal(size=(n, d)))
+
   # images carry their row index in pixel (0, 0, 0); tokens are the row index
   def images(index, aug=False):
     out = np.zeros((len(index), 2, 2, 3), np.float32)
@@ -112,14 +118,27 @@ def test_structure_evaluator_end_to_end(tmp_path):
   batches = []
   for start in range(0, n, 16):
     index = np.arange(start, start + 16)
-    batches.append({"image": images(index), "image_aug": images(index, aug=True),
-                    "text": index[:, None].astype(np.int32), "mask": np.ones(16, bool)})
+    batches.append(
+      {
+        "image": images(index),
+        "image_aug": images(index, aug=True),
+        "text": index[:, None].astype(np.int32),
+        "mask": np.ones(16, bool),
+      }
+    )
   padded = np.array([0, 1, 2, 3])
-  batches.append({"image": images(padded), "image_aug": images(padded, aug=True),
-                  "text": padded[:, None].astype(np.int32), "mask": np.zeros(4, bool)})
+  batches.append(
+    {
+      "image": images(padded),
+      "image_aug": images(padded, aug=True),
+      "text": padded[:, None].astype(np.int32),
+      "mask": np.zeros(4, bool),
+    }
+  )
 
-  evaluator = get_evaluator("structure", {"batches": batches, "every_steps": 5,
-                                          "shift_lambdas": (-0.5, 0.0, 0.5, 1.0), "pca_max_pairs": 20})
+  evaluator = get_evaluator(
+    "structure", {"batches": batches, "every_steps": 5, "shift_lambdas": (-0.5, 0.0, 0.5, 1.0), "pca_max_pairs": 20}
+  )
   results = run_evaluators([evaluator], encode_image, encode_text, step=10, workdir=tmp_path)
   metrics = results["structure"]
   expected = {**structure_metrics(zv, zt, zv_aug=zv_aug, zv_ind=zv_ind, zt_ind=zt_ind), "nonfinite_fraction": 0.0}
@@ -138,9 +157,17 @@ def test_structure_evaluator_end_to_end(tmp_path):
     data = (out / name).read_bytes()
     assert len(data) > 1000 and data.startswith(PNG_SIGNATURE)
 
-  custom = get_evaluator("structure", {"batches": batches, "name": "structure_mpd", "shift_lambdas": (0.5,),
-                                       "shift_metric": mean_paired_distance, "shift_metric_name": "mpd",
-                                       "write_plots": False})
+  custom = get_evaluator(
+    "structure",
+    {
+      "batches": batches,
+      "name": "structure_mpd",
+      "shift_lambdas": (0.5,),
+      "shift_metric": mean_paired_distance,
+      "shift_metric_name": "mpd",
+      "write_plots": False,
+    },
+  )
   custom.run(encode_image, encode_text, step=3, workdir=tmp_path)
   record = read_metrics(tmp_path / "eval" / "structure_mpd" / "step_3.json")
   assert record["extra"]["shift_metric"] == "mpd"
@@ -183,8 +210,9 @@ def test_probe_features_are_read_from_the_cache_at_the_same_step(tmp_path):
   labels = np.repeat(np.arange(2), 16)
   features = np.eye(2)[labels] + 0.1 * rng.normal(size=(32, 2))
   source = KeyedBatches([{"image": np.arange(32, dtype=np.float32)[:, None], "label": labels}])
-  probe = get_evaluator("linear_probe", {"train_batches": source, "test_batches": source, "cache_features": True,
-                                         "features": "projected"})
+  probe = get_evaluator(
+    "linear_probe", {"train_batches": source, "test_batches": source, "cache_features": True, "features": "projected"}
+  )
   encode = lambda rows: {"zv": features[np.asarray(rows)[:, 0].astype(int)]}
   first = probe.run(encode, None, step=7, workdir=tmp_path)
   assert source.passes == 1  # train and test are the same data: encoded once
@@ -200,8 +228,15 @@ def _nan_model_batches(n=24, size=8):
     index = np.arange(start, start + size)
     images = np.zeros((size, 2, 2, 3), np.float32)
     images[:, 0, 0, 0] = index
-    batches.append({"image": images, "text": index[:, None].astype(np.int32), "label": index % 3, "index": index,
-                    "mask": np.ones(size, bool)})
+    batches.append(
+      {
+        "image": images,
+        "text": index[:, None].astype(np.int32),
+        "label": index % 3,
+        "index": index,
+        "mask": np.ones(size, bool),
+      }
+    )
   return batches
 
 
@@ -215,23 +250,46 @@ def test_an_all_nan_model_scores_nothing_in_any_evaluator(tmp_path):
     return {"zt": np.full((len(tokens), 6), np.nan, np.float32)}
 
   configs = {
-      "zeroshot": {"batches": batches, "class_names": ["a", "b", "c"], "ks": (1, 2),
-                   "tokenize": lambda texts: np.zeros((len(texts), 1), np.int32)},
-      "retrieval": {"batches": batches, "ks": (1, 5)},
-      "linear_probe": {"train_batches": batches, "test_batches": batches, "coarse_exponents": (0.0,),
-                       "refine_steps": (), "features": "projected"},
-      "few_shot": {"train_batches": batches, "test_batches": batches, "shots": (2,), "seeds": (0,),
-                   "features": "projected"},
-      "structure": {"batches": batches, "shift_lambdas": (0.0, 1.0)},
+    "zeroshot": {
+      "batches": batches,
+      "class_names": ["a", "b", "c"],
+      "ks": (1, 2),
+      "tokenize": lambda texts: np.zeros((len(texts), 1), np.int32),
+    },
+    "retrieval": {"batches": batches, "ks": (1, 5)},
+    "linear_probe": {
+      "train_batches": batches,
+      "test_batches": batches,
+      "coarse_exponents": (0.0,),
+      "refine_steps": (),
+      "features": "projected",
+    },
+    "few_shot": {
+      "train_batches": batches,
+      "test_batches": batches,
+      "shots": (2,),
+      "seeds": (0,),
+      "features": "projected",
+    },
+    "structure": {"batches": batches, "shift_lambdas": (0.0, 1.0)},
   }
-  results = run_evaluators([get_evaluator(kind, cfg) for kind, cfg in configs.items()], encode_image, encode_text,
-                           step=1, workdir=tmp_path, only_due=False)
+  results = run_evaluators(
+    [get_evaluator(kind, cfg) for kind, cfg in configs.items()],
+    encode_image,
+    encode_text,
+    step=1,
+    workdir=tmp_path,
+    only_due=False,
+  )
   assert {name: metrics["nonfinite_fraction"] for name, metrics in results.items()} == dict.fromkeys(configs, 1.0)
   # 3 classes: the worst rank is 3, beyond k = 1, 2; 24 pairs: the worst rank is 24, beyond k = 1, 5
   assert results["zeroshot"]["acc1"] == results["zeroshot"]["acc2"] == 0.0
   assert results["zeroshot"]["mean_per_class_recall"] == 0.0
-  assert all(results["retrieval"][f"{d}_recall@{k}"] == 0.0 for d in ("image_retrieval", "text_retrieval", "mean")
-             for k in (1, 5))
+  assert all(
+    results["retrieval"][f"{d}_recall@{k}"] == 0.0
+    for d in ("image_retrieval", "text_retrieval", "mean")
+    for k in (1, 5)
+  )
   assert results["linear_probe"]["acc1"] == results["linear_probe"]["val_acc1"] == 0.0
   assert results["few_shot"]["2shot_acc1_mean"] == 0.0
   assert math.isnan(results["structure"]["separability"])

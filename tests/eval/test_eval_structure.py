@@ -1,11 +1,23 @@
 """Modality-structure diagnostics on hand-worked embeddings and against float64 references."""
+
 import numpy as np
 import pytest
 
-from lmstruct.eval.structure import (alignment, bridge_residual, cross_modal_symmetry_error, embedding_shift_curve,
-                                     gap_vector, in_modal_symmetry_error, mean_paired_distance, modality_gap,
-                                     modality_separability, orthogonality, shift_embeddings, structure_metrics,
-                                     uniformity)
+from lmstruct.eval.structure import (
+  alignment,
+  bridge_residual,
+  cross_modal_symmetry_error,
+  embedding_shift_curve,
+  gap_vector,
+  in_modal_symmetry_error,
+  mean_paired_distance,
+  modality_gap,
+  modality_separability,
+  orthogonality,
+  shift_embeddings,
+  structure_metrics,
+  uniformity,
+)
 
 
 def _unit(rng, n, d=16):
@@ -43,9 +55,9 @@ def test_gap_and_paired_distance_differ_as_defined():
 
 
 def test_uniformity_hand_worked():
-  assert uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)        # d^2 = 4, t = 2
+  assert uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)  # d^2 = 4, t = 2
   angles = np.array([0.0, 2.0, 4.0]) * np.pi / 3
-  triangle = np.stack([np.cos(angles), np.sin(angles)], axis=1)                     # d^2 = 3 for every pair
+  triangle = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # d^2 = 3 for every pair
   assert uniformity(triangle) == pytest.approx(-6.0)
   assert uniformity(triangle, t=1.0) == pytest.approx(-3.0)
 
@@ -133,8 +145,16 @@ def test_structure_metrics_keys():
   rng = np.random.default_rng(5)
   zv, zt = _unit(rng, 20), _unit(rng, 20)
   base = structure_metrics(zv, zt)
-  assert set(base) == {"modality_gap", "mean_paired_distance", "alignment", "uniformity_image", "uniformity_text",
-                       "cross_modal_symmetry_error", "in_modal_symmetry_error", "separability"}
+  assert set(base) == {
+    "modality_gap",
+    "mean_paired_distance",
+    "alignment",
+    "uniformity_image",
+    "uniformity_text",
+    "cross_modal_symmetry_error",
+    "in_modal_symmetry_error",
+    "separability",
+  }
   full = structure_metrics(zv, zt, zv_aug=zv, zv_ind=zt, zt_ind=zv)
   assert set(full) - set(base) == {"bridge_residual", "orthogonality_image", "orthogonality_text"}
   assert full["modality_gap"] == modality_gap(zv, zt)

@@ -1,5 +1,6 @@
 """The paper's evaluation suite: its configs, every registered tfds dataset through it on mock data (no TensorFlow,
 no download), and the tables of its results."""
+
 import logging
 
 import jax
@@ -14,8 +15,22 @@ from lmstruct.train.evaluation import build_evaluators, make_encoders
 from lmstruct.train.sharding import make_mesh
 
 ZERO_SHOT = ("cifar10", "cifar100", "imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-LINEAR_PROBE = ("caltech101", "svhn", "stl10", "cifar10", "cifar100", "dtd", "fgvc_aircraft", "oxford_pets",
-                "rendered_sst2", "food101", "gtsrb", "stanford_cars", "flowers102", "imagenet")
+LINEAR_PROBE = (
+  "caltech101",
+  "svhn",
+  "stl10",
+  "cifar10",
+  "cifar100",
+  "dtd",
+  "fgvc_aircraft",
+  "oxford_pets",
+  "rendered_sst2",
+  "food101",
+  "gtsrb",
+  "stanford_cars",
+  "flowers102",
+  "imagenet",
+)
 
 
 def test_suite_covers_the_papers_tables():
@@ -39,8 +54,15 @@ def test_suite_covers_the_papers_tables():
 
 
 def test_suite_options():
-  clip = suite.suite_evals(tfds_dir="t", folders="f", prompts="clip", every_steps=500, features="projected",
-                           use_folders=("imagenet_a",), only=("imagenet_a", "cifar10"))
+  clip = suite.suite_evals(
+    tfds_dir="t",
+    folders="f",
+    prompts="clip",
+    every_steps=500,
+    features="projected",
+    use_folders=("imagenet_a",),
+    only=("imagenet_a", "cifar10"),
+  )
   assert sorted(clip) == ["linear_probe_cifar10", "zeroshot_cifar10", "zeroshot_imagenet_a"]
   assert clip["zeroshot_cifar10"]["templates"] == "clip_cifar10"
   assert clip["zeroshot_imagenet_a"]["templates"] == "clip_imagenet"
@@ -72,17 +94,20 @@ def test_every_registered_tfds_dataset_runs_through_the_suite_on_mock_data(tiny_
     if entry["kind"] == "linear_probe":  # a short sweep: these are random examples
       entry.update(coarse_exponents=(-2.0, 0.0), refine_steps=(), max_iter=20)
   with caplog.at_level(logging.WARNING), mock_tfds.mock_tfds(num_examples=16):
-    evaluators = build_evaluators(evals, data_dir=str(tmp_path), batch_size=16, image_size=size, tokenize=tokenize,
-                                  mesh=mesh)
-    results = run_evaluators(evaluators, *make_encoders(model, variables, mesh), step=3, workdir=tmp_path,
-                             only_due=False)
+    evaluators = build_evaluators(
+      evals, data_dir=str(tmp_path), batch_size=16, image_size=size, tokenize=tokenize, mesh=mesh
+    )
+    results = run_evaluators(
+      evaluators, *make_encoders(model, variables, mesh), step=3, workdir=tmp_path, only_due=False
+    )
   # The three ImageFolder datasets are absent: each is reported once, with where it belongs, and skipped.
   folder_only = {d.key for d in suite.DATASETS if d.tfds is None}
   skipped = [r.getMessage() for r in caplog.records if "dataset not found" in r.getMessage()]
   assert len(skipped) == len(folder_only) and all("docs/evaluation.md" in m for m in skipped)
   tfds_datasets = {d.key for d in suite.DATASETS if d.tfds}
-  assert set(results) == ({f"zeroshot_{k}" for k in ZERO_SHOT} |
-                          {f"linear_probe_{k}" for k in LINEAR_PROBE if k in tfds_datasets})
+  assert set(results) == (
+    {f"zeroshot_{k}" for k in ZERO_SHOT} | {f"linear_probe_{k}" for k in LINEAR_PROBE if k in tfds_datasets}
+  )
   for name, metrics in results.items():
     keys = {"acc1", "acc3", "acc5", "mean_per_class_recall"} if name.startswith("zeroshot_") else {"acc1"}
     assert keys <= set(metrics) and all(0.0 <= metrics[k] <= 1.0 for k in keys), name

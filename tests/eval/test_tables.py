@@ -1,4 +1,5 @@
 """The paper's Tables 1-3 from suite results: layout, missing cells, the average, and merging runs."""
+
 import pytest
 
 from lmstruct.eval import io, tables
@@ -12,13 +13,16 @@ def table_lines(text, title):
 
 
 def test_zero_shot_tables_hand_worked():
-  runs = {"CLIP": {"zeroshot_cifar10": {"acc1": 0.4495, "acc3": 0.7258, "acc5": 0.883},
-                   "zeroshot_imagenet_a": {"acc1": 0.0281, "acc3": 0.0731, "acc5": 0.1132}},
-          "GC": {"zeroshot_cifar100": {"acc1": 0.227, "acc3": 0.4166, "acc5": 0.5178}}}
+  runs = {
+    "CLIP": {
+      "zeroshot_cifar10": {"acc1": 0.4495, "acc3": 0.7258, "acc5": 0.883},
+      "zeroshot_imagenet_a": {"acc1": 0.0281, "acc3": 0.0731, "acc5": 0.1132},
+    },
+    "GC": {"zeroshot_cifar100": {"acc1": 0.227, "acc3": 0.4166, "acc5": 0.5178}},
+  }
   text = tables.paper_tables(runs)
   header, rule, clip, gc = table_lines(text, "Table 1")
-  assert header == ("| Method | C10 T1 | C10 T3 | C10 T5 | C100 T1 | C100 T3 | C100 T5 | IN1K T1 | IN1K T3 | "
-                    "IN1K T5 |")
+  assert header == ("| Method | C10 T1 | C10 T3 | C10 T5 | C100 T1 | C100 T3 | C100 T5 | IN1K T1 | IN1K T3 | IN1K T5 |")
   assert rule == "|" + "---|" * 10
   assert clip == "| CLIP | 44.95 | 72.58 | 88.30 | – | – | – | – | – | – |"
   assert gc == "| GC | – | – | – | 22.70 | 41.66 | 51.78 | – | – | – |"
@@ -34,8 +38,10 @@ def test_linear_probe_table_averages_only_complete_rows():
   del partial["linear_probe_gtsrb"]
   text = tables.paper_tables({"all": complete, "partial": partial})
   header, _, all_row, partial_row = table_lines(text, "Table 3")
-  assert header == ("| Method | Cal101 | SVHN | STL10 | C10 | C100 | DTD | Aircraft | Pets | SST2 | Food101 | GTSRB | "
-                    "Cars | Flowers | IN1K | Avg |")
+  assert header == (
+    "| Method | Cal101 | SVHN | STL10 | C10 | C100 | DTD | Aircraft | Pets | SST2 | Food101 | GTSRB | "
+    "Cars | Flowers | IN1K | Avg |"
+  )
   cells = all_row.strip("| ").split(" | ")
   assert cells[1:3] == ["50.00", "51.00"] and cells[-1] == "56.50"  # mean of 50..63
   partial_cells = partial_row.strip("| ").split(" | ")
@@ -62,7 +68,8 @@ def test_runs_merge_from_their_workdirs(tmp_path, capsys):
 
 def test_run_tables_are_written_only_for_suite_results(tmp_path):
   assert tables.write_run_tables(tmp_path, {"retrieval": {"mean_recall@1": 0.5}}) is None
-  path = tables.write_run_tables(tmp_path, {"zeroshot_imagenet": {"acc1": float("nan"), "acc3": 0.5, "acc5": 0.6}},
-                                 label="run")
+  path = tables.write_run_tables(
+    tmp_path, {"zeroshot_imagenet": {"acc1": float("nan"), "acc3": 0.5, "acc5": 0.6}}, label="run"
+  )
   assert "| run | – | – | – | – | – | – | – | 50.00 | 60.00 |" in path.read_text()
   assert '"acc1": null' in (tmp_path / "paper_tables.json").read_text()

@@ -2,6 +2,7 @@
 
 They share no code with lmstruct.losses, so a test comparing the two checks the implementation, not itself.
 """
+
 import math
 
 import numpy as np
@@ -36,8 +37,9 @@ def clip(zv, zt, s):
 
 
 def inmodal(zv, zt, zva, zta, s):
-  return 0.25 * (ce_diag(sims(zv, zt, s)) + ce_diag(sims(zt, zv, s)) + ce_diag(sims(zv, zva, s))
-                 + ce_diag(sims(zt, zta, s)))
+  return 0.25 * (
+    ce_diag(sims(zv, zt, s)) + ce_diag(sims(zt, zv, s)) + ce_diag(sims(zv, zva, s)) + ce_diag(sims(zt, zta, s))
+  )
 
 
 def separation(zv, zt, zvi, zti, zvia, ztia, s):
@@ -45,7 +47,7 @@ def separation(zv, zt, zvi, zti, zvia, ztia, s):
   ortho = sum(dot(zv[j], zvi[j]) ** 2 + dot(zt[j], zti[j]) ** 2 for j in range(n)) / n
   con = ce_diag(sims(zvi, zvia, s)) + ce_diag(sims(zti, ztia, s))
   g = lambda u, v: math.exp(-2.0 * float(np.sum((u - v) ** 2)))
-  uni = math.log(sum(g(zvi[j], zvi[k]) + g(zti[j], zti[k]) for j in range(n) for k in range(n)) / n ** 2)
+  uni = math.log(sum(g(zvi[j], zvi[k]) + g(zti[j], zti[k]) for j in range(n) for k in range(n)) / n**2)
   return ortho + con + uni
 
 
@@ -62,10 +64,22 @@ def bridge(zv, zt, zva, t):
 
 def geometric(zv, zt, zva, zta):
   n = zv.shape[0]
-  gc = sum((dot(zv[j], zt[k]) - dot(zv[k], zt[j])) ** 2 + (dot(zv[j], zv[k]) - dot(zt[j], zt[k])) ** 2
-           for j in range(n) for k in range(n)) / n
-  gca = sum((dot(zv[j], zv[k]) - dot(zva[j], zva[k])) ** 2 + (dot(zt[j], zt[k]) - dot(zta[j], zta[k])) ** 2
-            for j in range(n) for k in range(n)) / n
+  gc = (
+    sum(
+      (dot(zv[j], zt[k]) - dot(zv[k], zt[j])) ** 2 + (dot(zv[j], zv[k]) - dot(zt[j], zt[k])) ** 2
+      for j in range(n)
+      for k in range(n)
+    )
+    / n
+  )
+  gca = (
+    sum(
+      (dot(zv[j], zv[k]) - dot(zva[j], zva[k])) ** 2 + (dot(zt[j], zt[k]) - dot(zta[j], zta[k])) ** 2
+      for j in range(n)
+      for k in range(n)
+    )
+    / n
+  )
   gca += sum((dot(zv[j], zt[j]) - dot(zva[j], zta[j])) ** 2 for j in range(n)) / n
   return gc + gca
 

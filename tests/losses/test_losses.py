@@ -1,12 +1,13 @@
 """Each loss against its float64 NumPy reference, plus properties and hand-worked cases."""
+
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference as ref
+
 from lmstruct import losses
 from lmstruct.losses.common import l2_normalize
 
@@ -27,18 +28,19 @@ def f32(*arrays):
 def test_every_loss_matches_float64_reference(n, d):
   zv, zt, zva, zta, zvi, zti, zvia, ztia = features(n, d, seed=n * 100 + d)
   cases = [
-      (losses.clip_loss(*f32(zv, zt), SCALE), ref.clip(zv, zt, SCALE)),
-      (losses.inmodal_contrastive_loss(*f32(zv, zt, zva, zta), SCALE), ref.inmodal(zv, zt, zva, zta, SCALE)),
-      (losses.separation_loss(*f32(zv, zt, zvi, zti, zvia, ztia), SCALE),
-       ref.separation(zv, zt, zvi, zti, zvia, ztia, SCALE)),
-      (losses.brownian_bridge_loss(*f32(zv, zt, zva)), ref.bridge(zv, zt, zva, 0.25)),
-      (losses.geometric_consistency_loss(*f32(zv, zt, zva, zta)), ref.geometric(zv, zt, zva, zta)),
-      (losses.cyclip_loss(*f32(zv, zt)), ref.cyclip(zv, zt)),
-      (losses.cyclip_loss(*f32(zv, zt), inmodal_weight=0.7, crossmodal_weight=0.1),
-       ref.cyclip(zv, zt, 0.7, 0.1)),
-      (losses.sigmoid_loss(*f32(zv, zt), 10.0, -3.0), ref.sigmoid(zv, zt, 10.0, -3.0)),
-      (losses.alignment_loss(*f32(zv, zt)), ref.alignment(zv, zt)),
-      (losses.gap_alignment_loss(*f32(zv, zt)), ref.gap_alignment(zv, zt)),
+    (losses.clip_loss(*f32(zv, zt), SCALE), ref.clip(zv, zt, SCALE)),
+    (losses.inmodal_contrastive_loss(*f32(zv, zt, zva, zta), SCALE), ref.inmodal(zv, zt, zva, zta, SCALE)),
+    (
+      losses.separation_loss(*f32(zv, zt, zvi, zti, zvia, ztia), SCALE),
+      ref.separation(zv, zt, zvi, zti, zvia, ztia, SCALE),
+    ),
+    (losses.brownian_bridge_loss(*f32(zv, zt, zva)), ref.bridge(zv, zt, zva, 0.25)),
+    (losses.geometric_consistency_loss(*f32(zv, zt, zva, zta)), ref.geometric(zv, zt, zva, zta)),
+    (losses.cyclip_loss(*f32(zv, zt)), ref.cyclip(zv, zt)),
+    (losses.cyclip_loss(*f32(zv, zt), inmodal_weight=0.7, crossmodal_weight=0.1), ref.cyclip(zv, zt, 0.7, 0.1)),
+    (losses.sigmoid_loss(*f32(zv, zt), 10.0, -3.0), ref.sigmoid(zv, zt, 10.0, -3.0)),
+    (losses.alignment_loss(*f32(zv, zt)), ref.alignment(zv, zt)),
+    (losses.gap_alignment_loss(*f32(zv, zt)), ref.gap_alignment(zv, zt)),
   ]
   for got, want in cases:
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=2e-6)
@@ -73,18 +75,26 @@ def test_permuting_the_batch_leaves_every_loss_unchanged():
   permuted = [a[perm] for a in arrays]
 
   def all_losses(zv, zt, zva, zta, zvi, zti, zvia, ztia):
-    return np.array([
-        losses.clip_loss(zv, zt, SCALE), losses.inmodal_contrastive_loss(zv, zt, zva, zta, SCALE),
-        losses.separation_loss(zv, zt, zvi, zti, zvia, ztia, SCALE), losses.brownian_bridge_loss(zv, zt, zva),
-        losses.geometric_consistency_loss(zv, zt, zva, zta), losses.cyclip_loss(zv, zt),
-        losses.sigmoid_loss(zv, zt, SCALE, -2.0), losses.alignment_loss(zv, zt),
-        losses.gap_alignment_loss(zv, zt)])
+    return np.array(
+      [
+        losses.clip_loss(zv, zt, SCALE),
+        losses.inmodal_contrastive_loss(zv, zt, zva, zta, SCALE),
+        losses.separation_loss(zv, zt, zvi, zti, zvia, ztia, SCALE),
+        losses.brownian_bridge_loss(zv, zt, zva),
+        losses.geometric_consistency_loss(zv, zt, zva, zta),
+        losses.cyclip_loss(zv, zt),
+        losses.sigmoid_loss(zv, zt, SCALE, -2.0),
+        losses.alignment_loss(zv, zt),
+        losses.gap_alignment_loss(zv, zt),
+      ]
+    )
 
   np.testing.assert_allclose(all_losses(*f32(*arrays)), all_losses(*f32(*permuted)), rtol=1e-5)
 
 
 def test_geometric_consistency_core_is_zero_for_identical_modalities():
   from lmstruct.losses.geometric import crossmodal_symmetry_error, similarity_structure_error
+
   (z,) = features(6, 4, seed=2, count=1)
   z = jnp.asarray(z, jnp.float32)
   assert float(crossmodal_symmetry_error(z, z) + similarity_structure_error(z, z)) < 1e-10
@@ -107,6 +117,7 @@ def test_bridge_gradient_reaches_all_three_inputs():
 
 def test_orthogonality_is_zero_for_orthogonal_pairs():
   from lmstruct.losses.separation import orthogonality_loss
+
   eye = np.eye(4)
   zv, zv_ind = eye[[0, 1]], eye[[2, 3]]
   zt, zt_ind = eye[[1, 0]], eye[[3, 2]]
@@ -125,6 +136,7 @@ def test_clip_loss_hand_worked_2x2():
 def test_uniformity_term_matches_hand_value_for_antipodal_points():
   """Two antipodal points per modality: Σ_jk G = 2·(1 + e^{-8}) per modality, so L = log((1 + e^{-8}) · 4 / 4)."""
   from lmstruct.losses.separation import independent_uniformity_loss
+
   z = jnp.asarray([[1.0, 0.0], [-1.0, 0.0]], jnp.float32)
   assert float(independent_uniformity_loss(z, z)) == pytest.approx(math.log(1 + math.exp(-8)), abs=2e-7)
 
@@ -139,7 +151,7 @@ def test_gap_alignment_is_finite_at_initialisation_where_the_printed_form_blows_
   assert float(gap) == pytest.approx(2.0 - 2.0 * np.mean(inner), rel=1e-5)
   assert 1.9 < float(gap) < 2.1
   assert np.isfinite(float(jnp.sum(jax.grad(losses.gap_alignment_loss)(*f32(zv, zt)))))
-  assert float(printed) > 1e4 and float(printed) == pytest.approx(np.mean(1.0 / inner ** 2), rel=1e-3)
+  assert float(printed) > 1e4 and float(printed) == pytest.approx(np.mean(1.0 / inner**2), rel=1e-3)
 
 
 def test_gap_alignment_has_its_only_minimum_at_aligned_pairs():
@@ -161,17 +173,19 @@ def test_gap_alignment_has_its_only_minimum_at_aligned_pairs():
 # Every registered term's float64 reference, on the features f (a dict), the scale s, the bias b, the term's option
 # and its per-example draw. A term added to the registry without a reference here fails the test below.
 REFERENCES = {
-    "clip": lambda f, s, b, option, draw: ref.clip(f["zv"], f["zt"], s),
-    "inmodal": lambda f, s, b, option, draw: ref.inmodal(f["zv"], f["zt"], f["zv_aug"], f["zt_aug"], s),
-    "sigmoid": lambda f, s, b, option, draw: ref.sigmoid(f["zv"], f["zt"], s, b),
-    "separation": lambda f, s, b, option, draw: ref.separation(f["zv"], f["zt"], f["zv_ind"], f["zt_ind"],
-                                                               f["zv_ind_aug"], f["zt_ind_aug"], s),
-    "bridge": lambda f, s, b, option, draw: ref.bridge(f["zv"], f["zt"], f["zv_aug"], draw),
-    "geometric": lambda f, s, b, option, draw: ref.geometric(f["zv"], f["zt"], f["zv_aug"], f["zt_aug"]),
-    "cyclip": lambda f, s, b, option, draw: ref.cyclip(f["zv"], f["zt"], option["inmodal_weight"],
-                                                       option["crossmodal_weight"]),
-    "alignment": lambda f, s, b, option, draw: ref.alignment(f["zv"], f["zt"]),
-    "gap_alignment": lambda f, s, b, option, draw: ref.gap_alignment(f["zv"], f["zt"]),
+  "clip": lambda f, s, b, option, draw: ref.clip(f["zv"], f["zt"], s),
+  "inmodal": lambda f, s, b, option, draw: ref.inmodal(f["zv"], f["zt"], f["zv_aug"], f["zt_aug"], s),
+  "sigmoid": lambda f, s, b, option, draw: ref.sigmoid(f["zv"], f["zt"], s, b),
+  "separation": lambda f, s, b, option, draw: ref.separation(
+    f["zv"], f["zt"], f["zv_ind"], f["zt_ind"], f["zv_ind_aug"], f["zt_ind_aug"], s
+  ),
+  "bridge": lambda f, s, b, option, draw: ref.bridge(f["zv"], f["zt"], f["zv_aug"], draw),
+  "geometric": lambda f, s, b, option, draw: ref.geometric(f["zv"], f["zt"], f["zv_aug"], f["zt_aug"]),
+  "cyclip": lambda f, s, b, option, draw: ref.cyclip(
+    f["zv"], f["zt"], option["inmodal_weight"], option["crossmodal_weight"]
+  ),
+  "alignment": lambda f, s, b, option, draw: ref.alignment(f["zv"], f["zt"]),
+  "gap_alignment": lambda f, s, b, option, draw: ref.gap_alignment(f["zv"], f["zt"]),
 }
 
 
@@ -182,8 +196,16 @@ def raw_features(n, d, seed):
   near = lambda x, sigma: x + sigma * rng.normal(size=x.shape)
   zv, zv_ind, zt_ind = (rng.normal(size=(n, d)) for _ in range(3))
   zt = near(zv, 0.5)
-  return {"zv": zv, "zt": zt, "zv_aug": near(zv, 0.4), "zt_aug": near(zt, 0.4), "zv_ind": zv_ind, "zt_ind": zt_ind,
-          "zv_ind_aug": near(zv_ind, 0.4), "zt_ind_aug": near(zt_ind, 0.4)}
+  return {
+    "zv": zv,
+    "zt": zt,
+    "zv_aug": near(zv, 0.4),
+    "zt_aug": near(zt, 0.4),
+    "zv_ind": zv_ind,
+    "zt_ind": zt_ind,
+    "zv_ind_aug": near(zv_ind, 0.4),
+    "zt_ind_aug": near(zt_ind, 0.4),
+  }
 
 
 @pytest.mark.parametrize("name", sorted(losses.TERMS))
@@ -192,23 +214,24 @@ def test_gradient_of_every_registered_term_matches_float64_finite_differences(na
   central difference (R(x + εu) − R(x − εu)) / 2ε of its float64 reference R, along three random directions u in
   (features, s, b)."""
   term = losses.TERMS[name]
-  config = losses.ObjectiveConfig(options={"bridge_t": "uniform",
-                                           "cyclip": {"inmodal_weight": 0.7, "crossmodal_weight": 0.2}})
+  config = losses.ObjectiveConfig(
+    options={"bridge_t": "uniform", "cyclip": {"inmodal_weight": 0.7, "crossmodal_weight": 0.2}}
+  )
   option = config.option(term)
   rng = np.random.default_rng(len(name))
   draw = rng.uniform(size=5) if term.draw is not None else None
   raw, s, b = raw_features(5, 4, seed=len(name)), 6.0, -2.0
 
   def value(arrays, scale, bias):
-    features = losses.Features(logit_scale=scale, logit_bias=bias,
-                               **{k: l2_normalize(v) for k, v in arrays.items()})
+    features = losses.Features(logit_scale=scale, logit_bias=bias, **{k: l2_normalize(v) for k, v in arrays.items()})
     return term.formula(features, option, None if draw is None else jnp.asarray(draw, jnp.float32))
 
   def reference(arrays, scale, bias):
     return REFERENCES[name]({k: ref.normalize(v) for k, v in arrays.items()}, scale, bias, option, draw)
 
-  grads, grad_s, grad_b = jax.grad(value, argnums=(0, 1, 2))({k: jnp.asarray(v, jnp.float32) for k, v in raw.items()},
-                                                             jnp.float32(s), jnp.float32(b))
+  grads, grad_s, grad_b = jax.grad(value, argnums=(0, 1, 2))(
+    {k: jnp.asarray(v, jnp.float32) for k, v in raw.items()}, jnp.float32(s), jnp.float32(b)
+  )
   eps = 1e-5
   for _ in range(3):
     u = {k: rng.normal(size=v.shape) for k, v in raw.items()}

@@ -10,14 +10,15 @@ features. Taken directly at unit features, the gradient of the uniformity term's
 rounding puts ⟨z_j, z_j⟩ above or below 1, which differs between any two ways of computing the product. That
 gradient is radial, so the normalisation removes it. The remaining terms are also compared at unit features.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import reference as ref
 from lmstruct.losses.common import l2_normalize
 from lmstruct.losses.objective import compute_objective
 from lmstruct.losses.registry import TERMS
@@ -42,18 +43,27 @@ def make_features(batch, seed):
   zv = rng.normal(size=(batch, D))
   zt = noisy(zv, 0.7)
   zv_ind, zt_ind = rng.normal(size=(batch, D)), rng.normal(size=(batch, D))
-  return {"zv": zv, "zt": zt, "zv_aug": noisy(zv, 0.4), "zt_aug": noisy(zt, 0.4), "zv_ind": zv_ind,
-          "zt_ind": zt_ind, "zv_ind_aug": noisy(zv_ind, 0.4), "zt_ind_aug": noisy(zt_ind, 0.4)}
+  return {
+    "zv": zv,
+    "zt": zt,
+    "zv_aug": noisy(zv, 0.4),
+    "zt_aug": noisy(zt, 0.4),
+    "zv_ind": zv_ind,
+    "zt_ind": zt_ind,
+    "zv_ind_aug": noisy(zv_ind, 0.4),
+    "zt_ind_aug": noisy(zt_ind, 0.4),
+  }
 
 
 def objective_and_gradient(objective, config, normalize):
   """jit of (arrays, s, b) ↦ ((L, metrics), ∂L/∂(arrays, s, b)); the features are l2_normalize(arrays) if
   `normalize`, else the arrays themselves."""
+
   def loss(arrays, logit_scale, logit_bias):
     if normalize:
       arrays = {k: l2_normalize(v) for k, v in arrays.items()}
-    return objective(Features(logit_scale=logit_scale, logit_bias=logit_bias, **arrays), config,
-                     jax.random.key(7))
+    return objective(Features(logit_scale=logit_scale, logit_bias=logit_bias, **arrays), config, jax.random.key(7))
+
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
@@ -63,8 +73,9 @@ _GLOBAL_OBJECTIVES = {}
 def run_both(config, arrays, scale, bias, mesh, data_axis="data", normalize=True):
   """(ring result, global result), each ((L, metrics), grads): the ring on inputs sharded over `data_axis` of
   `mesh`, the global objective on the same inputs on one device."""
-  sharded = {k: jax.device_put(jnp.asarray(v, jnp.float32), NamedSharding(mesh, P(data_axis)))
-             for k, v in arrays.items()}
+  sharded = {
+    k: jax.device_put(jnp.asarray(v, jnp.float32), NamedSharding(mesh, P(data_axis))) for k, v in arrays.items()
+  }
   scalars = (jnp.float32(scale), jnp.float32(bias))
   ring = objective_and_gradient(lambda f, c, r: compute_objective_ring(f, c, r, mesh, data_axis), config, normalize)
   key = (repr(config), normalize)
@@ -86,7 +97,7 @@ def assert_same_objective(ring, global_, logit_scale):
   """
   (ring_total, ring_metrics), (ring_features, *ring_scalars) = ring
   (total, metrics), (features, *scalars) = global_
-  value_floor = 4 * logit_scale * 2.0 ** -23
+  value_floor = 4 * logit_scale * 2.0**-23
   assert list(ring_metrics) == list(metrics)
   for key in metrics:
     np.testing.assert_allclose(ring_metrics[key], metrics[key], rtol=1e-5, atol=value_floor, err_msg=key)
@@ -101,8 +112,12 @@ def assert_same_objective(ring, global_, logit_scale):
 
 @pytest.mark.parametrize("base,batch", [("clip", 8), ("inmodal", 16), ("sigmoid", 40), ("inmodal", 40)])
 def test_ring_equals_global_objective_on_8_devices(base, batch):
-  config = {"base": base, "weights": ALL_REGULARIZERS, "bridge_t": "uniform",
-            "cyclip": {"inmodal_weight": 0.3, "crossmodal_weight": 0.6}}
+  config = {
+    "base": base,
+    "weights": ALL_REGULARIZERS,
+    "bridge_t": "uniform",
+    "cyclip": {"inmodal_weight": 0.3, "crossmodal_weight": 0.6},
+  }
   mesh = mesh_of((8,), ("data",), jax.devices())
   ring, global_ = run_both(config, make_features(batch, seed=batch), *SCALES[base], mesh)
   assert_same_objective(ring, global_, SCALES[base][0])
@@ -110,8 +125,11 @@ def test_ring_equals_global_objective_on_8_devices(base, batch):
 
 def test_ring_equals_global_gradient_at_unit_features():
   """Gradients taken directly at unit features, radial components included: every term but the uniformity."""
-  config = {"base": "inmodal", "weights": {k: w for k, w in ALL_REGULARIZERS.items() if k != "separation"},
-            "bridge_t": 0.25}
+  config = {
+    "base": "inmodal",
+    "weights": {k: w for k, w in ALL_REGULARIZERS.items() if k != "separation"},
+    "bridge_t": 0.25,
+  }
   arrays = {k: ref.normalize(v) for k, v in make_features(16, seed=3).items() if "ind" not in k}
   mesh = mesh_of((8,), ("data",), jax.devices())
   assert_same_objective(*run_both(config, arrays, *SCALES["inmodal"], mesh, normalize=False), SCALES["inmodal"][0])
@@ -131,10 +149,12 @@ def test_every_registered_term_ring_form_equals_its_global_form(name):
 
   def of_term(objective):
     def value(arrays, logit_scale, logit_bias):
-      features = Features(logit_scale=logit_scale, logit_bias=logit_bias,
-                          **{k: l2_normalize(v) for k, v in arrays.items()})
+      features = Features(
+        logit_scale=logit_scale, logit_bias=logit_bias, **{k: l2_normalize(v) for k, v in arrays.items()}
+      )
       _, metrics = objective(features, config, jax.random.key(3))
       return metrics[f"loss/{name}"], metrics
+
     return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2), has_aux=True))
 
   scalars = (jnp.float32(scale), jnp.float32(bias))
@@ -145,16 +165,24 @@ def test_every_registered_term_ring_form_equals_its_global_form(name):
   assert float(jnp.abs(ring[1][0]["zv"]).max()) > 0  # a gradient that is there to compare
 
 
-@pytest.mark.parametrize("layout", ["4-device sub-mesh", "1-device mesh", "2-D mesh, batch over both axes",
-                                    "2-D mesh, batch over one axis", "mesh with Explicit axes"])
+@pytest.mark.parametrize(
+  "layout",
+  [
+    "4-device sub-mesh",
+    "1-device mesh",
+    "2-D mesh, batch over both axes",
+    "2-D mesh, batch over one axis",
+    "mesh with Explicit axes",
+  ],
+)
 def test_ring_equals_global_objective_on_other_meshes(layout):
   devices = jax.devices()
   mesh, data_axis = {
-      "4-device sub-mesh": (mesh_of((4,), ("data",), devices[4:]), "data"),
-      "1-device mesh": (mesh_of((1,), ("data",), devices[3:4]), "data"),
-      "2-D mesh, batch over both axes": (mesh_of((4, 2), ("data", "fsdp"), devices), ("data", "fsdp")),
-      "2-D mesh, batch over one axis": (mesh_of((2, 4), ("data", "model"), devices), "data"),
-      "mesh with Explicit axes": (mesh_of((8,), ("data",), devices, jax.sharding.AxisType.Explicit), "data"),
+    "4-device sub-mesh": (mesh_of((4,), ("data",), devices[4:]), "data"),
+    "1-device mesh": (mesh_of((1,), ("data",), devices[3:4]), "data"),
+    "2-D mesh, batch over both axes": (mesh_of((4, 2), ("data", "fsdp"), devices), ("data", "fsdp")),
+    "2-D mesh, batch over one axis": (mesh_of((2, 4), ("data", "model"), devices), "data"),
+    "mesh with Explicit axes": (mesh_of((8,), ("data",), devices, jax.sharding.AxisType.Explicit), "data"),
   }[layout]
   config = {"base": "inmodal", "weights": ALL_REGULARIZERS, "bridge_t": "uniform"}
   ring, global_ = run_both(config, make_features(24, seed=5), *SCALES["inmodal"], mesh, data_axis)
@@ -165,15 +193,20 @@ def test_ring_equals_global_objective_on_other_meshes(layout):
 def test_global_objective_on_explicitly_sharded_features_equals_unsharded(base):
   """Features sharded over an Explicit mesh axis (sharding in types, jax.make_mesh's default) are gathered before
   the B×B products, which explicit sharding would otherwise reject: same value and gradients as on one device."""
-  config = {"base": base, "weights": ALL_REGULARIZERS, "bridge_t": "uniform",
-            "cyclip": {"inmodal_weight": 0.3, "crossmodal_weight": 0.6}}
+  config = {
+    "base": base,
+    "weights": ALL_REGULARIZERS,
+    "bridge_t": "uniform",
+    "cyclip": {"inmodal_weight": 0.3, "crossmodal_weight": 0.6},
+  }
   mesh = mesh_of((8,), ("data",), jax.devices(), jax.sharding.AxisType.Explicit)
   arrays = make_features(16, seed=11)
   scalars = (jnp.float32(SCALES[base][0]), jnp.float32(SCALES[base][1]))
   sharded = {k: jax.device_put(jnp.asarray(v, jnp.float32), NamedSharding(mesh, P("data"))) for k, v in arrays.items()}
   explicit = objective_and_gradient(compute_objective, config, normalize=True)(sharded, *scalars)
   one_device = objective_and_gradient(compute_objective, config, normalize=True)(
-      {k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()}, *scalars)
+    {k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()}, *scalars
+  )
   assert_same_objective(explicit, one_device, SCALES[base][0])
   # Gradients come back sharded like their features.
   assert explicit[1][0]["zv"].sharding.is_equivalent_to(NamedSharding(mesh, P("data")), 2)
@@ -186,25 +219,31 @@ def test_ring_values_match_float64_references():
   mesh = mesh_of((8,), ("data",), jax.devices())
   sharded = {k: jax.device_put(jnp.asarray(v, jnp.float32), NamedSharding(mesh, P("data"))) for k, v in a.items()}
   want = {
-      "clip": ref.clip(a["zv"], a["zt"], scale),
-      "inmodal": ref.inmodal(a["zv"], a["zt"], a["zv_aug"], a["zt_aug"], scale),
-      "sigmoid": ref.sigmoid(a["zv"], a["zt"], scale, bias),
-      "separation": ref.separation(a["zv"], a["zt"], a["zv_ind"], a["zt_ind"], a["zv_ind_aug"], a["zt_ind_aug"],
-                                   scale),
-      "bridge": ref.bridge(a["zv"], a["zt"], a["zv_aug"], 0.4),
-      "geometric": ref.geometric(a["zv"], a["zt"], a["zv_aug"], a["zt_aug"]),
-      "cyclip": ref.cyclip(a["zv"], a["zt"], 0.7, 0.1),
-      "alignment": ref.alignment(a["zv"], a["zt"]),
+    "clip": ref.clip(a["zv"], a["zt"], scale),
+    "inmodal": ref.inmodal(a["zv"], a["zt"], a["zv_aug"], a["zt_aug"], scale),
+    "sigmoid": ref.sigmoid(a["zv"], a["zt"], scale, bias),
+    "separation": ref.separation(a["zv"], a["zt"], a["zv_ind"], a["zt_ind"], a["zv_ind_aug"], a["zt_ind_aug"], scale),
+    "bridge": ref.bridge(a["zv"], a["zt"], a["zv_aug"], 0.4),
+    "geometric": ref.geometric(a["zv"], a["zt"], a["zv_aug"], a["zt_aug"]),
+    "cyclip": ref.cyclip(a["zv"], a["zt"], 0.7, 0.1),
+    "alignment": ref.alignment(a["zv"], a["zt"]),
   }
-  configs = {base: {"base": base, "weights": ALL_REGULARIZERS if base == "clip" else {}, "bridge_t": 0.4,
-                    "cyclip": {"inmodal_weight": 0.7, "crossmodal_weight": 0.1}}
-             for base in ("clip", "inmodal", "sigmoid")}
+  configs = {
+    base: {
+      "base": base,
+      "weights": ALL_REGULARIZERS if base == "clip" else {},
+      "bridge_t": 0.4,
+      "cyclip": {"inmodal_weight": 0.7, "crossmodal_weight": 0.1},
+    }
+    for base in ("clip", "inmodal", "sigmoid")
+  }
 
   @jax.jit
   def ring_metrics(arrays):
     features = Features(logit_scale=jnp.float32(scale), logit_bias=jnp.float32(bias), **arrays)
-    return {base: compute_objective_ring(features, config, jax.random.key(0), mesh)[1]
-            for base, config in configs.items()}
+    return {
+      base: compute_objective_ring(features, config, jax.random.key(0), mesh)[1] for base, config in configs.items()
+    }
 
   got = ring_metrics(sharded)
   for name, value in want.items():
@@ -219,9 +258,10 @@ def test_ring_block_sums_send_every_column_gradient_home():
   """S = Σ_jk ⟨x_j, y_k⟩² + Σ_j ⟨x_j, y_j⟩ over a batch on 8 devices, against NumPy's closed forms
   ∂S/∂x = 2(XYᵀ)Y + Y and ∂S/∂y = 2(XYᵀ)ᵀX + X: each column block's cotangent, gathered on the devices it visited,
   must arrive back on the device (and row) it came from."""
+
   def block(rows, cols, params, own):
     products = rows @ cols.T
-    total = jnp.sum(products ** 2)
+    total = jnp.sum(products**2)
     return total + jnp.sum(jnp.diagonal(products)) if own else total
 
   mesh = mesh_of((8,), ("data",), jax.devices())
@@ -234,7 +274,7 @@ def test_ring_block_sums_send_every_column_gradient_home():
 
   value, (dx, dy) = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(*(jnp.asarray(a, jnp.float32) for a in (x, y)))
   products = x @ y.T
-  np.testing.assert_allclose(float(value), np.sum(products ** 2) + np.trace(products), rtol=1e-5)
+  np.testing.assert_allclose(float(value), np.sum(products**2) + np.trace(products), rtol=1e-5)
   np.testing.assert_allclose(dx, 2 * products @ y + y, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dy, 2 * products.T @ x + x, rtol=1e-5, atol=1e-5)
 
@@ -256,5 +296,4 @@ def test_batch_not_divisible_by_the_data_axis_is_rejected():
   mesh = mesh_of((8,), ("data",), jax.devices())
   arrays = {k: jnp.asarray(v, jnp.float32) for k, v in make_features(12, seed=1).items()}
   with pytest.raises(ValueError, match="not divisible"):
-    compute_objective_ring(Features(logit_scale=jnp.float32(10.0), **arrays), {"base": "clip"}, jax.random.key(0),
-                           mesh)
+    compute_objective_ring(Features(logit_scale=jnp.float32(10.0), **arrays), {"base": "clip"}, jax.random.key(0), mesh)

@@ -5,6 +5,7 @@ taken from lmstruct: the empirical std of every group must lie within 5 % of its
 checked: unrolled blocks and scanned blocks (`model.scan_layers`, one stacked parameter per kind, whose rows are put
 back into `block_<i>` by `lmstruct.models.layout` so that every layer is checked on its own).
 """
+
 import functools
 import math
 import re
@@ -44,14 +45,14 @@ def empirical_std(x):
 
 
 def text_expectations(width, layers):
-  proj_std = width ** -0.5 * (2 * layers) ** -0.5
+  proj_std = width**-0.5 * (2 * layers) ** -0.5
   return {
-      ("text_tower/token_embedding/embedding",): 0.02,
-      ("text_tower/positional_embedding",): 0.01,
-      ("attn/qkv/kernel",): width ** -0.5,
-      ("attn/out/kernel", "mlp/proj/kernel"): proj_std,
-      ("mlp/fc/kernel",): (2 * width) ** -0.5,
-      ("text_projection/kernel", "text_projection_ind/kernel"): width ** -0.5,
+    ("text_tower/token_embedding/embedding",): 0.02,
+    ("text_tower/positional_embedding",): 0.01,
+    ("attn/qkv/kernel",): width**-0.5,
+    ("attn/out/kernel", "mlp/proj/kernel"): proj_std,
+    ("mlp/fc/kernel",): (2 * width) ** -0.5,
+    ("text_projection/kernel", "text_projection_ind/kernel"): width**-0.5,
   }
 
 
@@ -65,7 +66,7 @@ def test_text_tower_follows_clip_formulas(preset, params_layout):
   for layer in (0, 11):  # every layer on its own, not only their pool
     block = {k: v for k, v in text.items() if f"/block_{layer}/" in k}
     std = empirical_std(group(block, "attn/qkv/kernel"))
-    assert std == pytest.approx(512 ** -0.5, rel=0.05), (layer, std)
+    assert std == pytest.approx(512**-0.5, rel=0.05), (layer, std)
 
 
 @pytest.mark.parametrize("preset,params_layout", CASES)
@@ -74,22 +75,24 @@ def test_vision_tower_follows_clip_formulas(preset, params_layout):
   if preset == "ViT-B-32":
     width = 768
     expectations = {
-        ("image_tower/class_embedding", "image_tower/positional_embedding"): width ** -0.5,
-        ("image_projection/kernel", "image_projection_ind/kernel"): width ** -0.5,
+      ("image_tower/class_embedding", "image_tower/positional_embedding"): width**-0.5,
+      ("image_projection/kernel", "image_projection_ind/kernel"): width**-0.5,
     }
     for layer in (0, 11):
       # Blocks keep PyTorch's defaults: Xavier-uniform packed in-projection [w, 3w], kaiming_uniform(a=√5) linears.
-      expectations.update({
+      expectations.update(
+        {
           (f"image_tower/transformer/block_{layer}/attn/qkv/kernel",): math.sqrt(2 / (width + 3 * width)),
           (f"image_tower/transformer/block_{layer}/attn/out/kernel",): 1 / math.sqrt(3 * width),
           (f"image_tower/transformer/block_{layer}/mlp/fc/kernel",): 1 / math.sqrt(3 * width),
           (f"image_tower/transformer/block_{layer}/mlp/proj/kernel",): 1 / math.sqrt(3 * 4 * width),
-      })
+        }
+      )
   else:
     in_features = 2048  # the attention pool's embedding width, 32 × 64
     expectations = {
-        ("attnpool/q_proj/kernel", "attnpool/k_proj/kernel", "attnpool/v_proj/kernel"): in_features ** -0.5,
-        ("image_projection/kernel", "image_projection_ind/kernel"): in_features ** -0.5,
+      ("attnpool/q_proj/kernel", "attnpool/k_proj/kernel", "attnpool/v_proj/kernel"): in_features**-0.5,
+      ("image_projection/kernel", "image_projection_ind/kernel"): in_features**-0.5,
     }
   for patterns, expected in expectations.items():
     std = empirical_std(group(flat, *patterns))

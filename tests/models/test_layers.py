@@ -3,6 +3,7 @@
 References are float64 NumPy on the same (bfloat16-rounded) inputs: a bf16 product with float32 accumulation must
 equal the exact product rounded once to bf16, and its gradients the exact gradient products rounded likewise.
 """
+
 import math
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import pytest
 
 from lmstruct.models.layers import Dense, PatchEmbedding, exact_gelu, matmul_einsum
 
-BF16_EPS = 2.0 ** -8  # bfloat16's unit roundoff (8 significand bits)
+BF16_EPS = 2.0**-8  # bfloat16's unit roundoff (8 significand bits)
 
 
 def bf16_normal(key, shape):
@@ -31,11 +32,14 @@ def assert_rounded_once(got, exact, factor=2.0):
   np.testing.assert_array_less(np.abs(got - exact), factor * BF16_EPS * np.abs(exact) + floor)
 
 
-@pytest.mark.parametrize("spec, shape_a, shape_b", [
+@pytest.mark.parametrize(
+  "spec, shape_a, shape_b",
+  [
     ("bqhd,bkhd->bhqk", (2, 5, 3, 8), (2, 7, 3, 8)),  # attention logits: both operands transposed
     ("bhqk,bkhd->bqhd", (2, 3, 5, 7), (2, 7, 3, 8)),  # attention output: transposed rhs and result
     ("ny,yz->nz", (6, 16), (16, 12)),  # a dense layer
-])
+  ],
+)
 def test_bf16_matmul_einsum_value_and_gradients_are_exact_products_rounded_once(spec, shape_a, shape_b):
   a, b = bf16_normal(0, shape_a), bf16_normal(1, shape_b)
   out = matmul_einsum(spec, a, b)
@@ -114,6 +118,5 @@ def test_exact_gelu_matches_the_error_function_in_float64():
   slope = 0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
   got = exact_gelu(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(jax.vmap(jax.grad(exact_gelu))(jnp.asarray(x, jnp.float32)), slope, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(exact_gelu))(jnp.asarray(x, jnp.float32)), slope, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got, jax.nn.gelu(jnp.asarray(x, jnp.float32), approximate=False), atol=2e-6)

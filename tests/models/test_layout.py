@@ -1,11 +1,13 @@
 """Unrolled (`block_<i>`) and scanned (`blocks`, stacked) transformer layouts: the same model either way, the map
 between them in both directions (parameters, optimizer state, abstract arrays with shardings), and checkpoints of
 either layout restored into the other through orbax."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lmstruct.models import build_model, input_shapes, layout
 from lmstruct.train import checkpoint
@@ -30,8 +32,9 @@ def test_block_i_is_row_i_of_the_stacked_parameters():
   blocks = stacked["image_tower"]["transformer"]["blocks"]
   assert set(stacked["image_tower"]["transformer"]) == {"blocks"}
   for i in range(2):
-    np.testing.assert_array_equal(blocks["attn"]["qkv"]["kernel"][i],
-                                  params["image_tower"]["transformer"][f"block_{i}"]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(
+      blocks["attn"]["qkv"]["kernel"][i], params["image_tower"]["transformer"][f"block_{i}"]["attn"]["qkv"]["kernel"]
+    )
   back = layout.to_unrolled(stacked)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, back, params)
@@ -51,8 +54,9 @@ def test_scanned_model_computes_the_unrolled_model(remat_policy):
   want, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(unrolled, p)))(params)
   got, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p)))(layout.to_scanned(params))
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), layout.to_unrolled(got_grads),
-               want_grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), layout.to_unrolled(got_grads), want_grads
+  )
 
 
 def test_scanned_layers_draw_their_own_initial_parameters():
@@ -65,8 +69,11 @@ def test_scanned_layers_draw_their_own_initial_parameters():
 def test_abstract_arrays_move_their_sharding_with_the_layer_axis():
   mesh = make_mesh()
   sharding = NamedSharding(mesh, P(None, "data"))
-  tree = {"transformer": {f"block_{i}": {"kernel": jax.ShapeDtypeStruct((4, 16), jnp.float32, sharding=sharding)}
-                          for i in range(3)}}
+  tree = {
+    "transformer": {
+      f"block_{i}": {"kernel": jax.ShapeDtypeStruct((4, 16), jnp.float32, sharding=sharding)} for i in range(3)
+    }
+  }
   stacked = layout.to_scanned(tree)["transformer"]["blocks"]["kernel"]
   assert stacked.shape == (3, 4, 16) and stacked.sharding.spec == P(None, None, "data")
   row = layout.to_unrolled({"transformer": {"blocks": {"kernel": stacked}}})["transformer"]["block_2"]["kernel"]
@@ -90,13 +97,16 @@ def _state(model_config, mesh, rules):
   return init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules, seed=0)
 
 
-@pytest.mark.parametrize("saved,restored", [(UNROLLED, SCANNED), (SCANNED, UNROLLED)], ids=["unrolled→scanned",
-                                                                                           "scanned→unrolled"])
+@pytest.mark.parametrize(
+  "saved,restored", [(UNROLLED, SCANNED), (SCANNED, UNROLLED)], ids=["unrolled→scanned", "scanned→unrolled"]
+)
 def test_checkpoint_of_one_layout_restores_into_the_other(saved, restored, tmp_path):
   mesh = make_mesh()
   state, _ = _state(saved, mesh, FSDP_RULES)
-  state = state.replace(step=jnp.asarray(3, jnp.int32),
-                        opt_state=jax.tree.map(lambda x: x + 1 if x.dtype == jnp.float32 else x, state.opt_state))
+  state = state.replace(
+    step=jnp.asarray(3, jnp.int32),
+    opt_state=jax.tree.map(lambda x: x + 1 if x.dtype == jnp.float32 else x, state.opt_state),
+  )
   manager = checkpoint.make_manager(tmp_path)
   checkpoint.save(manager, state, {"position": 1}, {})
   manager.wait_until_finished()
@@ -111,8 +121,9 @@ def test_checkpoint_of_one_layout_restores_into_the_other(saved, restored, tmp_p
   saved_mu, got_mu = blocks(state.opt_state[1][0].mu), blocks(got.opt_state[1][0].mu)
   for i in range(2):
     stacked, block = (got_mu, saved_mu) if restored is SCANNED else (saved_mu, got_mu)
-    np.testing.assert_array_equal(np.asarray(stacked["blocks"]["mlp"]["fc"]["kernel"][i]),
-                                  np.asarray(block[f"block_{i}"]["mlp"]["fc"]["kernel"]))
+    np.testing.assert_array_equal(
+      np.asarray(stacked["blocks"]["mlp"]["fc"]["kernel"][i]), np.asarray(block[f"block_{i}"]["mlp"]["fc"]["kernel"])
+    )
   for leaf, sharding in zip(jax.tree.leaves(got), jax.tree.leaves(shardings)):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
   manager.close()

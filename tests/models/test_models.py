@@ -1,4 +1,5 @@
 """Model shapes, normalisation, end-of-text pooling, the logit-scale clamp, dtype and remat behaviour."""
+
 import math
 
 import jax
@@ -17,7 +18,7 @@ def tokens(batch, length, eot_at, seed=0):
   t = rng.integers(1, 1000, (batch, length)).astype(np.int32)
   for row, pos in enumerate(eot_at):
     t[row, pos] = EOT
-    t[row, pos + 1:] = 0
+    t[row, pos + 1 :] = 0
   return jnp.asarray(t)
 
 
@@ -122,18 +123,27 @@ def test_unknown_config_keys_and_values_are_named():
     build_model({"preset": "ViT-X"})
   with pytest.raises(ValueError, match=r"model\.image\.patches"):
     build_model({"preset": "test", "image": {"patches": 4}})
-  with pytest.raises(ValueError, match=r"unknown model\.remat_policy 'dots_savable' "
-                                       r"\(did you mean 'dots_saveable'\?\); valid choices: "
-                                       r"\['dots_saveable', 'dots_with_no_batch_dims_saveable', 'full', 'none'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown model\.remat_policy 'dots_savable' "
+    r"\(did you mean 'dots_saveable'\?\); valid choices: "
+    r"\['dots_saveable', 'dots_with_no_batch_dims_saveable', 'full', 'none'\]",
+  ):
     build_model({"preset": "test", "remat_policy": "dots_savable"})
-  with pytest.raises(ValueError, match=r"model\.scan_layers=True: the 'bert' text tower \(model\.text\.kind\) has "
-                                       r"unrolled layers only; text kinds that scan: \['transformer'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.scan_layers=True: the 'bert' text tower \(model\.text\.kind\) has "
+    r"unrolled layers only; text kinds that scan: \['transformer'\]",
+  ):
     build_model({"preset": "LiT-EfficientNetLite0-MiniLM", "scan_layers": True})
   with pytest.raises(ValueError, match=r"unknown activation 'relu6'"):
     m = build_model({"preset": "test", "text": {"activation": "relu6"}})
     m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16), jnp.int32))
-  with pytest.raises(ValueError, match=r"unknown model\.image\.kind 'vti' \(did you mean 'vit'\?\); valid choices: "
-                                       r"\['efficientnet', 'resnet', 'vit'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown model\.image\.kind 'vti' \(did you mean 'vit'\?\); valid choices: "
+    r"\['efficientnet', 'resnet', 'vit'\]",
+  ):
     build_model({"preset": "test", "image": {"kind": "vti"}})
   with pytest.raises(ValueError, match=r"unknown model\.text\.size 'tset' \(did you mean 'test'\?\)"):
     build_model({"preset": "test", "text": {"size": "tset"}})
@@ -147,8 +157,9 @@ def test_every_tower_kind_is_built_from_its_registry_entry():
   image = {"vit": {"size": "test"}, "resnet": {"size": "test"}, "efficientnet": {"size": "lite0"}}
   modules = {"vit": "VisionTransformer", "resnet": "ModifiedResNet", "efficientnet": "EfficientNetLite"}
   for kind, fields in image.items():
-    model = build_model({"preset": "test", "image": {"kind": kind, **fields}, "remat_policy": "full",
-                         "scan_layers": True})
+    model = build_model(
+      {"preset": "test", "image": {"kind": kind, **fields}, "remat_policy": "full", "scan_layers": True}
+    )
     assert type(model.image_tower).__name__ == modules[kind]
     assert model.image_projection_bias == (kind == "resnet")
     assert getattr(model.image_tower, "scan_layers", None) == (True if kind == "vit" else None)

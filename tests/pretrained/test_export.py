@@ -1,4 +1,5 @@
 """Converted directories on disk and merging pretrained variables into an initialised model."""
+
 import json
 
 import numpy as np
@@ -7,14 +8,20 @@ import pytest
 from lmstruct.pretrained.export import check_architecture, load_pretrained, merge_pretrained, save_pretrained
 from lmstruct.pretrained.torch_reader import CheckpointError
 
-INIT = {"params": {"tower": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(3, np.float32)},
-                   "head_ind": {"kernel": np.full((3, 4), 7.0, np.float32)}},
-        "batch_stats": {"tower": {"mean": np.zeros(3, np.float32)}}}
+INIT = {
+  "params": {
+    "tower": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(3, np.float32)},
+    "head_ind": {"kernel": np.full((3, 4), 7.0, np.float32)},
+  },
+  "batch_stats": {"tower": {"mean": np.zeros(3, np.float32)}},
+}
 
 
 def test_merge_takes_pretrained_values_and_reports_fresh_paths():
-  pretrained = {"params": {"tower": {"kernel": np.ones((2, 3), np.float16), "bias": np.full(3, 2.0)}},
-                "batch_stats": {"tower": {"mean": np.full(3, 0.5, np.float32)}}}
+  pretrained = {
+    "params": {"tower": {"kernel": np.ones((2, 3), np.float16), "bias": np.full(3, 2.0)}},
+    "batch_stats": {"tower": {"mean": np.full(3, 0.5, np.float32)}},
+  }
   merged, fresh = merge_pretrained(INIT, pretrained)
   assert fresh == ["params/head_ind/kernel"]
   np.testing.assert_array_equal(merged["params"]["tower"]["kernel"], np.ones((2, 3)))
@@ -52,10 +59,14 @@ def test_load_rejects_other_directories(tmp_path):
 
 
 def test_check_architecture_compares_built_towers_not_spelling():
-  check_architecture({"preset": "ViT-B-32", "image": {"activation": "gelu"}},
-                     {"preset": "ViT-B-32", "dtype": "bfloat16", "remat_policy": "full", "scan_layers": True})
-  with pytest.raises(CheckpointError, match="model text_tower.activation is 'quick_gelu' in the pretrained model but "
-                                            "'gelu' in the run's config"):
+  check_architecture(
+    {"preset": "ViT-B-32", "image": {"activation": "gelu"}},
+    {"preset": "ViT-B-32", "dtype": "bfloat16", "remat_policy": "full", "scan_layers": True},
+  )
+  with pytest.raises(
+    CheckpointError,
+    match="model text_tower.activation is 'quick_gelu' in the pretrained model but 'gelu' in the run's config",
+  ):
     check_architecture({"preset": "ViT-B-32", "text": {"activation": "quick_gelu"}}, {"preset": "ViT-B-32"})
   with pytest.raises(CheckpointError, match="model image_tower.patch is 32 in the pretrained model but 16"):
     check_architecture({"preset": "ViT-B-32"}, {"preset": "ViT-B-16"})

@@ -1,4 +1,5 @@
 """configs/lit_coco.py: locked towers with trainable heads, real COCO-mini sources, the MiniLM tokenizer."""
+
 import importlib.util
 import pathlib
 
@@ -27,12 +28,19 @@ def test_only_heads_and_logit_parameters_train(lit_config):
   config = lit_config.get_config()
   model_config = config.model.to_dict()
   (h, w, c), length = input_shapes(model_config)
-  shapes = jax.eval_shape(build_model(model_config).init, jax.random.key(0), jnp.zeros((1, h, w, c)),
-                          jnp.zeros((1, length), jnp.int32))
+  shapes = jax.eval_shape(
+    build_model(model_config).init, jax.random.key(0), jnp.zeros((1, h, w, c)), jnp.zeros((1, length), jnp.int32)
+  )
   labels = flatten(trainable_labels(shapes["params"], tuple(config.optimizer.trainable)))
   trained = {path for path, label in labels.items() if label == "train"}
-  assert trained == {"image_projection/kernel", "image_projection_ind/kernel", "text_projection/kernel",
-                     "text_projection_ind/kernel", "log_logit_scale", "logit_bias"}
+  assert trained == {
+    "image_projection/kernel",
+    "image_projection_ind/kernel",
+    "text_projection/kernel",
+    "text_projection_ind/kernel",
+    "log_logit_scale",
+    "logit_bias",
+  }
   assert all(path.startswith(("image_tower/", "text_tower/")) for path in set(labels) - trained)
   assert tuple(config.init.towers) == ("efficientnet_lite0", "all-MiniLM-L6-v2")
 
@@ -52,5 +60,6 @@ def test_tokenizer_is_minilm_wordpiece(lit_config):
   config = lit_config.get_config()
   _, length = input_shapes(config.model.to_dict())
   tokens = get_tokenizer(config.data.tokenizer, path=config.data.tokenizer_path, context_length=length)(
-      ["A man riding a wave."])
+    ["A man riding a wave."]
+  )
   assert tokens.shape == (1, 64) and tokens[0, 0] == 101 and 102 in tokens[0]  # [CLS] … [SEP]

@@ -1,5 +1,6 @@
 """open_clip / OpenAI CLIP checkpoint import: parity with open_clip 3.3.0 golden outputs, real-size key layouts,
 the converter command, and its errors."""
+
 import json
 import pathlib
 import struct
@@ -32,11 +33,15 @@ def small_vocab(ids: np.ndarray) -> np.ndarray:
 def run_model(config, variables, images, tokens):
   """Unnormalised image and text embeddings (projected tower outputs) and the image→text logits of the model's
   outputs, in one compiled call."""
+
   def outputs(m, x, t):
     out = m(x, t)
-    return {"image_features": m.image_projection(m.image_tower(x)),
-            "text_features": m.text_projection(m.text_tower(t)),
-            "logits": out["logit_scale"] * out["zv"] @ out["zt"].T}
+    return {
+      "image_features": m.image_projection(m.image_tower(x)),
+      "text_features": m.text_projection(m.text_tower(t)),
+      "logits": out["logit_scale"] * out["zv"] @ out["zt"].T,
+    }
+
   model = build_model(config)
   return jax.jit(lambda v, x, t: model.apply(v, x, t, method=outputs))(variables, images, tokens)
 
@@ -95,8 +100,11 @@ def write_safetensors(path: pathlib.Path, tensors: dict) -> None:
   header, blobs, offset = {}, [], 0
   for name, value in tensors.items():
     data = np.ascontiguousarray(value).tobytes()
-    header[name] = {"dtype": {np.float16: "F16", np.float32: "F32"}[value.dtype.type], "shape": list(value.shape),
-                    "data_offsets": [offset, offset + len(data)]}
+    header[name] = {
+      "dtype": {np.float16: "F16", np.float32: "F32"}[value.dtype.type],
+      "shape": list(value.shape),
+      "data_offsets": [offset, offset + len(data)],
+    }
     blobs.append(data)
     offset += len(data)
   encoded = json.dumps(header).encode()
@@ -109,7 +117,7 @@ def test_convert_command_writes_a_loadable_model(tmp_path, capsys):
   state_dict = read_state_dict(FIXTURES / "openclip_vit_openai_fp16_torchscript.pt")
   small = state_dict["token_embedding.weight"]
   table = np.zeros((EOT + 1, small.shape[1]), small.dtype)
-  table[:SMALL_VOCAB - 1], table[EOT] = small[:SMALL_VOCAB - 1], small[SMALL_VOCAB - 1]
+  table[: SMALL_VOCAB - 1], table[EOT] = small[: SMALL_VOCAB - 1], small[SMALL_VOCAB - 1]
   checkpoint = tmp_path / "vit_test.safetensors"
   write_safetensors(checkpoint, {**state_dict, "token_embedding.weight": table})
   out = tmp_path / "converted"
@@ -143,8 +151,11 @@ def test_missing_key_is_named(vit_state_dict):
 
 def test_wrong_shape_is_named(vit_state_dict):
   broken = {**vit_state_dict, "visual.positional_embedding": np.zeros((50, 32), np.float32)}
-  with pytest.raises(CheckpointError, match=r"'visual\.positional_embedding' has shape \(50, 32\), giving \(50, 32\) "
-                                            r"for params/image_tower/positional_embedding which needs \(17, 32\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"'visual\.positional_embedding' has shape \(50, 32\), giving \(50, 32\) "
+    r"for params/image_tower/positional_embedding which needs \(17, 32\)",
+  ):
     openclip.convert_openclip(broken, VIT_CONFIG, "vit.safetensors")
 
 
@@ -160,8 +171,9 @@ def test_checkpoint_of_another_family_is_refused(vit_state_dict):
     openclip.convert_openclip(vit_state_dict, rn_config, "vit.safetensors")
   message = str(error.value)
   assert "missing keys: 'visual.layer1.0.bn1.running_mean' (for batch_stats/image_tower/layer1_0/bn1/mean)" in message
-  assert ("'visual.conv1.weight' has shape (32, 3, 8, 8), giving (8, 8, 3, 32) for params/image_tower/stem_conv1"
-          in message)
+  assert (
+    "'visual.conv1.weight' has shape (32, 3, 8, 8), giving (8, 8, 3, 32) for params/image_tower/stem_conv1" in message
+  )
   assert "unexpected keys: visual.class_embedding, visual.ln_post.bias" in message
 
 
@@ -175,16 +187,19 @@ def test_unsupported_architecture_names_the_valid_ones(tmp_path, capsys):
   assert "LiT-EfficientNetLite0-MiniLM" not in openclip.clip_presets()
   with pytest.raises(CheckpointError, match="cannot fill a model with a 'efficientnet' image tower"):
     openclip.convert_openclip({}, {"preset": "LiT-EfficientNetLite0-MiniLM"})
-  assert openclip.main(["--checkpoint", checkpoint, "--model", "test", "--activation", "relu",
-                        "--out", str(tmp_path / "o")]) == 1
+  assert (
+    openclip.main(["--checkpoint", checkpoint, "--model", "test", "--activation", "relu", "--out", str(tmp_path / "o")])
+    == 1
+  )
   assert "unknown activation 'relu'" in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
   (tmp_path / "o").mkdir()
   (tmp_path / "o" / "model.json").write_text("{}")
   assert openclip.main(["--checkpoint", checkpoint, "--model", "test", "--out", str(tmp_path / "o")]) == 1
   assert "already exists and is not empty" in capsys.readouterr().err
-  assert openclip.main(["--checkpoint", str(tmp_path / "none.pt"), "--model", "test",
-                        "--out", str(tmp_path / "p")]) == 1
+  assert (
+    openclip.main(["--checkpoint", str(tmp_path / "none.pt"), "--model", "test", "--out", str(tmp_path / "p")]) == 1
+  )
   assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -192,11 +207,12 @@ def test_unsupported_architecture_names_the_valid_ones(tmp_path, capsys):
 def test_training_starts_from_a_converted_checkpoint(tmp_path, params_layout):
   from lmstruct.config import base_config
   from lmstruct.train.loop import Trainer
+
   checkpoint = tmp_path / "vit.safetensors"
   state_dict = read_state_dict(FIXTURES / "openclip_vit_openai_fp16_torchscript.pt")
   small = state_dict["token_embedding.weight"]
   table = np.zeros((EOT + 1, small.shape[1]), small.dtype)
-  table[:SMALL_VOCAB - 1], table[EOT] = small[:SMALL_VOCAB - 1], small[SMALL_VOCAB - 1]
+  table[: SMALL_VOCAB - 1], table[EOT] = small[: SMALL_VOCAB - 1], small[SMALL_VOCAB - 1]
   write_safetensors(checkpoint, {**state_dict, "token_embedding.weight": table})
   assert openclip.main(["--checkpoint", str(checkpoint), "--model", "test", "--out", str(tmp_path / "conv")]) == 0
   model_config, pretrained = load_pretrained(tmp_path / "conv")
@@ -205,14 +221,19 @@ def test_training_starts_from_a_converted_checkpoint(tmp_path, params_layout):
   config.init.pretrained = str(tmp_path / "conv")
   config.mesh.shape = {"data": 1}
   params = jax.device_get(Trainer(config, tmp_path / "run").state.params)
-  np.testing.assert_array_equal(params["image_tower"]["patch_embed"]["kernel"],
-                                pretrained["params"]["image_tower"]["patch_embed"]["kernel"])
+  np.testing.assert_array_equal(
+    params["image_tower"]["patch_embed"]["kernel"], pretrained["params"]["image_tower"]["patch_embed"]["kernel"]
+  )
   np.testing.assert_array_equal(params["text_projection"]["kernel"], pretrained["params"]["text_projection"]["kernel"])
   blocks = params["image_tower"]["transformer"]
   for i in range(2):  # the converted directory holds unrolled blocks; the run's model may scan them
-    block = blocks["blocks"]["attn"]["qkv"]["kernel"][i] if params_layout == "scanned" else (
-        blocks[f"block_{i}"]["attn"]["qkv"]["kernel"])
+    block = (
+      blocks["blocks"]["attn"]["qkv"]["kernel"][i]
+      if params_layout == "scanned"
+      else (blocks[f"block_{i}"]["attn"]["qkv"]["kernel"])
+    )
     np.testing.assert_array_equal(
-        block, pretrained["params"]["image_tower"]["transformer"][f"block_{i}"]["attn"]["qkv"]["kernel"])
+      block, pretrained["params"]["image_tower"]["transformer"][f"block_{i}"]["attn"]["qkv"]["kernel"]
+    )
   assert "image_projection_ind" not in pretrained["params"]
   assert np.abs(params["image_projection_ind"]["kernel"]).sum() > 0  # the independent head keeps its random init

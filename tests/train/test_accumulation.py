@@ -4,6 +4,7 @@ whole batch, on the full objective with global negatives, sharded over 8 devices
 The references are independent of the caching machinery: one `value_and_grad` through towers and objective on the
 whole batch (k = 1) and, for batch norm, plain autodiff of a Python loop that encodes each micro-batch on its own.
 """
+
 import functools
 
 import jax
@@ -28,8 +29,12 @@ def make_batch(model_config, batch_size, seed):
   text[:, -1] = 49407
   text_aug = np.where(rng.random(text.shape) < 0.2, rng.integers(1, 5000, text.shape), text).astype(np.int32)
   images = rng.normal(size=(batch_size, h, w, c)).astype(np.float32)
-  return {"image": images, "image_aug": (images + 0.3 * rng.normal(size=images.shape)).astype(np.float32),
-          "text": text, "text_aug": text_aug}
+  return {
+    "image": images,
+    "image_aug": (images + 0.3 * rng.normal(size=images.shape)).astype(np.float32),
+    "text": text,
+    "text_aug": text_aug,
+  }
 
 
 def flat(tree):
@@ -75,8 +80,10 @@ def test_accumulated_loss_and_gradient_equal_one_pass_over_the_batch(count):
   def close(path, got, want):
     # Per parameter, with a floor relative to its own largest entry: leaves whose gradient is mathematically zero
     # (the attention key bias) hold float32 noise in both.
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max()), 1e-6),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max()), 1e-6), err_msg=jax.tree_util.keystr(path)
+    )
+
   jax.tree_util.tree_map_with_path(close, grads, want_grads)
 
 
@@ -96,26 +103,38 @@ def test_local_negatives_would_be_caught():
 def ghost_batch_norm_reference(model, variables, batch, count, rng):
   """(L, ∂L/∂θ, mean of the micro-batches' updated statistics) by plain autodiff: micro-batch m (rows m, m + k, …)
   runs through the towers on its own, views concatenated [x; x′], and the global objective sees all features."""
+
   def loss(params):
     parts, stats = [], []
     for m in range(count):
       micro = {k: v[m::count] for k, v in batch.items()}
       images = jnp.concatenate([micro["image"], micro["image_aug"]])
       texts = jnp.concatenate([micro["text"], micro["text_aug"]])
-      out, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, texts,
-                                 train=True, mutable=["batch_stats"])
+      out, updates = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, images, texts, train=True, mutable=["batch_stats"]
+      )
       parts.append(out)
       stats.append(updates["batch_stats"])
     n = batch["image"].shape[0] // count
 
     def rows(key, view):  # row i·count + m of the batch is row i of micro-batch m
-      return jnp.stack([p[key][view * n:(view + 1) * n] for p in parts], 1).reshape(count * n, -1)
-    features = Features(zv=rows("zv", 0), zt=rows("zt", 0), zv_aug=rows("zv", 1), zt_aug=rows("zt", 1),
-                        zv_ind=rows("zv_ind", 0), zt_ind=rows("zt_ind", 0), zv_ind_aug=rows("zv_ind", 1),
-                        zt_ind_aug=rows("zt_ind", 1), logit_scale=parts[0]["logit_scale"],
-                        logit_bias=parts[0]["logit_bias"])
+      return jnp.stack([p[key][view * n : (view + 1) * n] for p in parts], 1).reshape(count * n, -1)
+
+    features = Features(
+      zv=rows("zv", 0),
+      zt=rows("zt", 0),
+      zv_aug=rows("zv", 1),
+      zt_aug=rows("zt", 1),
+      zv_ind=rows("zv_ind", 0),
+      zt_ind=rows("zt_ind", 0),
+      zv_ind_aug=rows("zv_ind", 1),
+      zt_ind_aug=rows("zt_ind", 1),
+      logit_scale=parts[0]["logit_scale"],
+      logit_bias=parts[0]["logit_bias"],
+    )
     total, _ = compute_objective(features, FULL, rng)
     return total, jax.tree.map(lambda *s: sum(s) / count, *stats)
+
   (total, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
   return total, grads, stats
 
@@ -133,8 +152,9 @@ def test_batch_norm_micro_batches_are_normalised_on_their_own():
   assert relative_difference(grads, want_grads) <= 1e-5
   assert relative_difference(stats, want_stats) <= 1e-6
   _, _, one_pass_stats = gradients(config, batch, 1)
-  np.testing.assert_allclose(stats["image_tower"]["stem_bn1"]["mean"],
-                             one_pass_stats["image_tower"]["stem_bn1"]["mean"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    stats["image_tower"]["stem_bn1"]["mean"], one_pass_stats["image_tower"]["stem_bn1"]["mean"], rtol=1e-5, atol=1e-7
+  )
   assert relative_difference(stats, one_pass_stats) > 1e-4  # deeper layers see micro-batch statistics
 
 

@@ -1,6 +1,7 @@
 """The `lmstruct` CLI: help, one-line user errors, config loading and overrides; end to end in subprocesses:
 train → checkpoint → eval (with the run's own config) → a rerun that does nothing, bitwise resume after SIGKILL,
 clean exit on SIGTERM, and a 2-process run equal to a 1-process run."""
+
 import json
 import logging
 import shutil
@@ -12,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-
 from driver_utils import REPO, TINY_ARG, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
+
 from lmstruct import cli
 from lmstruct.config import apply_overrides, base_config, load_config, parse_arg_value
 from lmstruct.eval.io import read_metrics
@@ -26,11 +27,13 @@ CONFIG = f"{REPO / 'configs' / 'clip_scenes.py'}"
 def data_dir(tmp_path_factory):
   """The tiny scenes dataset, built once so that concurrent processes only read it."""
   path = tmp_path_factory.mktemp("data")
-  code = ("import importlib.util, sys; from lmstruct.data import sources; "
-          f"spec = importlib.util.spec_from_file_location('c', '{REPO}/configs/clip_scenes.py'); "
-          "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-          "cfg = m.get_config('variant=test,train_size=64,eval_size=32'); "
-          "[sources.build_source(dict(cfg.data.train, split=s), sys.argv[1]) for s in ('train', 'validation', 'test')]")
+  code = (
+    "import importlib.util, sys; from lmstruct.data import sources; "
+    f"spec = importlib.util.spec_from_file_location('c', '{REPO}/configs/clip_scenes.py'); "
+    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+    "cfg = m.get_config('variant=test,train_size=64,eval_size=32'); "
+    "[sources.build_source(dict(cfg.data.train, split=s), sys.argv[1]) for s in ('train', 'validation', 'test')]"
+  )
   subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=REPO, env=cli_env(1))
   return path
 
@@ -70,8 +73,14 @@ def test_train_checkpoint_eval_and_a_finished_run_is_left_alone(data_dir, tmp_pa
   assert (workdir / "eval" / "structure" / "step_4_pca.png").stat().st_size > 0
 
   # eval without --config reads the run's config.json
-  evaluated = subprocess.run([sys.executable, "-m", "lmstruct.cli", "eval", f"--workdir={workdir}", "--step=2"],
-                             env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+  evaluated = subprocess.run(
+    [sys.executable, "-m", "lmstruct.cli", "eval", f"--workdir={workdir}", "--step=2"],
+    env=cli_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "| retrieval | image_retrieval_recall@1 |" in evaluated.stdout
   assert json.loads((workdir / "eval" / "retrieval" / "step_2.json").read_text())["step"] == 2
@@ -81,18 +90,21 @@ def test_train_checkpoint_eval_and_a_finished_run_is_left_alone(data_dir, tmp_pa
   # the same command again: nothing re-run, nothing appended, one line
   before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   again = run_cli("train", workdir, data_dir, 4, "--config.train.log_every=2", "--config.train.checkpoint_every=2")
-  assert again.stdout == (f"{workdir} has finished: step 4 of 4 and its final evaluation ({workdir / 'results.md'}); "
-                          "nothing to do\n")
+  assert again.stdout == (
+    f"{workdir} has finished: step 4 of 4 and its final evaluation ({workdir / 'results.md'}); nothing to do\n"
+  )
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
 def test_help_lists_the_commands_and_each_command_its_own_flags(capsys, restore_logging):
   status, out, _ = run_main(capsys, "--help")
   assert status == 0 and all(f"    {command} " in out for command in ("train", "eval", "convert", "plan"))
-  for command, flags in {"train": ["--config", "--workdir", "--debug", "--distributed", "--config.KEY=VALUE"],
-                         "eval": ["--config", "--workdir", "--step", "--debug"],
-                         "convert": ["CONVERTER", "data", "openclip"],
-                         "plan": ["--config", "--devices", "--json", "--debug", "--config.KEY=VALUE"]}.items():
+  for command, flags in {
+    "train": ["--config", "--workdir", "--debug", "--distributed", "--config.KEY=VALUE"],
+    "eval": ["--config", "--workdir", "--step", "--debug"],
+    "convert": ["CONVERTER", "data", "openclip"],
+    "plan": ["--config", "--devices", "--json", "--debug", "--config.KEY=VALUE"],
+  }.items():
     status, out, _ = run_main(capsys, command, "--help")
     assert status == 0 and out.startswith(f"usage: lmstruct {command} ")
     assert all(flag in out for flag in flags), (command, out)
@@ -100,31 +112,53 @@ def test_help_lists_the_commands_and_each_command_its_own_flags(capsys, restore_
 
 
 USER_ERRORS = {
-    # argv → the one line printed on stderr
-    ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.stpes=300"):
-        "unknown config key 'train.stpes' (did you mean 'steps'?); valid keys in 'train': ['accumulation_steps', "
-        "'best_metric', 'best_mode', 'checkpoint_every', 'keep_checkpoints', 'log_every', 'nonfinite', "
-        "'profile_start_step', 'profile_steps', 'progress_bar', 'steps']",
-    ("train", f"--config={CONFIG}:variant=tinny", "--workdir=w"):
-        "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']",
-    ("train", f"--config={CONFIG}:varaint=tiny", "--workdir=w"):
-        "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['align', 'batch', "
-        "'eval_size', 'objective', 'scenes', 'steps', 'train_size', 'variant']",
-    ("train", f"--config={REPO / 'configs' / 'clip_scene.py'}", "--workdir=w"):
-        f"config file {REPO / 'configs' / 'clip_scene.py'} not found (did you mean '{CONFIG}'?)",
-    ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.steps=many"):
-        "config key 'train.steps' must be of type int like its default 250, got 'many'",
-    ("train", f"--config={CONFIG}", "--wokdir=w"):
-        "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
-        "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
-        "--config.KEY=VALUE",
-    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'plan', 'study', 'train']",
-    ("plan", f"--config={CONFIG}", "--devices=0"): "lmstruct plan: --devices must be at least 1, got 0",
-    ("plan", f"--config={CONFIG}"): "lmstruct plan: the following arguments are required: --devices",
-    ("convert", "dta"): "lmstruct convert: argument CONVERTER: unknown converter 'dta' (did you mean 'data'?); "
-                        "valid choices: ['data', 'openclip']",
-    ("eval", "--workdir=never-trained"): "--config is required: never-trained/config.json does not exist",
-    ("eval", f"--config={CONFIG}", "--workdir=never-trained"): "no checkpoint under never-trained/checkpoints",
+  # argv → the one line printed on stderr
+  (
+    "train",
+    f"--config={CONFIG}",
+    "--workdir=w",
+    "--config.train.stpes=300",
+  ): "unknown config key 'train.stpes' (did you mean 'steps'?); valid keys in 'train': ['accumulation_steps', "
+  "'best_metric', 'best_mode', 'checkpoint_every', 'keep_checkpoints', 'log_every', 'nonfinite', "
+  "'profile_start_step', 'profile_steps', 'progress_bar', 'steps']",
+  (
+    "train",
+    f"--config={CONFIG}:variant=tinny",
+    "--workdir=w",
+  ): "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']",
+  (
+    "train",
+    f"--config={CONFIG}:varaint=tiny",
+    "--workdir=w",
+  ): "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['align', 'batch', "
+  "'eval_size', 'objective', 'scenes', 'steps', 'train_size', 'variant']",
+  (
+    "train",
+    f"--config={REPO / 'configs' / 'clip_scene.py'}",
+    "--workdir=w",
+  ): f"config file {REPO / 'configs' / 'clip_scene.py'} not found (did you mean '{CONFIG}'?)",
+  (
+    "train",
+    f"--config={CONFIG}",
+    "--workdir=w",
+    "--config.train.steps=many",
+  ): "config key 'train.steps' must be of type int like its default 250, got 'many'",
+  (
+    "train",
+    f"--config={CONFIG}",
+    "--wokdir=w",
+  ): "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
+  "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
+  "--config.KEY=VALUE",
+  (
+    "trian",
+  ): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'plan', 'study', 'train']",
+  ("plan", f"--config={CONFIG}", "--devices=0"): "lmstruct plan: --devices must be at least 1, got 0",
+  ("plan", f"--config={CONFIG}"): "lmstruct plan: the following arguments are required: --devices",
+  ("convert", "dta"): "lmstruct convert: argument CONVERTER: unknown converter 'dta' (did you mean 'data'?); "
+  "valid choices: ['data', 'openclip']",
+  ("eval", "--workdir=never-trained"): "--config is required: never-trained/config.json does not exist",
+  ("eval", f"--config={CONFIG}", "--workdir=never-trained"): "no checkpoint under never-trained/checkpoints",
 }
 
 
@@ -138,10 +172,18 @@ def test_a_user_error_is_one_line_and_exit_status_2(argv, capsys, restore_loggin
 def test_an_empty_or_missing_dataset_is_one_line(capsys, restore_logging, tmp_path):
   empty = tmp_path / "empty.tsv"
   empty.write_text("filepath\tcaption\n")
-  for path, message in ((empty, "data.train ('table' source) has no examples"),
-                        (tmp_path / "missing.tsv", f"caption table not found: {tmp_path / 'missing.tsv'}")):
-    status, _, err = run_main(capsys, "train", f"--config={CONFIG}:variant=test", f"--workdir={tmp_path / 'run'}",
-                              f"--config.data.train={{'kind': 'table', 'path': '{path}'}}", "--config.evals={}")
+  for path, message in (
+    (empty, "data.train ('table' source) has no examples"),
+    (tmp_path / "missing.tsv", f"caption table not found: {tmp_path / 'missing.tsv'}"),
+  ):
+    status, _, err = run_main(
+      capsys,
+      "train",
+      f"--config={CONFIG}:variant=test",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.train={{'kind': 'table', 'path': '{path}'}}",
+      "--config.evals={}",
+    )
     assert (status, err) == (2, f"error: {message}\n")
   assert not (tmp_path / "run").exists()  # nothing was written for a run that could not start
 
@@ -149,8 +191,9 @@ def test_an_empty_or_missing_dataset_is_one_line(capsys, restore_logging, tmp_pa
 def test_debug_adds_the_traceback(capsys, restore_logging):
   status, _, err = run_main(capsys, "train", f"--config={CONFIG}:variant=tinny", "--workdir=w", "--debug")
   assert status == 2 and err.startswith("Traceback (most recent call last):")
-  assert err.endswith("\nerror: unknown variant 'tinny' (did you mean 'tiny'?); valid choices: "
-                      "['small', 'test', 'tiny']\n")
+  assert err.endswith(
+    "\nerror: unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']\n"
+  )
 
 
 def test_default_verbosity_hides_library_chatter_but_not_warnings(restore_logging):
@@ -180,8 +223,9 @@ def test_config_values_and_overrides():
     value("off", 3)
   with pytest.raises(ValueError, match=r"config argument 'key' is a bool: use one of"):
     value("yes", True)
-  config = apply_overrides(base_config(), {"train.steps": "7", "model.image.width": "64",
-                                           "optimizer.learning_rate": "1"})
+  config = apply_overrides(
+    base_config(), {"train.steps": "7", "model.image.width": "64", "optimizer.learning_rate": "1"}
+  )
   assert config.train.steps == 7 and config.model.image.width == 64 and config.optimizer.learning_rate == 1.0
   with pytest.raises(ValueError, match=r"config key 'train.steps' must be of type int"):
     apply_overrides(base_config(), {"train.steps": "off"})
@@ -198,10 +242,21 @@ def test_a_runs_config_json_loads_back_to_the_same_config(tmp_path):
 
 def test_results_table_keeps_small_values_readable():
   assert [format_metric(v) for v in (0.0, 0.5, 1e-3, 2.5e-4, 1e-6, -3e-7, 12.0, 123456.0)] == [
-      "0.0000", "0.5000", "0.0010", "0.00025", "1e-06", "-3e-07", "12.0000", "1.235e+05"]
+    "0.0000",
+    "0.5000",
+    "0.0010",
+    "0.00025",
+    "1e-06",
+    "-3e-07",
+    "12.0000",
+    "1.235e+05",
+  ]
   assert results_table({"linear_probe": {"acc1": 0.25, "l2": 1e-6}}).splitlines() == [
-      "| evaluator | metric | value |", "|---|---|---|", "| linear_probe | acc1 | 0.2500 |",
-      "| linear_probe | l2 | 1e-06 |"]
+    "| evaluator | metric | value |",
+    "|---|---|---|",
+    "| linear_probe | acc1 | 0.2500 |",
+    "| linear_probe | l2 | 1e-06 |",
+  ]
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run_bitwise(data_dir, tmp_path):
@@ -209,8 +264,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run_bitwise(data_dir, tmp_
   common = ("--config.evals={}", f"--config.train.checkpoint_every={k}", "--config.train.log_every=1")
   run_cli("train", tmp_path / "straight", data_dir, 2 * k, *common)
   interrupted = tmp_path / "interrupted"
-  process = subprocess.Popen(cli_command("train", interrupted, data_dir, 2 * k, *common), env=cli_env(), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    cli_command("train", interrupted, data_dir, 2 * k, *common),
+    env=cli_env(),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 300
   while k not in checkpoint_steps(interrupted) and process.poll() is None and time.time() < deadline:
     time.sleep(0.02)
@@ -226,9 +286,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run_bitwise(data_dir, tmp_
 
 def test_sigterm_finishes_the_step_saves_and_exits_cleanly(data_dir, tmp_path):
   workdir = tmp_path / "run"
-  process = subprocess.Popen(cli_command("train", workdir, data_dir, 10_000, "--config.evals={}",
-                                         "--config.train.log_every=1", "--config.train.checkpoint_every=100000"),
-                             env=cli_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    cli_command(
+      "train",
+      workdir,
+      data_dir,
+      10_000,
+      "--config.evals={}",
+      "--config.train.log_every=1",
+      "--config.train.checkpoint_every=100000",
+    ),
+    env=cli_env(),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -251,11 +324,26 @@ def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
   common = ("--config.evals={}", "--config.train.checkpoint_every=3")
   run_cli("train", tmp_path / "one", data_dir, 3, *common)
   port = _free_port()
-  processes = [subprocess.Popen(
-      cli_command("train", tmp_path / "two", data_dir, 3, *common, f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", f"--process_id={i}"),
-      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      cli_command(
+        "train",
+        tmp_path / "two",
+        data_dir,
+        3,
+        *common,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      env=cli_env(devices=4),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for process in processes:
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
@@ -268,7 +356,7 @@ def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
       # The key bias adds a constant to every logit of a query and cancels in the softmax: its gradient is
       # rounding noise, which Adam scales to ±lr, so only the query and value biases are compared.
       width = a.shape[-1] // 3
-      a, b = np.delete(a, np.s_[width:2 * width], -1), np.delete(b, np.s_[width:2 * width], -1)
+      a, b = np.delete(a, np.s_[width : 2 * width], -1), np.delete(b, np.s_[width : 2 * width], -1)
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
 
 
@@ -285,11 +373,27 @@ def test_two_processes_evaluate_a_checkpoint_to_the_results_of_one(data_dir, tmp
   one = _eval_records(workdir)
   assert set(one) == set(load_config(f"{CONFIG}:{TINY_ARG.format(steps=1)}").evals)
   shutil.rmtree(workdir / "eval")
-  processes = [subprocess.Popen(
-      cli_command("eval", workdir, data_dir, 1, *common, "--step=1", f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", f"--process_id={i}"),
-      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      cli_command(
+        "eval",
+        workdir,
+        data_dir,
+        1,
+        *common,
+        "--step=1",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      env=cli_env(devices=4),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for process in processes:
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
@@ -307,10 +411,13 @@ def test_two_processes_evaluate_a_checkpoint_to_the_results_of_one(data_dir, tmp
   assert one["retrieval"]["extra"] == {"num_images": 32, "num_texts": 160}
   # Process 0 alone writes: each record and figure once, no temporary file left by the other process.
   assert sorted(p.name for p in (workdir / "eval" / "structure").iterdir()) == [
-      "step_1.json", "step_1_gap_shift.png", "step_1_pca.png"]
+    "step_1.json",
+    "step_1_gap_shift.png",
+    "step_1_pca.png",
+  ]
 
 
-STREAM_CONFIG = '''
+STREAM_CONFIG = """
 import importlib.util
 spec = importlib.util.spec_from_file_location("clip_scenes", "{repo}/configs/clip_scenes.py")
 clip_scenes = importlib.util.module_from_spec(spec)
@@ -322,21 +429,24 @@ def get_config(arg=None):
   config.data.train = {{"kind": "webdataset", "shards": "{shards}", "streaming": True, "shuffle_buffer": 4}}
   config.evals = {{}}
   return config
-'''
+"""
 
 
 def _write_numbered_shards(shared_data, folder, sizes=(13, 11, 14, 12, 10)):
   """Shards of coco-mini photos captioned 'a photo number <i>' (i unique across shards)."""
   import io
   import tarfile
+
   photos = sorted((shared_data / "coco-mini" / "train2017").glob("*.jpg"))
   folder.mkdir()
   number = 0
   for shard, size in enumerate(sizes):
     with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
       for _ in range(size):
-        for name, data in ((f"{number:04d}.jpg", photos[number % len(photos)].read_bytes()),
-                           (f"{number:04d}.txt", f"a photo number {number}".encode())):
+        for name, data in (
+          (f"{number:04d}.jpg", photos[number % len(photos)].read_bytes()),
+          (f"{number:04d}.txt", f"a photo number {number}".encode()),
+        ):
           info = tarfile.TarInfo(name)
           info.size = len(data)
           tar.addfile(info, io.BytesIO(data))
@@ -345,23 +455,42 @@ def _write_numbered_shards(shared_data, folder, sizes=(13, 11, 14, 12, 10)):
 
 
 def _data_state(workdir, step):
-  return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text()) \
-      if (workdir / "checkpoints" / str(step) / "data" / "metadata").exists() else \
-      json.loads(next((workdir / "checkpoints" / str(step) / "data").glob("*")).read_text())
+  return (
+    json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
+    if (workdir / "checkpoints" / str(step) / "data" / "metadata").exists()
+    else json.loads(next((workdir / "checkpoints" / str(step) / "data").glob("*")).read_text())
+  )
 
 
 def test_streaming_run_of_two_processes_on_eight_devices_resumes_on_one_process_with_two(shared_data, tmp_path):
   from lmstruct.data import pipeline, streaming
+
   total = _write_numbered_shards(shared_data, tmp_path / "shards")
   config = tmp_path / "stream_config.py"
   config.write_text(STREAM_CONFIG.format(repo=REPO, shards=tmp_path / "shards"))
   workdir, port = tmp_path / "run", _free_port()
   common = ("--config.train.checkpoint_every=3", "--config.train.log_every=3", "--config.data.global_batch_size=8")
-  processes = [subprocess.Popen(
-      cli_command("train", workdir, tmp_path / "data", 3, *common, f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", f"--process_id={i}", config=config),
-      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      cli_command(
+        "train",
+        workdir,
+        tmp_path / "data",
+        3,
+        *common,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        config=config,
+      ),
+      env=cli_env(devices=4),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for process in processes:
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
@@ -380,13 +509,20 @@ def test_streaming_run_of_two_processes_on_eight_devices_resumes_on_one_process_
   def tokenize(texts):
     out = np.zeros((len(texts), 8), np.int32)
     for row, text in enumerate(texts):
-      out[row, :len(text.split()) + 1] = [1] + [int(w) if w.isdigit() else 3 for w in text.split()]
+      out[row, : len(text.split()) + 1] = [1] + [int(w) if w.isdigit() else 3 for w in text.split()]
     return out
 
   def offline(index, count):
-    return pipeline.train_pipeline(streaming.WebDatasetStream(tmp_path / "shards", shuffle_buffer=4),
-                                   tokenize=tokenize, global_batch_size=8, seed=0, image_size=32,
-                                   shard_index=index, shard_count=count, synonyms=lambda word: ())
+    return pipeline.train_pipeline(
+      streaming.WebDatasetStream(tmp_path / "shards", shuffle_buffer=4),
+      tokenize=tokenize,
+      global_batch_size=8,
+      seed=0,
+      image_size=32,
+      shard_index=index,
+      shard_count=count,
+      synonyms=lambda word: (),
+    )
 
   first = [offline(k, 2) for k in range(2)]
   seen = [i for it in first for _ in range(3) for i in ids(next(it))]

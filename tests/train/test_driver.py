@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from driver_utils import load_config, write_webdataset
+
 from lmstruct.config import base_config, parse_arg, validate_config
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import checkpoint
@@ -28,8 +28,10 @@ def quick(config, data_dir, steps=2):
 
 @pytest.mark.parametrize("objective", ["full", "clip", "inmodal", "cyclip", "sep", "br", "gc"])
 def test_every_scenes_preset_trains(objective, tmp_path):
-  config = quick(load_config("clip_scenes", f"variant=test,objective={objective},train_size=32,eval_size=16,"
-                                            "batch=16"), tmp_path / "data")
+  config = quick(
+    load_config("clip_scenes", f"variant=test,objective={objective},train_size=32,eval_size=16,batch=16"),
+    tmp_path / "data",
+  )
   train_and_evaluate(config, tmp_path / "run")
   lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
   assert '"loss/total"' in lines[-1]
@@ -38,8 +40,9 @@ def test_every_scenes_preset_trains(objective, tmp_path):
 def test_paper_preset_trains_on_webdataset_shards(shared_data, tmp_path):
   (tmp_path / "shards").mkdir()
   write_webdataset(shared_data, tmp_path / "shards" / "00000.tar")
-  config = quick(load_config("paper_cc3m", f"variant=test,shards={tmp_path / 'shards'},devices=1,reg=all"),
-                 tmp_path / "data")
+  config = quick(
+    load_config("paper_cc3m", f"variant=test,shards={tmp_path / 'shards'},devices=1,reg=all"), tmp_path / "data"
+  )
   config.data.global_batch_size = 8
   config.data.worker_count = 0
   train_and_evaluate(config, tmp_path / "run")
@@ -63,8 +66,11 @@ def test_unknown_keys_and_wrong_types_are_named():
   config.train.steps = "many"
   with pytest.raises(TypeError, match=r"config key 'train.steps' expects int, got 'many'"):
     validate_config(config)
-  with pytest.raises(ValueError, match=r"unknown config argument 'varaint' \(did you mean 'variant'\?\); "
-                                       r"valid choices: \['steps', 'variant'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown config argument 'varaint' \(did you mean 'variant'\?\); "
+    r"valid choices: \['steps', 'variant'\]",
+  ):
     parse_arg("varaint=small", variant="tiny", steps=3)
   config = base_config()
   config.train.nonfinite = "ignore"
@@ -73,13 +79,25 @@ def test_unknown_keys_and_wrong_types_are_named():
 
 
 def test_config_arguments_are_parsed_strictly_to_their_defaults_type():
-  parsed = parse_arg("flag=false,on=1,off=False,steps=300,lr=1,name=123,path=/a/b.tar,quoted='x'",
-                     flag=True, on=False, off=True, steps=1, lr=0.5, name="x", path="", quoted="")
+  parsed = parse_arg(
+    "flag=false,on=1,off=False,steps=300,lr=1,name=123,path=/a/b.tar,quoted='x'",
+    flag=True,
+    on=False,
+    off=True,
+    steps=1,
+    lr=0.5,
+    name="x",
+    path="",
+    quoted="",
+  )
   assert parsed.flag is False and parsed.on is True and parsed.off is False
   assert parsed.steps == 300 and parsed.lr == 1.0 and isinstance(parsed.lr, float)
   assert parsed.name == "123" and parsed.path == "/a/b.tar" and parsed.quoted == "x"
-  with pytest.raises(ValueError, match=r"^config argument 'flag' is a bool: use one of \['true', 'True', '1', "
-                                       r"'false', 'False', '0'\], got 'yes'$"):
+  with pytest.raises(
+    ValueError,
+    match=r"^config argument 'flag' is a bool: use one of \['true', 'True', '1', "
+    r"'false', 'False', '0'\], got 'yes'$",
+  ):
     parse_arg("flag=yes", flag=True)
   with pytest.raises(ValueError, match=r"^config argument 'steps' must be of type int like its default 1, got '1.5'$"):
     parse_arg("steps=1.5", steps=1)
@@ -90,8 +108,11 @@ def test_config_arguments_are_parsed_strictly_to_their_defaults_type():
 def test_an_objective_reading_independent_features_needs_the_independent_heads():
   config = base_config()
   config.model = {"preset": "test", "independent_heads": False}
-  with pytest.raises(ValueError, match=r"^objective.weights.separation = 1.0 needs model.independent_heads = True "
-                                       r"\(it is False\): 'separation' reads the features of the independent heads$"):
+  with pytest.raises(
+    ValueError,
+    match=r"^objective.weights.separation = 1.0 needs model.independent_heads = True "
+    r"\(it is False\): 'separation' reads the features of the independent heads$",
+  ):
     validate_config(config)
   config.objective.weights.separation = 0.0
   validate_config(config)
@@ -101,8 +122,11 @@ def test_an_objective_reading_independent_features_needs_the_independent_heads()
 
 
 def test_nonfinite_loss_stops_with_the_step_or_is_skipped_and_counted(tmp_path):
-  config = quick(load_config("clip_scenes", "variant=test,objective=clip,train_size=32,eval_size=16,batch=16"),
-                 tmp_path / "data", steps=3)
+  config = quick(
+    load_config("clip_scenes", "variant=test,objective=clip,train_size=32,eval_size=16,batch=16"),
+    tmp_path / "data",
+    steps=3,
+  )
   config.optimizer.learning_rate = 1e30
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0
@@ -112,6 +136,7 @@ def test_nonfinite_loss_stops_with_the_step_or_is_skipped_and_counted(tmp_path):
   config.train.log_every = 3
   train_and_evaluate(config, tmp_path / "skip")
   import json
+
   last = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["step"] == 3 and last["train/skipped_nonfinite"] == 2
 
@@ -146,17 +171,24 @@ def test_checkpoint_of_another_architecture_names_the_parameter(tmp_path):
   manager.wait_until_finished()
   other, shardings = _state(make_mesh(), DEFAULT_RULES, {"preset": "test", "embed_dim": 24})
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
-  with pytest.raises(ValueError, match=r"parameter 'image_projection/kernel' has shape \(32, 16\) in the checkpoint "
-                                       r"but \(32, 24\) in the model"):
+  with pytest.raises(
+    ValueError,
+    match=r"parameter 'image_projection/kernel' has shape \(32, 16\) in the checkpoint "
+    r"but \(32, 24\) in the model",
+  ):
     checkpoint.restore(manager, 0, abstract, shardings)
 
 
 def test_training_consumes_a_coco_folder_through_the_same_pipeline(shared_data, tmp_path):
   config = quick(load_config("clip_scenes", "variant=test,objective=full,batch=16"), tmp_path / "data")
   coco = shared_data / "coco-mini"
-  config.data.train = {"kind": "coco", "annotations": str(coco / "annotations" / "captions_train2017.json"),
-                       "images": str(coco / "train2017")}
+  config.data.train = {
+    "kind": "coco",
+    "annotations": str(coco / "annotations" / "captions_train2017.json"),
+    "images": str(coco / "train2017"),
+  }
   train_and_evaluate(config, tmp_path / "run")
   import json
+
   last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["step"] == 2 and np.isfinite(last["loss/total"])

@@ -1,5 +1,6 @@
 """Reading a compiled program's HLO: instructions counted as often as they run, collectives and their bytes,
 matrix-product FLOPs; against a hand-written module and against analytic counts of compiled loops."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -52,12 +53,15 @@ ENTRY %main (x.1: f32[4,8], w.1: f32[8,3], v: f32[3], m: bf16[2,2]) -> (f32[3], 
 
 def test_hand_written_module():
   found = hlo.collectives(MODULE)
-  assert [(c.kind, c.executions, c.bytes) for c in found] == [("collective-permute", 5, 4 * 8 * 4),
-                                                               ("all-reduce", 1, 3 * 4 + 4 * 2)]
+  assert [(c.kind, c.executions, c.bytes) for c in found] == [
+    ("collective-permute", 5, 4 * 8 * 4),
+    ("all-reduce", 1, 3 * 4 + 4 * 2),
+  ]
   assert found[0].source_target_pairs == ((0, 1), (1, 2), (2, 0))
   assert hlo.collective_summary(MODULE) == {
-      "all-reduce": {"count": 1, "bytes": 20, "instructions": 1},
-      "collective-permute": {"count": 5, "bytes": 5 * 128, "instructions": 1}}
+    "all-reduce": {"count": 1, "bytes": 20, "instructions": 1},
+    "collective-permute": {"count": 5, "bytes": 5 * 128, "instructions": 1},
+  }
   assert hlo.matmul_flops(MODULE) == 5 * 2 * 4 * 3 * 8
 
 
@@ -71,15 +75,21 @@ def test_compiled_loop_flops_count_every_trip(trips, inner):
   """XLA's cost analysis counts a loop body once; here a scan of `trips` steps, each a loop of `inner` products
   [64,32]×[32,48], and a convolution 3×3 over [2,10,10,4] → 6 features, have 2·M·N·K per product, 2·out·9·4 per
   convolution."""
+
   def f(x, w, image, kernel):
     def step(carry, _):
       return jax.lax.fori_loop(0, inner, lambda i, c: jnp.tanh(c @ w) @ w.T, carry), None
+
     out = jax.lax.scan(step, x, None, length=trips)[0]
     conv = jax.lax.conv_general_dilated(image, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out, conv
 
-  args = (jax.ShapeDtypeStruct((64, 32), jnp.float32), jax.ShapeDtypeStruct((32, 48), jnp.float32),
-          jax.ShapeDtypeStruct((2, 10, 10, 4), jnp.float32), jax.ShapeDtypeStruct((3, 3, 4, 6), jnp.float32))
+  args = (
+    jax.ShapeDtypeStruct((64, 32), jnp.float32),
+    jax.ShapeDtypeStruct((32, 48), jnp.float32),
+    jax.ShapeDtypeStruct((2, 10, 10, 4), jnp.float32),
+    jax.ShapeDtypeStruct((3, 3, 4, 6), jnp.float32),
+  )
   text = jax.jit(f).lower(*args).compile().as_text()
   products = trips * inner * 2 * (2 * 64 * 48 * 32)
   convolution = 2 * (2 * 8 * 8 * 6) * (3 * 3 * 4)

@@ -5,20 +5,21 @@ The fake is an fsspec file system registered for the ``gs``/``gcs`` protocols th
 reach it through fsspec. The one client that bypasses fsspec, tensorstore's GCS driver (orbax's array writes), is
 pointed at the same directory, and orbax's bucket-admin probe for hierarchical namespaces is answered "no".
 """
-import json
 
 import importlib
+import json
+
 import pytest
 from etils import epath
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from orbax.checkpoint._src.path import gcs_utils
+from test_driver import load_config, quick, write_webdataset
 
 from lmstruct import paths
 from lmstruct.data import sources, streaming
 from lmstruct.train import checkpoint
 from lmstruct.train.loop import train_and_evaluate
-from test_driver import load_config, quick, write_webdataset
 
 
 class FakeGCS(DirFileSystem):
@@ -58,8 +59,10 @@ def test_paths_list_and_read_shards_in_a_bucket(bucket, shared_data):
     write_webdataset(shared_data, bucket / "data" / "cc3m" / f"{shard:05d}.tar", count=4)
   listed = paths.list_shards("gs://data/cc3m")
   assert [str(p) for p in listed] == [f"gs://data/cc3m/{i:05d}.tar" for i in range(3)]
-  assert [str(p) for p in paths.list_shards("gs://data/cc3m/{00001..00002}.tar")] == \
-      ["gs://data/cc3m/00001.tar", "gs://data/cc3m/00002.tar"]
+  assert [str(p) for p in paths.list_shards("gs://data/cc3m/{00001..00002}.tar")] == [
+    "gs://data/cc3m/00001.tar",
+    "gs://data/cc3m/00002.tar",
+  ]
   indexed = sources.build_source({"kind": "webdataset", "shards": "gs://data/cc3m/*.tar"})
   photos = sorted((shared_data / "coco-mini" / "train2017").glob("*.jpg"))
   assert len(indexed) == 4 and indexed.skipped.counts == {"duplicate sample key": 8}  # same keys in every shard

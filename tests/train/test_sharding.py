@@ -1,4 +1,5 @@
 """Named sharding rules from config and the one batch sharding shared by the pipeline, the update and evaluation."""
+
 import jax
 import numpy as np
 import pytest
@@ -9,10 +10,15 @@ from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, batch_sharding, m
 
 def test_sharding_rules_by_name_or_spelled_out():
   assert sharding_rules("replicate") == DEFAULT_RULES and sharding_rules("fsdp") == FSDP_RULES
-  assert sharding_rules([["kernel", ["data", None]], [".*", "replicate"]]) == (("kernel", ("data", None)),
-                                                                               (".*", "replicate"))
-  with pytest.raises(ValueError, match=r"unknown sharding.rules 'fdsp' \(did you mean 'fsdp'\?\); valid choices: "
-                                       r"\['fsdp', 'replicate'\] or a list of \(regex, spec\) pairs"):
+  assert sharding_rules([["kernel", ["data", None]], [".*", "replicate"]]) == (
+    ("kernel", ("data", None)),
+    (".*", "replicate"),
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"unknown sharding.rules 'fdsp' \(did you mean 'fsdp'\?\); valid choices: "
+    r"\['fsdp', 'replicate'\] or a list of \(regex, spec\) pairs",
+  ):
     sharding_rules("fdsp")
 
 

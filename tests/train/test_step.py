@@ -1,5 +1,6 @@
 """The jitted update: sharded (GSPMD and ring objective) equals single-device, global-batch loss, convergence, the
 non-finite guard and the schedule after a rejected update."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,16 +25,20 @@ def make_batch(batch_size, seed=0):
   text[:, -1] = 49407
   text_aug = text.copy()
   text_aug[:, 0] = rng.integers(1, 5000, batch_size)
-  return {"image": rng.normal(size=(batch_size, h, w, c)).astype(np.float32),
-          "image_aug": rng.normal(size=(batch_size, h, w, c)).astype(np.float32),
-          "text": text, "text_aug": text_aug}
+  return {
+    "image": rng.normal(size=(batch_size, h, w, c)).astype(np.float32),
+    "image_aug": rng.normal(size=(batch_size, h, w, c)).astype(np.float32),
+    "text": text,
+    "text_aug": text_aug,
+  }
 
 
 def new_state(model_config, tx, mesh, rules=DEFAULT_RULES):
   model = build_model(model_config)
   shape, length = input_shapes(model_config)
-  state, shardings = init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules,
-                                      seed=0)
+  state, shardings = init_train_state(
+    model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules, seed=0
+  )
   return model, state, shardings
 
 
@@ -41,8 +46,14 @@ def train(mesh, rules, steps, batch, objective=OBJECTIVE):
   """(final state, metrics of every step, the jitted update): `steps` updates on one batch."""
   tx = make_optimizer(OPTIMIZER)
   model, state, shardings = new_state(MODEL, tx, mesh, rules)
-  step = make_train_step(model, tx, objective=objective, mesh=mesh, state_shardings=shardings,
-                         learning_rate=learning_rate_schedule(OPTIMIZER))
+  step = make_train_step(
+    model,
+    tx,
+    objective=objective,
+    mesh=mesh,
+    state_shardings=shardings,
+    learning_rate=learning_rate_schedule(OPTIMIZER),
+  )
   batch = jax.device_put(batch, batch_sharding(mesh))
   history = []
   for _ in range(steps):
@@ -58,19 +69,24 @@ def relative_difference(a, b):
 
 
 def max_abs_difference(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a),
-                                                                              jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.fixture(scope="module")
 def single_device_run():
   """Three updates of the global objective on one device: the reference of every sharded update."""
-  return train(make_mesh(devices=jax.devices()[:1]), DEFAULT_RULES, 3, make_batch(16),
-               objective={**OBJECTIVE, "impl": "global"})
+  return train(
+    make_mesh(devices=jax.devices()[:1]), DEFAULT_RULES, 3, make_batch(16), objective={**OBJECTIVE, "impl": "global"}
+  )
 
 
-@pytest.mark.parametrize("impl,rules", [("global", DEFAULT_RULES), ("global", FSDP_RULES), ("ring", DEFAULT_RULES)],
-                         ids=["gspmd-data_parallel", "gspmd-fsdp", "ring-data_parallel"])
+@pytest.mark.parametrize(
+  "impl,rules",
+  [("global", DEFAULT_RULES), ("global", FSDP_RULES), ("ring", DEFAULT_RULES)],
+  ids=["gspmd-data_parallel", "gspmd-fsdp", "ring-data_parallel"],
+)
 def test_sharded_update_equals_single_device_after_three_steps(single_device_run, impl, rules):
   """The full objective (in-modal + separation + bridge + geometric) on 8 devices, its B×B terms through GSPMD or
   through the ring objective inside the update, against the global objective on one device: every metric of every
@@ -100,10 +116,21 @@ def test_loss_of_batch_split_over_eight_devices_equals_one_device_loss():
   """Every pairwise term takes its negatives from the global batch: sharding the batch changes nothing."""
   rng = np.random.default_rng(3)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  arrays = {k: unit(rng.normal(size=(32, 8))).astype(np.float32)
-            for k in ("zv", "zt", "zv_aug", "zt_aug", "zv_ind", "zt_ind", "zv_ind_aug", "zt_ind_aug")}
-  config = {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0, "cyclip": 0.5,
-                                           "alignment": 0.1, "gap_alignment": 0.3}}
+  arrays = {
+    k: unit(rng.normal(size=(32, 8))).astype(np.float32)
+    for k in ("zv", "zt", "zv_aug", "zt_aug", "zv_ind", "zt_ind", "zv_ind_aug", "zt_ind_aug")
+  }
+  config = {
+    "base": "inmodal",
+    "weights": {
+      "separation": 1.0,
+      "bridge": 1.0,
+      "geometric": 1.0,
+      "cyclip": 0.5,
+      "alignment": 0.1,
+      "gap_alignment": 0.3,
+    },
+  }
   # The printed alignment term 1/⟨zv_j, zt_j⟩² turns the rounding of a near-orthogonal pair's ⟨zv_j, zt_j⟩ (8
   # products summed in another order when sharded), relative to that small ⟨⟩, into its own error: 1e-5 for it and
   # for the total it enters; 1e-6 for every other term.
@@ -118,8 +145,7 @@ def test_loss_of_batch_split_over_eight_devices_equals_one_device_loss():
   for key in one:
     np.testing.assert_allclose(eight[key], one[key], rtol=rtol.get(key, 1e-6), err_msg=key)
   # A loss computed per device (8 local batches of 4) differs: the test would catch that bug.
-  local = np.mean([objective({k: v[i * 4:(i + 1) * 4] for k, v in arrays.items()})["loss/inmodal"]
-                   for i in range(8)])
+  local = np.mean([objective({k: v[i * 4 : (i + 1) * 4] for k, v in arrays.items()})["loss/inmodal"] for i in range(8)])
   assert abs(local - float(one["loss/inmodal"])) > 0.1
 
 
@@ -160,13 +186,14 @@ def test_a_rejected_update_leaves_the_schedule_where_it_was():
   schedule = learning_rate_schedule(OPTIMIZER)
   mesh = make_mesh(devices=jax.devices()[:1])
   model, _, shardings = new_state(MODEL, tx, mesh)
-  step = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings,
-                         learning_rate=schedule)
+  step = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings, learning_rate=schedule)
   poisoned = make_batch(8, seed=2)
   poisoned["image"][0, 0, 0, 0] = np.nan
   runs = {}
-  for name, batches in {"with_rejection": [make_batch(8, seed=0), poisoned, make_batch(8, seed=1)],
-                        "without": [make_batch(8, seed=0), make_batch(8, seed=1)]}.items():
+  for name, batches in {
+    "with_rejection": [make_batch(8, seed=0), poisoned, make_batch(8, seed=1)],
+    "without": [make_batch(8, seed=0), make_batch(8, seed=1)],
+  }.items():
     _, state, _ = new_state(MODEL, tx, mesh)
     rates, rejected = [], []
     for batch in batches:
@@ -185,8 +212,9 @@ def test_a_rejected_update_leaves_the_schedule_where_it_was():
 def test_weight_decay_mask_skips_biases_norms_embeddings_and_scalars():
   model = build_model(MODEL)
   shape, length = input_shapes(MODEL)
-  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)),
-                          jnp.zeros((1, length), jnp.int32))["params"]
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1, length), jnp.int32))[
+    "params"
+  ]
   mask = weight_decay_mask(params)
   assert mask["log_logit_scale"] is False and mask["logit_bias"] is False
   assert mask["text_tower"]["token_embedding"]["embedding"] is False
@@ -225,14 +253,16 @@ def test_trainable_patterns_freeze_everything_else():
   mesh = make_mesh()
   model, state, shardings = new_state(MODEL, tx, mesh)
   before = jax.device_get(state.params)
-  step = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings,
-                         trainable=config["trainable"])
+  step = make_train_step(
+    model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings, trainable=config["trainable"]
+  )
   state, metrics = step(state, jax.device_put(make_batch(8), batch_sharding(mesh)))
   after = jax.device_get(state.params)
   # The same update without stop_gradient on the locked towers gives the same trainable parameters.
   _, reference_state, _ = new_state(MODEL, tx, mesh)
   reference_state, _ = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings)(
-      reference_state, jax.device_put(make_batch(8), batch_sharding(mesh)))
+    reference_state, jax.device_put(make_batch(8), batch_sharding(mesh))
+  )
   assert relative_difference(after, jax.device_get(reference_state.params)) <= 1e-6
   assert max_abs_difference(after["image_tower"], before["image_tower"]) == 0.0
   assert max_abs_difference(after["text_tower"], before["text_tower"]) == 0.0

@@ -1,6 +1,7 @@
 """The compiled data-parallel update moves no activations between devices: on 8 devices with the ring objective its
 only collectives are the gradient all-reduce (plus the objective's scalar sums) and the ring's permutes of [n, D]
 feature blocks to the next device. Both views of an example are encoded on the device that holds it."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -29,8 +30,9 @@ def test_data_parallel_update_only_reduces_gradients_and_passes_feature_blocks(a
   rows = batch_sharding(mesh)
   images = jax.ShapeDtypeStruct((BATCH, *image_shape), jnp.float32, sharding=rows)
   texts = jax.ShapeDtypeStruct((BATCH, length), jnp.int32, sharding=rows)
-  step = make_train_step(model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings,
-                         accumulation_steps=accumulation_steps)
+  step = make_train_step(
+    model, tx, objective=OBJECTIVE, mesh=mesh, state_shardings=shardings, accumulation_steps=accumulation_steps
+  )
   text = step.lower(state, {"image": images, "image_aug": images, "text": texts, "text_aug": texts}).compile().as_text()
 
   found = hlo.collectives(text)
