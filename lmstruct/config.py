@@ -4,9 +4,10 @@ A config file (`configs/*.py`) defines `get_config(arg: str | None)`; `arg` is a
 `key=value` pairs (`configs/clip_scenes.py:variant=tiny,steps=300`) parsed by `parse_arg`. Every config starts
 from `base_config()`, the one place where each training key, its default and its type are defined;
 `validate_config` rejects unknown keys (naming the key and the valid keys, with a close match) and values of the
-wrong type (naming the key and the expected type). Open-ended sections are validated by their owners: `model` by
-`lmstruct.models.factory`, `objective` by `lmstruct.losses.objective`, data sources by `lmstruct.data.sources`,
-`evals` by `lmstruct.eval.registry`.
+wrong type (naming the key and the expected type). `task` picks the model family's trainer (`train.loop.TRAINERS`:
+'clip', the two-tower family, or 'albef'). Open-ended sections are validated by their owners: `model` by
+`lmstruct.models.factory` (or `lmstruct.models.albef`), `objective` by `lmstruct.losses.objective`, data sources by
+`lmstruct.data.sources`, `evals` by `lmstruct.eval.registry`, `albef` by `lmstruct.train.albef`.
 """
 import ast
 import difflib
@@ -15,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda")
+OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda", "albef")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -43,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every training key with its default; see README 'Configs' for what each means."""
   return ml_collections.ConfigDict({
       "seed": 0,
+      "task": "clip",
       "model": {"preset": "tiny"},
       "objective": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0},
                     "bridge_t": 0.25, "impl": "auto"},
@@ -60,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "profile_steps": 5, "progress_bar": "auto"},
       "init": {"pretrained": "", "towers": ()},
       "evals": {},
+      "albef": {},
   })
 
 

@@ -168,9 +168,12 @@ class EvalTransform:
   template: Mapping[str, Any]
   tokenize: Tokenize | None = None
   caption_index: int = 0
+  row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
   def _row(self, example: Mapping[str, Any]) -> dict[str, Any]:
-    """Preprocesses one valid example (labels copied as int32)."""
+    """Preprocesses one valid example (labels copied as int32), or `row_fn(example)` when given."""
+    if self.row_fn is not None:
+      return self.row_fn(example)
     row: dict[str, Any] = {"image": augment.clip_preprocess(decode_image(example), self.image_size)}
     if self.tokenize is not None:
       captions = example.get("captions") or []
@@ -344,7 +347,7 @@ STATE_FORMAT = "lmstruct-reader-positions-1"
 class _RandomAccessExample:
   """Step ``s`` of a reader's plan over a random-access source → its training example, with its position."""
   source: DataSource
-  transform: TrainTransform
+  transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]
   plan: plan_lib.ReaderPlan
   shuffle_seed: int
   example_seed: int
@@ -358,7 +361,7 @@ class _RandomAccessExample:
 @dataclasses.dataclass(frozen=True)
 class _StreamExample:
   """A streamed stored example → its training example, seeded by (epoch, shard, ordinal), with its position."""
-  transform: TrainTransform
+  transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]
   example_seed: int
 
   def __call__(self, element: Mapping[str, Any]) -> dict[str, Any]:
@@ -370,7 +373,8 @@ class _StreamExample:
 class TrainReaders:
   """Opens the grain iterator of this process's readers at given positions (random access or stream)."""
 
-  def __init__(self, source: Any, transform: TrainTransform, *, seed: int, num_epochs: int | None,
+  def __init__(self, source: Any, transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]], *,
+               seed: int, num_epochs: int | None,
                worker_count: int, read_threads: int, batch_size: int):
     self.source, self.transform, self.num_epochs = source, transform, num_epochs
     self.worker_count, self.read_threads, self.batch_size = worker_count, read_threads, batch_size
@@ -530,15 +534,30 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
   """
   if caption_choice not in CAPTION_CHOICES:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
-  index, count = _shard(shard_index, shard_count)
-  batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
   config = augment.caption_safe_augment_config() if augment_config is None else augment_config
   transform = TrainTransform(tokenize=tokenize, image_size=image_size,
                              augmentation=augment.augmentation_from_config(config),
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
                              caption_choice=caption_choice)
+  return transform_pipeline(source, transform, global_batch_size=global_batch_size, seed=seed, mesh=mesh,
+                            data_axes=data_axes, num_epochs=num_epochs, worker_count=worker_count,
+                            read_threads=read_threads, shard_index=shard_index, shard_count=shard_count)
+
+
+def transform_pipeline(source: DataSource | streaming.WebDatasetStream,
+                       transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]], *,
+                       global_batch_size: int, seed: int, mesh: Mesh | None = None,
+                       data_axes: Sequence[str] = ("data",), num_epochs: int | None = None, worker_count: int = 0,
+                       read_threads: int = 2, shard_index: int | None = None,
+                       shard_count: int | None = None) -> TrainBatches:
+  """Training batches of any per-example `transform` (stored example, seeded generator) → row dict: the reader
+  plans, positions, corrupt-row skipping (a row ``{CORRUPT: True}``) and global sharding of :func:`train_pipeline`,
+  which is this with :class:`TrainTransform`. `transform` must pickle when ``worker_count > 0``; the other
+  arguments are as for :func:`train_pipeline`."""
+  index, count = _shard(shard_index, shard_count)
+  batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
   readers = TrainReaders(source, transform, seed=seed, num_epochs=num_epochs, worker_count=worker_count,
-                                    read_threads=read_threads, batch_size=batch_size)
+                         read_threads=read_threads, batch_size=batch_size)
   per_process = readers.readers_per_process
   plans = plan_lib.fresh_plans(count * per_process)[index * per_process:(index + 1) * per_process]
   return TrainBatches(readers, [plan_lib.Position.start(p) for p in plans], batch_size, process_index=index,
@@ -548,13 +567,17 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
 def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int = 224,
                   tokenize: Tokenize | None = None, caption_index: int = 0, mesh: Mesh | None = None,
                   data_axes: Sequence[str] = ("data",), worker_count: int = 0, read_threads: int = 2,
-                  shard_index: int | None = None, shard_count: int | None = None) -> BatchIterator:
+                  shard_index: int | None = None, shard_count: int | None = None,
+                  row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+                  template: Mapping[str, Any] | None = None) -> BatchIterator:
   """Iterator of evaluation batches covering every example exactly once, in source order.
 
   Each batch has ``image`` (float32 [B, S, S, 3], CLIP preprocessing), ``text`` (int32 [B, L], caption
   ``caption_index``, only when ``tokenize`` is given), ``label``/``labels`` when the examples carry them,
   ``index`` (int32 source index, -1 on padding) and ``mask`` (bool, False on padding and corrupt images).
-  Arguments are as for :func:`train_pipeline`.
+  With ``row_fn`` (stored example → row dict; it may raise :class:`CorruptImageError`) the rows are its output
+  instead, padded with ``template`` (a zero row of the same structure). Arguments are as for
+  :func:`train_pipeline`.
   """
   if len(source) == 0:
     raise ValueError("cannot evaluate an empty source")
@@ -564,9 +587,12 @@ def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int
   start = min(len(source), index * per_shard)
   stop = min(len(source), start + per_shard)
   padded = max(1, -(-per_shard // batch_size)) * batch_size
+  if (row_fn is None) != (template is None):
+    raise ValueError("eval_pipeline takes row_fn and template together")
   transform = EvalTransform(source=source, start=start, stop=stop, image_size=image_size,
-                            template=eval_template(source[0], image_size, tokenize), tokenize=tokenize,
-                            caption_index=caption_index)
+                            template=template if template is not None else eval_template(source[0], image_size,
+                                                                                          tokenize),
+                            tokenize=tokenize, caption_index=caption_index, row_fn=row_fn)
   dataset = grain.MapDataset.range(padded).map(transform)
   return BatchIterator(_iterate(dataset, read_threads, worker_count, batch_size), batch_size,
                        skip_corrupt=False, sharding=sharding)

@@ -9,10 +9,11 @@ from typing import Any
 from lmstruct.eval.evaluators import (Evaluator, FewShotEvaluator, LinearProbeEvaluator, RetrievalEvaluator,
                                       StructureEvaluator, ZeroShotEvaluator)
 from lmstruct.eval.features import EncodeFn
+from lmstruct.eval.vl_tasks import VL_EVALUATORS
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     cls.kind: cls for cls in (ZeroShotEvaluator, LinearProbeEvaluator, FewShotEvaluator, RetrievalEvaluator,
-                              StructureEvaluator)}
+                              StructureEvaluator, *VL_EVALUATORS)}
 
 
 def available_evaluators() -> list[str]:

@@ -1,7 +1,9 @@
 """The training driver: config → sharded state → pipeline → jitted updates, with logging, evaluation,
 checkpointing, resumption, preemption handling and profiling. `train_and_evaluate` is what `lmstruct train` runs.
 """
+import difflib
 import functools
+import importlib
 import json
 import logging
 import math
@@ -112,7 +114,8 @@ def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 class Trainer:
-  """Everything one run needs, built once from the config."""
+  """Everything one two-tower run needs, built once from the config. The loop asks a trainer for its state,
+  `train_batches`, `train_step`, `evaluators` and `evaluate`; other model families subclass it (`TRAINERS`)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     validate_config(config)
@@ -120,6 +123,13 @@ class Trainer:
     self.workdir = paths.absolute(workdir)
     self.mesh = make_mesh(config.mesh.shape.to_dict())
     self.data_axes = (self.mesh.axis_names[0],)
+    self.build()
+    self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
+                                           config.train.best_metric, config.train.best_mode)
+
+  def build(self) -> None:
+    """The model, optimizer, tokenizer and sharded state (`state`, `shardings`) of a two-tower run."""
+    config = self.config
     self.model_config = config.model.to_dict()
     self.model = build_model(self.model_config)
     self.objective = objective_config(config)
@@ -133,8 +143,6 @@ class Trainer:
         config.seed, self.data_axes)
     if config.init.pretrained or config.init.towers:
       self._load_pretrained()
-    self.manager = checkpoint.make_manager(self.workdir / "checkpoints", config.train.keep_checkpoints,
-                                           config.train.best_metric, config.train.best_mode)
 
   def _load_pretrained(self) -> None:
     """Overwrites the fresh initialisation with pretrained weights: a converted checkpoint (`init.pretrained`,
@@ -164,6 +172,25 @@ class Trainer:
     logging.info("resumed from %s at step %d", self.manager.directory, step)
     return data_state
 
+  def train_batches(self) -> pipeline.TrainBatches:
+    """The training input: two views of image and caption, global batches sharded over the data axes."""
+    config = self.config
+    source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
+    return pipeline.train_pipeline(
+        source, tokenize=self.tokenize, global_batch_size=config.data.global_batch_size, seed=config.seed,
+        image_size=self.image_shape[0], augment_config=config.data.augment.to_dict() or None,
+        eda_config=config.data.eda.to_dict() or None, mesh=self.mesh, data_axes=self.data_axes,
+        worker_count=config.data.worker_count, read_threads=config.data.read_threads,
+        caption_choice=config.data.caption_choice)
+
+  def train_step(self):
+    """The jitted update (state, batch) → (state, metrics)."""
+    config = self.config
+    return make_train_step(self.model, self.tx, self.objective, self.mesh, self.shardings,
+                           learning_rate_schedule(self.optimizer_config), self.data_axes,
+                           objective_function(config.objective, self.mesh, self.data_axes),
+                           config.train.accumulation_steps, self.optimizer_config["trainable"])
+
   def evaluators(self) -> list:
     return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
                             batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
@@ -175,29 +202,39 @@ class Trainer:
       variables["batch_stats"] = self.state.batch_stats
     return make_encoders(self.model, variables, self.mesh)
 
+  def evaluate(self, evaluators: list, step: int, only_due: bool = True) -> dict[str, dict[str, float]]:
+    """Runs the evaluators (only those due at `step` with `only_due`) on the current parameters."""
+    return run_evaluators(evaluators, *self.encoders(), step=step, workdir=self.workdir, only_due=only_due)
+
+
+#: Trainer of each `task` (a model family), as 'module:class' so that a family is imported only when used.
+TRAINERS: dict[str, str] = {"clip": "lmstruct.train.loop:Trainer", "albef": "lmstruct.train.albef_trainer:AlbefTrainer"}
+
+
+def make_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Trainer:
+  """The trainer of `config.task` (a key of TRAINERS) for this run."""
+  task = config.get("task", "clip")
+  if task not in TRAINERS:
+    close = difflib.get_close_matches(str(task), list(TRAINERS), n=1)
+    raise ValueError(f"unknown config key value task={task!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                     f"valid choices: {sorted(TRAINERS)}")
+  module, name = TRAINERS[task].split(":")
+  return getattr(importlib.import_module(module), name)(config, workdir)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict[str, float]]:
   """Trains `config.train.steps` updates (resuming from the workdir's latest checkpoint), evaluating every
   evaluator at its interval and once at the end; returns the final evaluation results."""
-  trainer = Trainer(config, workdir)
+  trainer = make_trainer(config, workdir)
   cfg = config.train
   is_main = jax.process_index() == 0
   writer = MetricWriter(trainer.workdir, enabled=is_main)
   writer.write_config(config.to_dict())
-  source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
-  batches = pipeline.train_pipeline(
-      source, tokenize=trainer.tokenize, global_batch_size=config.data.global_batch_size, seed=config.seed,
-      image_size=trainer.image_shape[0], augment_config=config.data.augment.to_dict() or None,
-      eda_config=config.data.eda.to_dict() or None, mesh=trainer.mesh, data_axes=trainer.data_axes,
-      worker_count=config.data.worker_count, read_threads=config.data.read_threads,
-      caption_choice=config.data.caption_choice)
+  batches = trainer.train_batches()
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = make_train_step(trainer.model, trainer.tx, trainer.objective, trainer.mesh, trainer.shardings,
-                            learning_rate_schedule(trainer.optimizer_config), trainer.data_axes,
-                            objective_function(config.objective, trainer.mesh, trainer.data_axes),
-                            cfg.accumulation_steps, trainer.optimizer_config["trainable"])
+  step_fn = trainer.train_step()
   evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
@@ -229,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         progress.update(step)
       due = [e for e in evaluators if e.due(step)]
       if due:
-        last_eval = run_evaluators(due, *trainer.encoders(), step=step, workdir=trainer.workdir)
+        last_eval = trainer.evaluate(due, step)
         writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()})
       if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
         flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
@@ -242,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   batches.close()
   results: dict[str, dict[str, float]] = {}
   if stop.signal is None and evaluators:
-    results = run_evaluators(evaluators, *trainer.encoders(), step=step, workdir=trainer.workdir, only_due=False)
+    results = trainer.evaluate(evaluators, step, only_due=False)
     writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in results.items() for k, v in m.items()})
     if is_main:
       (trainer.workdir / "results.json").write_text(json.dumps({"step": step, "results": results}, indent=2))
@@ -255,13 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                         step: int | None = None) -> dict[str, dict[str, float]]:
   """Runs every evaluator of `config` on checkpoint `step` (default: the latest) of `workdir`."""
-  trainer = Trainer(config, workdir)
+  trainer = make_trainer(config, workdir)
   step = trainer.manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {trainer.workdir / 'checkpoints'}")
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
-  results = run_evaluators(trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir,
-                           only_due=False)
+  results = trainer.evaluate(trainer.evaluators(), step, only_due=False)
   trainer.manager.close()
   return results

@@ -27,11 +27,20 @@ Batch = Mapping[str, jax.Array]
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
                      context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
                      data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
-  """(state, state shardings): parameters initialised directly into their sharded layout."""
+  """(state, state shardings) of a two-tower model: `init_state` with the model's own initialisation."""
+  return init_state(lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                                           jnp.zeros((1, context_length), jnp.int32)),
+                    tx, mesh, rules, seed, data_axes)
+
+
+def init_state(init_variables: Callable[[jax.Array], Mapping[str, Any]], tx: optax.GradientTransformation,
+               mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
+               data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
+  """(state, state shardings): `init_variables(rng)` → {'params', optional 'batch_stats'} initialised directly into
+  the sharded layout the `rules` give every path ('params/…', 'batch_stats/…', 'opt_state/…')."""
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32),
-                           jnp.zeros((1, context_length), jnp.int32))
+    variables = init_variables(init_rng)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
@@ -150,15 +159,32 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
                     mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
                     data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective,
                     accumulation_steps: int = 1, trainable: Sequence[str] = ()) -> Callable:
-  """The jitted update (state, batch) → (state, metrics); the state is donated.
-
-  A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
-  the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
-  With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
-  `accumulated_gradients`). `trainable` is the optimizer's pattern list: locked parameters get no gradient
-  computation at all.
+  """The jitted two-tower update (state, batch) → (state, metrics) of `make_update_step`, with the loss of
+  `make_loss_fn`. `trainable` is the optimizer's pattern list: locked parameters get no gradient computation at all.
   """
   loss_fn = make_loss_fn(model, objective_config, objective_fn, trainable)
+  return make_update_step(loss_fn, tx, mesh, state_shardings, learning_rate, data_axes, accumulation_steps)
+
+
+LossFn = Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+
+def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, state_shardings: TrainState,
+                     learning_rate: optax.Schedule | None = None, data_axes: Sequence[str] = ("data",),
+                     accumulation_steps: int = 1,
+                     project_params: Callable[[Any], Any] = clamp_log_logit_scale) -> Callable:
+  """The jitted update (state, batch) → (state, metrics) of any model; the state is donated.
+
+  `loss_fn(params, batch_stats, batch, rng)` → (L, (metrics with 'loss/total', new batch_stats)): `batch_stats` is
+  the state the update carries besides the parameters (batch-norm statistics; ALBEF's momentum encoders and
+  queues). After the optimizer step `project_params` maps the parameters back into their domain (the logit-scale
+  clamp of the two-tower model).
+
+  A non-finite loss or gradient rejects the update: parameters, batch_stats and optimizer state stay as they were,
+  the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
+  With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
+  `accumulated_gradients`).
+  """
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -174,7 +200,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
     def apply_update(operands):
       grads, params, opt_state, new_batch_stats, _ = operands
       updates, opt_state = tx.update(grads, opt_state, params)
-      return clamp_log_logit_scale(optax.apply_updates(params, updates)), opt_state, new_batch_stats
+      return project_params(optax.apply_updates(params, updates)), opt_state, new_batch_stats
 
     def keep_state(operands):
       _, params, opt_state, _, old_batch_stats = operands
