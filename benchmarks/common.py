@@ -329,7 +329,7 @@ def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapp
   """
   import jax
 
-  from lmstruct.losses.objective import needs_augmented_view
+  from lmstruct.losses.objective import ObjectiveConfig
   from lmstruct.models import build_model, input_shapes
   from lmstruct.models.factory import resolve_model_config
   from lmstruct.train.optimizer import make_optimizer
@@ -345,16 +345,17 @@ def build_lmstruct_updates(ref: Mapping[str, Any], objectives: Mapping[str, Mapp
   mesh = make_mesh(devices=jax.devices()[:1])
   shape, length = input_shapes(model_config)
   start = time.perf_counter()
-  state, shardings = init_train_state(model, tx, shape, length, mesh, DEFAULT_RULES, seed=seed)
+  state, shardings = init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh,
+                                      rules=DEFAULT_RULES, seed=seed)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  augmented = any(needs_augmented_view(o) for o in objectives.values())
+  augmented = any(ObjectiveConfig.from_dict(o).needs_augmented_view for o in objectives.values())
   device_batch = jax.device_put(synthetic_batch(ref, batch, seed, augmented=augmented), batch_sharding(mesh))
   out: dict[str, Any] = {"steps": {}, "state": state, "batch": device_batch, "init_s": init_s, "compile_s": {},
                          "lower_s": {}, "memory": {}, "xla_flops": {},
                          "params": sum(x.size for x in jax.tree.leaves(state.params))}
   for name, objective in objectives.items():
-    jitted = make_train_step(model, tx, dict(objective), mesh, shardings)
+    jitted = make_train_step(model, tx, objective=objective, mesh=mesh, state_shardings=shardings)
     start = time.perf_counter()
     lowered = jitted.lower(state, device_batch)
     out["lower_s"][name] = time.perf_counter() - start
@@ -376,7 +377,7 @@ def build_lmstruct_update(ref: Mapping[str, Any], *, objective: Mapping[str, Any
                           **kwargs: Any) -> dict[str, Any]:
   """One update (default: plain CLIP); as build_lmstruct_updates, with 'step', 'compile_s', 'lower_s', 'memory'
   and 'xla_flops' for that single objective."""
-  built = build_lmstruct_updates(ref, {"update": dict(objective or {"base": "clip"})}, **kwargs)
+  built = build_lmstruct_updates(ref, {"update": objective or {"base": "clip", "weights": {}}}, **kwargs)
   return {**built, "step": built["steps"]["update"], "compile_s": built["compile_s"]["update"],
           "lower_s": built["lower_s"]["update"], "memory": built["memory"]["update"],
           "xla_flops": built["xla_flops"]["update"]}

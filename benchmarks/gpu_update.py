@@ -67,8 +67,10 @@ class Update:
                          "grad_clip_norm": 1.0})
     self.mesh = make_mesh(devices=jax.devices()[:1])
     shape, length = input_shapes(config)
-    self.state, shardings = init_train_state(model, tx, shape, length, self.mesh, DEFAULT_RULES, seed=0)
-    self.jitted = make_train_step(model, tx, {"base": "clip"}, self.mesh, shardings)
+    self.state, shardings = init_train_state(model, tx, image_shape=shape, context_length=length, mesh=self.mesh,
+                                             rules=DEFAULT_RULES, seed=0)
+    self.jitted = make_train_step(model, tx, objective={"base": "clip", "weights": {}}, mesh=self.mesh,
+                                  state_shardings=shardings)
     self.image_shape, self.length = shape, length
 
   def abstract_batch(self, batch: int) -> dict[str, Any]:

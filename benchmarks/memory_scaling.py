@@ -19,8 +19,9 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from lmstruct.losses.objective import Features, compute_objective  # noqa: E402
+from lmstruct.losses.objective import compute_objective  # noqa: E402
 from lmstruct.losses.ring import compute_objective_ring  # noqa: E402
+from lmstruct.losses.term import Features  # noqa: E402
 
 FEATURES = ("zv", "zt", "zv_aug", "zt_aug", "zv_ind", "zt_ind", "zv_ind_aug", "zt_ind_aug")
 

@@ -31,8 +31,8 @@ import common  # noqa: E402
 
 OBJECTIVES: dict[str, dict[str, Any]] = {
     "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "bridge_t": 0.25},
-    "inmodal": {"base": "inmodal"},
-    "clip": {"base": "clip"},
+    "inmodal": {"base": "inmodal", "weights": {}},
+    "clip": {"base": "clip", "weights": {}},
 }
 
 

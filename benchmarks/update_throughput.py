@@ -7,10 +7,11 @@
 
 Each (configuration, dtype) pair gets two fresh worker processes: lmstruct (this file with ``--worker``, in this
 interpreter) and the open_clip peer (benchmarks/peer_openclip.py in ``--peer-python``, its own virtual
-environment). The update is the plain CLIP objective (lmstruct objective ``{'base': 'clip'}``: one view through each
-tower, no regulariser; model without the independent heads so both sides hold the same parameters), AdamW with
-global-norm clipping, the same synthetic batch. bfloat16 is lmstruct's ``model.dtype='bfloat16'`` (float32
-parameters and optimizer, bf16 compute) against open_clip under ``torch.autocast('cpu', dtype=torch.bfloat16)``.
+environment). The update is the plain CLIP objective (lmstruct objective ``{'base': 'clip', 'weights': {}}``:
+one view through each tower, no regulariser; model without the independent heads so both sides hold the same
+parameters), AdamW with global-norm clipping, the same synthetic batch. bfloat16 is lmstruct's
+``model.dtype='bfloat16'`` (float32 parameters and optimizer, bf16 compute) against open_clip under
+``torch.autocast('cpu', dtype=torch.bfloat16)``.
 
 Protocol per pair: build both (lmstruct's ahead-of-time compile is timed), ``--warmup`` untimed updates each, then
 ``--steps`` timed updates each, alternating single updates between the two processes (A B B A …) so both see the
@@ -55,7 +56,7 @@ class LmstructWorker:
       ref = common.REFERENCE[self.spec["config"]]
       self.update = common.build_lmstruct_update(
           ref, dtype=self.spec.get("dtype", "float32"), batch=self.spec.get("batch"),
-          objective=self.spec.get("objective") or {"base": "clip"},
+          objective=self.spec.get("objective") or {"base": "clip", "weights": {}},
           independent_heads=bool(self.spec.get("independent_heads", False)), seed=self.spec.get("seed", 0))
       return {"compile_s": self.update["compile_s"], "lower_s": self.update["lower_s"], "init_s": self.update["init_s"],
               "compiled_memory": self.update["memory"], "xla_flops": self.update["xla_flops"],

@@ -20,8 +20,7 @@ Evaluators: pretrain → `retrieval` (ITC top-k re-ranked by ITM on the caption 
 vqa → `vqa/accuracy`; nlvr → `nlvr/accuracy`; ve → `ve/accuracy`. NLVR first runs ALBEF's text-assignment pre-step
 on the caption split (a fifth of its steps).
 """
-import difflib
-
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
 
 # Both variants train from random initialisation with the MiniLM WordPiece vocabulary (the BERT of either is much
@@ -55,10 +54,9 @@ TEST_SPLITS = {"pretrain": "test", "vqa": "vqa_test", "nlvr": "nlvr_test", "ve":
 
 
 def _choice(key: str, value: str, valid) -> str:
+  """`value` when it is one of `valid`, else the one-line error naming the argument and the closest choice."""
   if value not in valid:
-    close = difflib.get_close_matches(value, list(valid), n=1)
-    raise ValueError(f"unknown {key} {value!r}{f' (did you mean {close[0]!r}?)' if close else ''}; valid choices: "
-                     f"{sorted(valid)}")
+    raise unknown_choice(f"argument {key}", value, valid)
   return value
 
 
@@ -84,12 +82,13 @@ def get_config(arg: str | None = None):
   config.model = {**variant["model"], "independent_heads": "separation" in REGULARIZERS[reg]}
   config.albef = {
       "task": task, "queue_size": variant["queue_size"], "momentum": 0.995, "alpha": 0.4,
-      "mlm_probability": 0.15, "regularizers": REGULARIZERS[reg], "bridge_t": 0.25,
+      "mlm_probability": 0.15,
       "answer_list": "scenes", "answer_length": variant["answer_length"], "answer_slots": 1, "answer_k": 8,
       "ta_steps": steps // 5 if task == "nlvr" else 0,
       "ta_data": scenes_source("train", variant) if task == "nlvr" else {},
       "init": {"pretrain": arg.init},
   }
+  config.objective = {"base": "none", "weights": REGULARIZERS[reg], "bridge_t": 0.25}
   config.optimizer.learning_rate = variant["learning_rate"]
   config.optimizer.warmup_steps = max(1, steps // 10)
   config.optimizer.weight_decay = 0.02

@@ -13,7 +13,9 @@ Arguments:
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.losses.objective import ObjectiveConfig
 
 VARIANTS = {
     "test": dict(model={"preset": "test", "image": {"image_size": 32}}, image_size=32),
@@ -24,13 +26,13 @@ VARIANTS = {
 }
 
 OBJECTIVES = {
-    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
-    "clip": {"base": "clip", "weights": {}},
-    "inmodal": {"base": "inmodal", "weights": {}},
-    "cyclip": {"base": "clip", "weights": {"cyclip": 1.0}},
-    "sep": {"base": "inmodal", "weights": {"separation": 1.0}},
-    "br": {"base": "inmodal", "weights": {"bridge": 1.0}},
-    "gc": {"base": "inmodal", "weights": {"geometric": 1.0}},
+    "full": ObjectiveConfig(base="inmodal", weights={"separation": 1.0, "bridge": 1.0, "geometric": 1.0}),
+    "clip": ObjectiveConfig(base="clip", weights={}),
+    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
+    "cyclip": ObjectiveConfig(base="clip", weights={"cyclip": 1.0}),
+    "sep": ObjectiveConfig(base="inmodal", weights={"separation": 1.0}),
+    "br": ObjectiveConfig(base="inmodal", weights={"bridge": 1.0}),
+    "gc": ObjectiveConfig(base="inmodal", weights={"geometric": 1.0}),
 }
 
 LABELS = ("shape", "colour", "size", "count")
@@ -48,12 +50,12 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, variant="small", objective="full", steps=250, batch=64, scenes="default", train_size=6000,
                   eval_size=500)
   if arg.variant not in VARIANTS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(VARIANTS)}")
+    raise unknown_choice("variant", arg.variant, VARIANTS)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise unknown_choice("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = VARIANTS[arg.variant]["model"]
-  config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}
+  config.objective = OBJECTIVES[arg.objective].to_dict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = max(1, arg.steps // 10)
   config.optimizer.weight_decay = 0.1

@@ -19,15 +19,17 @@ Arguments:
 import os
 import pathlib
 
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.pretrained import assets
 
 SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA",
                                           pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 OBJECTIVES = {
-    "full": {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}},
-    "inmodal": {"base": "inmodal", "weights": {}},
-    "clip": {"base": "clip", "weights": {}},
+    "full": ObjectiveConfig(base="inmodal", weights={"separation": 1.0, "bridge": 1.0, "geometric": 1.0}),
+    "inmodal": ObjectiveConfig(base="inmodal", weights={}),
+    "clip": ObjectiveConfig(base="clip", weights={}),
 }
 # Parameters the optimizer updates (regexes on 'a/b/kernel' paths); everything else — both towers — is locked.
 TRAINABLE = (r"^(image|text)_projection(_ind)?/", r"^log_logit_scale$", r"^logit_bias$")
@@ -42,11 +44,11 @@ def coco_split(root: str, split: str) -> dict:
 def get_config(arg: str | None = None):
   arg = parse_arg(arg, coco=str(SHARED_DATA / "coco-mini"), imagefolder="", objective="full", steps=300, batch=32)
   if arg.objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {arg.objective!r}; valid: {sorted(OBJECTIVES)}")
+    raise unknown_choice("objective", arg.objective, OBJECTIVES)
   config = base_config()
   config.model = {"preset": "LiT-EfficientNetLite0-MiniLM"}
   config.init.towers = TOWERS
-  config.objective = {**OBJECTIVES[arg.objective], "bridge_t": 0.25, "impl": "auto"}
+  config.objective = OBJECTIVES[arg.objective].to_dict()
   config.optimizer.trainable = TRAINABLE
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = max(1, arg.steps // 10)

@@ -21,7 +21,9 @@ Arguments:
   imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
+from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
     "none": {}, "sep": {"separation": 1.0}, "br": {"bridge": 1.0}, "gc": {"geometric": 1.0},
@@ -34,13 +36,13 @@ def get_config(arg: str | None = None):
   arg = parse_arg(arg, shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64,
                   imagenet="", variant="paper")
   if arg.reg not in REGULARIZERS:
-    raise ValueError(f"unknown reg {arg.reg!r}; valid: {sorted(REGULARIZERS)}")
+    raise unknown_choice("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
-    raise ValueError(f"unknown variant {arg.variant!r}; valid: {sorted(MODELS)}")
+    raise unknown_choice("variant", arg.variant, MODELS)
   config = base_config()
   config.model = MODELS[arg.variant]
-  config.objective = {"base": "clip" if arg.reg == "cyclip" else "inmodal", "weights": REGULARIZERS[arg.reg],
-                      "bridge_t": 0.25, "impl": "auto"}
+  config.objective = ObjectiveConfig(base="clip" if arg.reg == "cyclip" else "inmodal",
+                                     weights=REGULARIZERS[arg.reg]).to_dict()
   batch = 128 * arg.devices
   steps = arg.examples * arg.epochs // batch
   config.optimizer.learning_rate = 5e-4

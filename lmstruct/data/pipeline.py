@@ -49,12 +49,13 @@ import grain
 import jax
 from absl import flags
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 from PIL import Image
 
 from lmstruct.data import augment, eda
 from lmstruct.data import plan as plan_lib
 from lmstruct.data import streaming
+from lmstruct.train.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,6 @@ def stack_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   return jax.tree.map(lambda *leaves: np.stack(leaves), *rows)
 
 
-def data_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
-  """Sharding of a batch's leading axis over ``data_axes`` of ``mesh`` (other axes replicated)."""
-  for axis in data_axes:
-    if axis not in mesh.axis_names:
-      raise ValueError(f"data axis {axis!r} is not a mesh axis; mesh axes: {', '.join(mesh.axis_names)}")
-  return NamedSharding(mesh, PartitionSpec(tuple(data_axes)))
-
-
 def to_global(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, Any]:
   """Assembles this process's host batch into global ``jax.Array``s (process batches concatenated in order)."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), dict(batch))
@@ -305,7 +298,7 @@ def _local_batch_size(global_batch_size: int, shard_count: int, mesh: Mesh | Non
                      f"processes ({shard_count})")
   if mesh is None:
     return global_batch_size // shard_count, None
-  sharding = data_sharding(mesh, data_axes)
+  sharding = batch_sharding(mesh, data_axes)
   devices = math.prod(mesh.shape[axis] for axis in data_axes)
   if global_batch_size % devices:
     raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of the {devices} devices on "

@@ -21,12 +21,12 @@ pipeline reads shard by shard (:mod:`lmstruct.data.streaming`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lmstruct import paths
+from lmstruct.choices import did_you_mean
 from lmstruct.data import formats, records, scenes, scenes_builder, streaming
 
 
@@ -156,22 +156,17 @@ KINDS: dict[str, Format] = {
 """Every source kind: the formats plus `scenes` and `records`."""
 
 
-def _closest(name: str, valid: Sequence[str]) -> str:
-  close = difflib.get_close_matches(str(name), list(valid), n=1)
-  return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def validate_source_config(cfg: Mapping[str, Any], where: str = "data") -> None:
   """Raises ValueError naming an unknown kind, a missing key or an unknown key, with the valid choices."""
   kind = cfg.get("kind")
   if kind not in KINDS:
-    raise ValueError(f"unknown data source kind {kind!r} in {where}{_closest(kind, KINDS)}; valid kinds: "
+    raise ValueError(f"unknown data source kind {kind!r} in {where}{did_you_mean(kind, KINDS)}; valid kinds: "
                      f"{sorted(KINDS)}")
   fmt = KINDS[kind]
   valid = {"kind", *fmt.keys()}
   for key in cfg:
     if key not in valid:
-      raise ValueError(f"unknown key {where}.{key} for a {kind!r} source{_closest(key, valid)}; valid keys: "
+      raise ValueError(f"unknown key {where}.{key} for a {kind!r} source{did_you_mean(key, valid)}; valid keys: "
                        f"{sorted(valid)}")
   for param in fmt.params:
     if param.required and param.key not in cfg:
@@ -184,7 +179,8 @@ def reader_arguments(fmt: Format, cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_source(cfg: Mapping[str, Any], data_dir: str = "data", where: str = "data") -> Any:
-  """The source described by `cfg` (see the module docstring): random access, or a stream with `streaming`."""
+  """The source described by `cfg` (see the module docstring): random access, or a stream with `streaming`; a
+  random-access source without examples is an error."""
   cfg = dict(cfg)
   validate_source_config(cfg, where)
   fmt = KINDS[cfg["kind"]]
@@ -196,7 +192,10 @@ def build_source(cfg: Mapping[str, Any], data_dir: str = "data", where: str = "d
                                                       streaming.DEFAULT_SHUFFLE_BUFFER))
   if cfg.get("shuffle_buffer"):
     raise ValueError(f"{where}.shuffle_buffer applies to streaming sources only; set {where}.streaming=True")
-  return fmt.reader(**arguments)
+  source = fmt.reader(**arguments)
+  if len(source) == 0:
+    raise ValueError(f"{where} ({cfg['kind']!r} source) has no examples")
+  return source
 
 
 def class_names(source: Any, label: str | None = None) -> Sequence[str]:

@@ -3,7 +3,9 @@
 Each evaluator is a dataclass built from a config mapping (``lmstruct.eval.registry.get_evaluator``). ``run`` encodes
 its batches with the given encode functions, computes its metrics with the pure functions of this package, writes
 ``<workdir>/eval/<name>/step_<step>.json`` (and figures, for ``structure``) when ``workdir`` is given, and returns the
-metrics. ``every_steps`` is the interval at which the training loop runs it (0: only standalone runs).
+metrics. Every evaluator also reports ``nonfinite_fraction``, the fraction of the embedding rows it computed that hold
+a NaN or an infinity (``features.nonfinite_fraction``); such embeddings never count as hits (``ranking``,
+``probe.predict``). ``every_steps`` is the interval at which the training loop runs it (0: only standalone runs).
 
 Batches follow docs/contracts.md: ``image float32 [B, H, W, 3]``, ``text int32 [B, L]`` (retrieval also accepts
 ``[B, C, L]``, C captions per image, with an optional boolean ``text_mask [B, C]``), labels under ``label_key``
@@ -22,8 +24,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lmstruct.eval import io, plots
-from lmstruct.eval.features import (Batch, BatchSource, EncodeFn, encode_outputs, gather, iterate, lookup, row_mask,
-                                    to_numpy)
+from lmstruct.eval.features import (Batch, BatchSource, EncodeFn, encode_outputs, gather, iterate, lookup,
+                                    nonfinite_fraction, row_mask, to_numpy)
 from lmstruct.eval.probe import COARSE_EXPONENTS, REFINE_STEPS, few_shot_probe, linear_probe
 from lmstruct.eval.ranking import Ties
 from lmstruct.eval.retrieval import recall_metrics, retrieval_metrics, retrieval_ranks
@@ -114,6 +116,7 @@ class ZeroShotEvaluator(Evaluator):
     classifier = zeroshot_classifier(prompts, self.tokenize, encode_text, self.text_batch_size)
     data = _image_label_features(self.batches, encode_image, self.label_key)
     metrics = zeroshot_metrics(data["zv"], classifier, data["label"], self.ks, self.ties)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(data["zv"], classifier)
     return Result(metrics, {"num_images": int(data["label"].size), "num_classes": len(self.class_names)})
 
 
@@ -146,6 +149,7 @@ class LinearProbeEvaluator(Evaluator):
         num_classes=self.num_classes, val_fraction=self.val_fraction, seed=self.seed,
         coarse_exponents=self.coarse_exponents, refine_steps=self.refine_steps, max_iter=self.max_iter,
         tol=self.tol)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(train["zv"], test["zv"], *([] if val is None else [val["zv"]]))
     return Result(metrics, {"num_train": int(train["label"].size), "num_test": int(test["label"].size)})
 
 
@@ -171,6 +175,7 @@ class FewShotEvaluator(Evaluator):
     metrics = few_shot_probe(train["zv"], train["label"], test["zv"], test["label"], shots=self.shots,
                              seeds=self.seeds, l2=self.l2, num_classes=self.num_classes,
                              max_iter=self.max_iter, tol=self.tol)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(train["zv"], test["zv"])
     return Result(metrics, {"seeds": [int(x) for x in self.seeds]})
 
 
@@ -237,6 +242,7 @@ class RetrievalEvaluator(Evaluator):
                                              self.text_mask_key, self.image_id_key)
     metrics = retrieval_metrics(zv, zt, text_image, self.ks, mesh=self.mesh, ties=self.ties,
                                 query_chunk=self.query_chunk)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(zv, zt)
     return Result(metrics, {"num_images": int(zv.shape[0]), "num_texts": int(zt.shape[0])})
 
 
@@ -293,6 +299,7 @@ class StructureEvaluator(Evaluator):
         bridge_t=self.bridge_t, uniformity_t=self.uniformity_t, alignment_alpha=self.alignment_alpha,
         separability_l2=self.separability_l2, separability_test_fraction=self.separability_test_fraction,
         seed=self.seed)
+    metrics["nonfinite_fraction"] = nonfinite_fraction(*data.values())
     metric = self._retrieval_mean_recall_at_1 if self.shift_metric is None else self.shift_metric
     curve = embedding_shift_curve(data["zv"], data["zt"], self.shift_lambdas, metric)
     figures: dict[str, Figure] = {}

@@ -56,6 +56,14 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(norm, eps)
 
 
+def nonfinite_fraction(*embeddings: np.ndarray) -> float:
+  """Fraction of embedding rows holding a NaN or an infinity, over all the given ``[N_a, D]`` arrays:
+  ``sum_a #{i : some z_a[i, d] is not finite} / sum_a N_a`` (0 when there are no rows)."""
+  rows = sum(np.shape(z)[0] for z in embeddings)
+  bad = sum(int(np.sum(~np.isfinite(np.asarray(z)).reshape(np.shape(z)[0], -1).all(axis=1))) for z in embeddings)
+  return bad / rows if rows else 0.0
+
+
 def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndarray]:
   """Runs ``encode(inputs)`` and returns ``{key: ..., key + '_ind': ...}`` as float32 host arrays.
 

@@ -1,6 +1,7 @@
 """One JSON record per evaluator per step: ``<workdir>/eval/<name>/step_<step>.json``.
 
-Record layout (strict JSON; non-finite floats are written as ``null`` and read back as ``nan``)::
+Record layout (strict JSON; non-finite floats, in ``metrics`` and anywhere in ``extra``, are written as ``null``;
+metric values are read back as ``nan``)::
 
     {"evaluator": <name>, "step": <int>, "metrics": {<key>: <float>, ...}, "extra": {...}}
 
@@ -38,6 +39,17 @@ def _finite_or_none(value: float) -> float | None:
   return value if math.isfinite(value) else None
 
 
+def _json_safe(value: Any) -> Any:
+  """``value`` with every non-finite float inside (nested dicts, lists, tuples) replaced by ``None``."""
+  if isinstance(value, Mapping):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float):
+    return _finite_or_none(value)
+  return value
+
+
 def write_metrics(workdir: str | os.PathLike, name: str, step: int, metrics: Mapping[str, float],
                   extra: Mapping[str, Any] | None = None) -> epath.Path:
   """Writes the record for ``(name, step)`` atomically and returns its path (layout in the module docstring)."""
@@ -45,7 +57,7 @@ def write_metrics(workdir: str | os.PathLike, name: str, step: int, metrics: Map
   path.parent.mkdir(parents=True, exist_ok=True)
   record = {"evaluator": name, "step": int(step),
             "metrics": {str(k): _finite_or_none(v) for k, v in metrics.items()},
-            "extra": dict(extra or {})}
+            "extra": _json_safe(dict(extra or {}))}
   tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
   try:
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False))

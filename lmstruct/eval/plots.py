@@ -62,21 +62,25 @@ def plot_modality_pca(zv: np.ndarray, zt: np.ndarray, path: str | pathlib.Path, 
                       seed: int = 0) -> pathlib.Path:
   """Scatter of both modalities in the 2-D PCA of ``[zv; zt]`` (fitted jointly), each pair joined by a line.
 
-  At most ``max_pairs`` pairs, drawn uniformly without replacement with ``numpy.random.default_rng(seed)``, are
-  shown; the PCA is fitted on the shown pairs.
+  At most ``max_pairs`` pairs, drawn uniformly without replacement with ``numpy.random.default_rng(seed)`` from the
+  pairs whose embeddings are finite, are shown; the PCA is fitted on the shown pairs. Pairs holding a NaN or an
+  infinity are left out and counted in the title.
   """
-  n = zv.shape[0]
-  keep = np.sort(np.random.default_rng(seed).permutation(n)[:max_pairs])
-  coords, _, ratio = pca_2d(np.concatenate([zv[keep], zt[keep]]))
-  image_xy, text_xy = coords[:keep.size], coords[keep.size:]
+  finite = np.flatnonzero(np.isfinite(zv).all(axis=1) & np.isfinite(zt).all(axis=1))
+  keep = np.sort(np.random.default_rng(seed).permutation(finite)[:max_pairs])
   fig = Figure(figsize=(5, 5))
   ax = fig.subplots()
+  left_out = zv.shape[0] - finite.size
+  ax.set_title("paired embeddings, joint PCA" + (f" ({left_out} non-finite pairs left out)" if left_out else ""))
+  if keep.size == 0:
+    return _save(fig, path)
+  coords, _, ratio = pca_2d(np.concatenate([zv[keep], zt[keep]]))
+  image_xy, text_xy = coords[:keep.size], coords[keep.size:]
   ax.add_collection(LineCollection(np.stack([image_xy, text_xy], axis=1), colors="0.7", linewidths=0.5))
   ax.scatter(image_xy[:, 0], image_xy[:, 1], s=8, label="image (zv)")
   ax.scatter(text_xy[:, 0], text_xy[:, 1], s=8, label="text (zt)")
   ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% var)")
   ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% var)" if ratio.size > 1 else "PC2")
   ax.legend(loc="best")
-  ax.set_title("paired embeddings, joint PCA")
   fig.tight_layout()
   return _save(fig, path)

@@ -89,8 +89,11 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, wei
 
 
 def predict(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-  """Predicted class ``argmax_c (x W + b)_c`` (lowest index on ties)."""
-  return np.argmax(np.asarray(x, np.float32) @ w + b, axis=1)
+  """Predicted class ``argmax_c (x W + b)_c`` (lowest index on ties), or ``-1``, which matches no label, for a row
+  with a non-finite logit (a NaN or infinite feature or weight never earns a correct prediction)."""
+  with np.errstate(invalid="ignore", over="ignore"):
+    logits = np.asarray(x, np.float32) @ w + b
+  return np.where(np.isfinite(logits).all(axis=1), np.argmax(logits, axis=1), -1)
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -8,6 +8,12 @@ For a query with scores ``s_j`` over candidates and a non-empty set ``P`` of pos
 
 "Some positive is in the top K" is then exactly ``rank <= K``. The pessimistic rule is the default everywhere in
 ``lmstruct.eval``: a collapsed model whose scores are all equal gets no credit.
+
+Non-finite scores (NaN, +-inf, e.g. from a diverged model) are the worst scores and never help a query: ``m`` is
+taken over the *finite* positive scores only, and
+
+* a query with no finite positive score gets the worst rank, ``1 + #{j not in P}``, under either tie rule;
+* otherwise a non-finite negative is never ahead of ``m``: only finite negatives are counted.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ def check_ties(ties: str) -> None:
 
 
 def ranks_from_scores(scores: np.ndarray, positive: np.ndarray, ties: Ties = "pessimistic") -> np.ndarray:
-  """Per-row rank (module docstring) of the best positive, from a dense ``[Q, M]`` score matrix.
+  """Per-row rank (module docstring) of the best finite positive, from a dense ``[Q, M]`` score matrix.
 
   ``positive`` is a boolean ``[Q, M]`` matrix with at least one true entry per row. Returns int64 ``[Q]``.
   """
@@ -35,8 +41,10 @@ def ranks_from_scores(scores: np.ndarray, positive: np.ndarray, ties: Ties = "pe
   positive = np.asarray(positive, dtype=bool)
   if not positive.any(axis=1).all():
     raise ValueError("every query needs at least one positive candidate")
-  best = np.max(np.where(positive, scores, -np.inf), axis=1, keepdims=True)
-  ahead = scores >= best if ties == "pessimistic" else scores > best
+  finite = np.isfinite(scores)
+  best = np.max(np.where(positive & finite, scores, -np.inf), axis=1, keepdims=True)
+  beats = scores >= best if ties == "pessimistic" else scores > best
+  ahead = (finite & beats) | ~np.isfinite(best)
   return 1 + np.sum(ahead & ~positive, axis=1)
 
 

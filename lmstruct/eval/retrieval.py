@@ -10,10 +10,11 @@ image caption ``t`` belongs to (several captions per image allowed). Score = inn
   caption has rank <= k.
 
 Ranks follow ``lmstruct.eval.ranking`` (``1 +`` number of negatives scoring above, or also equal to for the default
-pessimistic ties, the best positive). Rather than merging per-block top-K lists, each device counts, for its shard
-of candidates, the negatives that beat the best positive: the best positive score is combined over devices with
-``pmax`` and the counts with ``psum``. This gives the exact rank for every K at once with explicit tie handling, and
-no device ever holds more than a ``[query_chunk, candidates / devices]`` block of the similarity matrix.
+pessimistic ties, the best finite positive; non-finite scores are the worst and never help a query). Rather than
+merging per-block top-K lists, each device counts, for its shard of candidates, the negatives that beat the best
+positive: the best positive score is combined over devices with ``pmax`` and the counts with ``psum``. This gives the
+exact rank for every K at once with explicit tie handling, and no device ever holds more than a
+``[query_chunk, candidates / devices]`` block of the similarity matrix.
 """
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ def _ranks_fn(mesh: Mesh, ties: str):
   def chunk_ranks(queries, query_groups, candidates, candidate_groups, candidate_valid):
     same = query_groups[:, None] == candidate_groups[None, :]
     scores = jnp.matmul(queries, candidates.T, precision=jax.lax.Precision.HIGHEST)
-    best = jnp.max(jnp.where(same & candidate_valid[None, :], scores, -jnp.inf), axis=1)
-    best = jax.lax.pmax(best, axes)
-    ahead = scores >= best[:, None] if ties == "pessimistic" else scores > best[:, None]
+    finite = jnp.isfinite(scores)
+    best = jnp.max(jnp.where(same & finite & candidate_valid[None, :], scores, -jnp.inf), axis=1)
+    best = jax.lax.pmax(best, axes)[:, None]
+    beats = scores >= best if ties == "pessimistic" else scores > best
+    ahead = (finite & beats) | ~jnp.isfinite(best)
     count = jnp.sum(ahead & ~same & candidate_valid[None, :], axis=1, dtype=jnp.int32)
     return 1 + jax.lax.psum(count, axes)
 
@@ -70,9 +73,11 @@ def sharded_ranks(queries: np.ndarray, query_groups: np.ndarray, candidates: np.
                   query_chunk: int = 1024) -> np.ndarray:
   """Rank of the best positive for every query; candidate ``j`` is a positive of query ``q`` iff their groups match.
 
-  ``rank_q = 1 + #{j : group_j != group_q, <q, c_j> > m_q}`` (``>=`` for pessimistic ties) with
-  ``m_q = max_{j : group_j = group_q} <q, c_j>``. Candidates are padded to a multiple of the mesh size and sharded
-  over all mesh axes; queries are replicated and processed ``query_chunk`` at a time. Returns int64 ``[Q]``.
+  ``rank_q = 1 + #{j : group_j != group_q, <q, c_j> finite and > m_q}`` (``>=`` for pessimistic ties) with
+  ``m_q = max_{j : group_j = group_q, <q, c_j> finite} <q, c_j>``; a query without a finite positive score gets the
+  worst rank ``1 + #{j : group_j != group_q}`` (``lmstruct.eval.ranking``). Candidates are padded to a multiple of
+  the mesh size and sharded over all mesh axes; queries are replicated and processed ``query_chunk`` at a time.
+  Returns int64 ``[Q]``.
   """
   check_ties(ties)
   mesh = default_mesh() if mesh is None else mesh

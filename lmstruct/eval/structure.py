@@ -5,6 +5,7 @@ are accumulated over row blocks so memory stays ``O(block * N)``. Definitions ar
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -92,10 +93,13 @@ def modality_separability(zv: np.ndarray, zt: np.ndarray, *, test_fraction: floa
   pairs (at least 1, at most N - 1) are held out, so both members of a pair fall on the same side. A 2-class
   logistic regression (``probe.fit_logreg``, L2 strength ``l2``) is fitted on the other pairs' ``zv`` (label 0) and
   ``zt`` (label 1) and its top-1 accuracy on the held-out ``zv`` and ``zt`` is returned. 0.5 means inseparable.
+  Like every other diagnostic here, it is NaN when an embedding holds a NaN or an infinity.
   """
   n = zv.shape[0]
   if n < 2:
     raise ValueError("separability needs at least two pairs")
+  if not (np.isfinite(zv).all() and np.isfinite(zt).all()):
+    return math.nan
   order = np.random.default_rng(seed).permutation(n)
   num_test = min(max(1, round(test_fraction * n)), n - 1)
   test, train = order[:num_test], order[num_test:]

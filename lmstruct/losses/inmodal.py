@@ -2,6 +2,7 @@
 import jax
 
 from lmstruct.losses.common import cross_entropy_with_diagonal, scaled_similarity
+from lmstruct.losses.term import RingForm, ShardView, Term
 
 
 def inmodal_contrastive_loss(zv: jax.Array, zt: jax.Array, zv_aug: jax.Array, zt_aug: jax.Array,
@@ -17,3 +18,17 @@ def inmodal_contrastive_loss(zv: jax.Array, zt: jax.Array, zv_aug: jax.Array, zt
   text_inmodal = scaled_similarity(zt, zt_aug, logit_scale)
   return 0.25 * (cross_entropy_with_diagonal(cross) + cross_entropy_with_diagonal(cross.T)
                  + cross_entropy_with_diagonal(image_inmodal) + cross_entropy_with_diagonal(text_inmodal))
+
+
+def _inmodal_from_shard(shard: ShardView, option: None, draw: None) -> jax.Array:
+  """L_Con = ¼[CE(s·Zv·Ztᵀ) + CE(s·Zt·Zvᵀ) + CE(s·Zv·Zv_augᵀ) + CE(s·Zt·Zt_augᵀ)] from the global cross-entropies."""
+  ce = shard.cross_entropy
+  return 0.25 * (ce["zv", "zt"] + ce["zt", "zv"] + ce["zv", "zv_aug"] + ce["zt", "zt_aug"])
+
+
+TERMS = (
+    Term(name="inmodal", role="base", reads=("zv", "zt", "zv_aug", "zt_aug", "logit_scale"),
+         formula=lambda f, option, draw: inmodal_contrastive_loss(f.zv, f.zt, f.zv_aug, f.zt_aug, f.logit_scale),
+         ring=RingForm(combine=_inmodal_from_shard,
+                       cross_entropies=(("zv", "zt"), ("zt", "zv"), ("zv", "zv_aug"), ("zt", "zt_aug")))),
+)

@@ -8,13 +8,14 @@ and sees the P column blocks one after another, as they travel around the ring i
     Σ_j Σ_k φ(x_j, y_k) = Σ_i Σ_r Σ_{j ∈ rows(i)} Σ_{k ∈ rows(i − r)} φ(x_j, y_k)   (sigmoid, uniformity, L_GC, CyCLIP)
     ℓ_j = log Σ_k exp(s·⟨a_j, b_k⟩) − s·⟨a_j, b_j⟩, accumulated with a running max      (every InfoNCE term)
 
-Per-example terms (orthogonality, bridge, paired similarity, alignment) are local means followed by `pmean`.
+Per-example terms (orthogonality, bridge, paired similarity, alignment) are local means followed by `pmean`. Each
+term's module states which of these statistics it needs and how it combines them (its `RingForm`,
+`losses/term.py`); this module computes them, each once, for the active terms.
 
 Gradients are custom VJPs that travel the ring again: each visiting block's cotangent rides along with the block and
 is shifted home after the last hop. Per-device memory is O(n·D + n²) for any P; plain autodiff through the ring loop
 would keep every visiting block for the backward pass, O(B·D) per device.
 """
-import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -24,17 +25,10 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lmstruct.losses.alignment import alignment_loss
-from lmstruct.losses.bridge import brownian_bridge_loss
-from lmstruct.losses.geometric import paired_similarity_error
-from lmstruct.losses.objective import Features, bridge_times, active_regularizers
-from lmstruct.losses.separation import orthogonality_loss
+from lmstruct.losses.objective import ObjectiveConfig, check_features, term_draws, weighted_total
+from lmstruct.losses.term import AxisName, Features, PairSum, ShardView, Term, Tree, feature_fields
 
-AxisName = str | tuple[str, ...]
-Tree = Any
 BlockFn = Callable[[Tree, Tree, Tree, bool], Tree]
-
-_SCALARS = ("logit_scale", "logit_bias")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,138 +197,7 @@ ring_cross_entropy.defvjp(_ring_cross_entropy_fwd, _ring_cross_entropy_bwd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sums over one block: rows are this device's features, cols the features of the visiting block.
-
-def _sigmoid_block(rows, cols, params, own):
-  """Σ_jk log σ(y_jk·(s·⟨zv_j, zt_k⟩ + b)), y_jk = +1 on the global diagonal (only in the own block), else −1."""
-  logits = params["logit_scale"] * (rows["zv"] @ cols["zt"].T) + params["logit_bias"]
-  signs = 2.0 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1.0 if own else -1.0
-  return jnp.sum(jax.nn.log_sigmoid(signs * logits))
-
-
-def _gaussian_potential_block(key, rows, cols, params, own, t=2.0):
-  """Σ_jk exp(−t·‖z_j − z_k‖²), with ‖u − v‖² = max(2 − 2⟨u, v⟩, 0) for unit vectors, z = features[key]."""
-  squared_distances = jnp.maximum(2.0 - 2.0 * (rows[key] @ cols[key].T), 0.0)
-  return jnp.sum(jnp.exp(-t * squared_distances))
-
-
-def _crossmodal_symmetry_block(rows, cols, params, own):
-  """Σ_jk (⟨zv_j, zt_k⟩ − ⟨zv_k, zt_j⟩)²."""
-  return jnp.sum(jnp.square(rows["zv"] @ cols["zt"].T - rows["zt"] @ cols["zv"].T))
-
-
-def _structure_block(a, b, rows, cols, params, own):
-  """Σ_jk (⟨a_j, a_k⟩ − ⟨b_j, b_k⟩)², a = features[a], b = features[b]."""
-  return jnp.sum(jnp.square(rows[a] @ cols[a].T - rows[b] @ cols[b].T))
-
-
-# name: (the visiting features it reads, its block sum)
-_PAIR_SUMS: dict[str, tuple[tuple[str, ...], BlockFn]] = {
-    "sigmoid": (("zt",), _sigmoid_block),
-    "uniformity_v": (("zv_ind",), functools.partial(_gaussian_potential_block, "zv_ind")),
-    "uniformity_t": (("zt_ind",), functools.partial(_gaussian_potential_block, "zt_ind")),
-    "crossmodal_symmetry": (("zv", "zt"), _crossmodal_symmetry_block),
-    "structure_v_t": (("zv", "zt"), functools.partial(_structure_block, "zv", "zt")),
-    "structure_v_vaug": (("zv", "zv_aug"), functools.partial(_structure_block, "zv", "zv_aug")),
-    "structure_t_taug": (("zt", "zt_aug"), functools.partial(_structure_block, "zt", "zt_aug")),
-}
-
-# The pair sums and the InfoNCE (rows, columns) pairs each term needs.
-_TERM_PAIR_SUMS: dict[str, tuple[str, ...]] = {
-    "sigmoid": ("sigmoid",),
-    "separation": ("uniformity_v", "uniformity_t"),
-    "geometric": ("crossmodal_symmetry", "structure_v_t", "structure_v_vaug", "structure_t_taug"),
-    "cyclip": ("crossmodal_symmetry", "structure_v_t"),
-}
-_TERM_CROSS_ENTROPIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "clip": (("zv", "zt"), ("zt", "zv")),
-    "inmodal": (("zv", "zt"), ("zt", "zv"), ("zv", "zv_aug"), ("zt", "zt_aug")),
-    "separation": (("zv_ind", "zv_ind_aug"), ("zt_ind", "zt_ind_aug")),
-}
-
-
-def _named_block_sums(names, rows, cols, params, own):
-  """{name: its block sum} for the named pair sums."""
-  return {name: _PAIR_SUMS[name][1](rows, cols, params, own) for name in names}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The terms, from this device's features and the global statistics.
-
-@dataclasses.dataclass(frozen=True)
-class _Shard:
-  """One device's view: its feature rows, the global pair sums and InfoNCE cross-entropies, the global batch B."""
-  local: Mapping[str, jax.Array]
-  pair_sums: Mapping[str, jax.Array]
-  cross_entropy: Mapping[tuple[str, str], jax.Array]
-  batch_size: int
-  axis_name: AxisName
-
-
-def _global_mean(value: jax.Array, shard: _Shard) -> jax.Array:
-  """The mean over devices of a local mean: the global mean, since every device holds n rows."""
-  return jax.lax.pmean(value, shard.axis_name)
-
-
-def _clip(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_CLIP = ½[CE(s·Zv·Ztᵀ) + CE(s·Zt·Zvᵀ)]."""
-  ce = shard.cross_entropy
-  return 0.5 * (ce["zv", "zt"] + ce["zt", "zv"])
-
-
-def _inmodal(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_Con = ¼[CE(s·Zv·Ztᵀ) + CE(s·Zt·Zvᵀ) + CE(s·Zv·Zv_augᵀ) + CE(s·Zt·Zt_augᵀ)]."""
-  ce = shard.cross_entropy
-  return 0.25 * (ce["zv", "zt"] + ce["zt", "zv"] + ce["zv", "zv_aug"] + ce["zt", "zt_aug"])
-
-
-def _sigmoid(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_sig = −(1/B) Σ_j Σ_k log σ(y_jk·(s·⟨zv_j, zt_k⟩ + b))."""
-  return -shard.pair_sums["sigmoid"] / shard.batch_size
-
-
-def _separation(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_Sep = L_ortho + CE(s·Zv_ind·Zv_ind_augᵀ) + CE(s·Zt_ind·Zt_ind_augᵀ) + L_uni_i, with
-  L_uni_i = log[(1/B²) Σ_jk (G(zv_ind_j, zv_ind_k) + G(zt_ind_j, zt_ind_k))]."""
-  f, ce, sums = shard.local, shard.cross_entropy, shard.pair_sums
-  orthogonality = _global_mean(orthogonality_loss(f["zv"], f["zt"], f["zv_ind"], f["zt_ind"]), shard)
-  uniformity = jnp.log((sums["uniformity_v"] + sums["uniformity_t"]) / shard.batch_size ** 2)
-  return orthogonality + ce["zv_ind", "zv_ind_aug"] + ce["zt_ind", "zt_ind_aug"] + uniformity
-
-
-def _bridge(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_Br = (1/B) Σ_j ‖zv_aug_j − μ(zv_j, zt_j, t_j)‖², t sharded with the features."""
-  f = shard.local
-  return _global_mean(brownian_bridge_loss(f["zv"], f["zt"], f["zv_aug"], f["bridge_t"]), shard)
-
-
-def _geometric(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_GC + L_GC^a: the four pair sums over B, plus the global mean paired similarity error."""
-  s, f = shard.pair_sums, shard.local
-  consistency = (s["crossmodal_symmetry"] + s["structure_v_t"]) / shard.batch_size
-  augmented = (s["structure_v_vaug"] + s["structure_t_taug"]) / shard.batch_size + _global_mean(
-      paired_similarity_error(f["zv"], f["zt"], f["zv_aug"], f["zt_aug"]), shard)
-  return consistency + augmented
-
-
-def _cyclip(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """λ_cross·(1/B) Σ_jk (⟨zv_j, zt_k⟩ − ⟨zv_k, zt_j⟩)² + λ_in·(1/B) Σ_jk (⟨zv_j, zv_k⟩ − ⟨zt_j, zt_k⟩)²."""
-  weights = dict(options.get("cyclip", {}))
-  s = shard.pair_sums
-  return (weights.get("crossmodal_weight", 0.25) * s["crossmodal_symmetry"] / shard.batch_size
-          + weights.get("inmodal_weight", 0.25) * s["structure_v_t"] / shard.batch_size)
-
-
-def _alignment(shard: _Shard, options: Mapping[str, Any]) -> jax.Array:
-  """L_Align = (1/B) Σ_j 1/⟨zv_j, zt_j⟩²."""
-  return _global_mean(alignment_loss(shard.local["zv"], shard.local["zt"]), shard)
-
-
-_TERMS: dict[str, Callable[[_Shard, Mapping[str, Any]], jax.Array]] = {
-    "clip": _clip, "inmodal": _inmodal, "sigmoid": _sigmoid, "separation": _separation, "bridge": _bridge,
-    "geometric": _geometric, "cyclip": _cyclip, "alignment": _alignment,
-}
-
+# The objective: each active term's ring form (losses/term.py) from the global statistics it needs.
 
 def _global_cross_entropies(pairs: tuple[tuple[str, str], ...], local: Mapping[str, jax.Array], scale: jax.Array,
                             axis_name: AxisName, axis_size: int,
@@ -348,33 +211,44 @@ def _global_cross_entropies(pairs: tuple[tuple[str, str], ...], local: Mapping[s
   return {pair: value / batch_size for pair, value in jax.lax.psum(local_sums, axis_name).items()}
 
 
-def _global_pair_sums(names: tuple[str, ...], local: Mapping[str, jax.Array], params: Mapping[str, jax.Array],
+def _block_sums(pair_sums: tuple[PairSum, ...], rows: Tree, cols: Tree, params: Tree,
+                own: bool) -> dict[str, jax.Array]:
+  """{name: its sum over one block} for each pair sum."""
+  return {pair_sum.name: pair_sum.block(rows, cols, params, own) for pair_sum in pair_sums}
+
+
+def _global_pair_sums(pair_sums: tuple[PairSum, ...], local: Mapping[str, jax.Array], params: Mapping[str, jax.Array],
                       axis_name: AxisName, axis_size: int) -> dict[str, jax.Array]:
-  """Σ_j Σ_k over the global batch for each named pair sum, in one trip of the needed features around the ring."""
-  if not names:
+  """Σ_j Σ_k over the global batch for each pair sum, in one trip of the features they visit around the ring."""
+  if not pair_sums:
     return {}
-  visiting = sorted({key for name in names for key in _PAIR_SUMS[name][0]})
+  visiting = sorted({key for pair_sum in pair_sums for key in pair_sum.visiting})
   cols = {key: local[key] for key in visiting}
-  sums = ring_block_sums(functools.partial(_named_block_sums, names), local, cols, params, axis_name, axis_size)
+  sums = ring_block_sums(functools.partial(_block_sums, pair_sums), local, cols, params, axis_name, axis_size)
   return jax.lax.psum(sums, axis_name)
 
 
-def _objective_on_device(local: dict[str, jax.Array], params: dict[str, jax.Array], *, names: tuple[str, ...],
-                         config: Mapping[str, Any], axis_name: AxisName, axis_size: int,
-                         batch_size: int) -> dict[str, jax.Array]:
+def _draw_key(term: Term) -> str:
+  """The key under which a term's per-example draw travels with the features."""
+  return f"draw/{term.name}"
+
+
+def _objective_on_device(local: dict[str, jax.Array], params: dict[str, jax.Array], *, config: ObjectiveConfig,
+                         axis_name: AxisName, axis_size: int, batch_size: int) -> dict[str, jax.Array]:
   """The shard_map body: {term name: its global value}, identical on every device."""
   local = {key: jnp.asarray(value, jnp.float32) for key, value in local.items()}
   params = {key: jax.lax.pcast(jnp.asarray(value, jnp.float32), axis_name, to="varying")
             for key, value in params.items()}
-  pair_sums = tuple(dict.fromkeys(s for name in names for s in _TERM_PAIR_SUMS.get(name, ())))
-  pairs = tuple(dict.fromkeys(p for name in names for p in _TERM_CROSS_ENTROPIES.get(name, ())))
-  shard = _Shard(
+  terms = config.terms
+  pair_sums = tuple({p.name: p for term in terms for p in term.ring.pair_sums}.values())
+  pairs = tuple(dict.fromkeys(pair for term in terms for pair in term.ring.cross_entropies))
+  shard = ShardView(
       local=local,
       pair_sums=_global_pair_sums(pair_sums, local, params, axis_name, axis_size),
       cross_entropy=_global_cross_entropies(pairs, local, params["logit_scale"], axis_name, axis_size, batch_size),
       batch_size=batch_size,
       axis_name=axis_name)
-  return {name: _TERMS[name](shard, config) for name in names}
+  return {term.name: term.ring.combine(shard, config.option(term), local.get(_draw_key(term))) for term in terms}
 
 
 def _laid_out(tree: Tree, mesh: Mesh, spec: P) -> Tree:
@@ -385,14 +259,15 @@ def _laid_out(tree: Tree, mesh: Mesh, spec: P) -> Tree:
   return tree
 
 
-def compute_objective_ring(features: Features, config: Mapping[str, Any], rng: jax.Array, mesh: Mesh,
-                           data_axis: AxisName = "data") -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L = L_base + Σ_r λ_r·L_r over the global batch, as `compute_objective`, computed ring-sharded over `data_axis`.
+def compute_objective_ring(features: Features, config: ObjectiveConfig | Mapping[str, Any], rng: jax.Array,
+                           mesh: Mesh, data_axis: AxisName = "data") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L = L_base + Σ_r λ_r·L_r over the global batch, as `compute_objective`, from each term's ring form, computed
+  ring-sharded over `data_axis`.
 
   `features` are global arrays whose leading (batch) axis B is divisible by the size of `data_axis` (a mesh axis
   name, or a tuple of names that together shard the batch). Call it inside `jax.jit`; it runs a `jax.shard_map`
-  over `mesh`, so the features are resharded on their leading axis if they are not already. The bridge's random
-  times ('uniform') are drawn globally from `fold_in(rng, index)` exactly as `compute_objective` does, then sharded
+  over `mesh`, so the features are resharded on their leading axis if they are not already. The terms' random
+  draws (the bridge's 'uniform' times) are drawn globally exactly as `compute_objective` draws them, then sharded
   with the features. Returns (L, metrics) with the same keys: `loss/<term>` for the base and each active
   regulariser, and `loss/total`. In a jitted train step, with the batch sharded as NamedSharding(mesh, P('data')):
 
@@ -400,9 +275,8 @@ def compute_objective_ring(features: Features, config: Mapping[str, Any], rng: j
 
   and differentiate it like `compute_objective` (jax.grad / value_and_grad with has_aux=True).
   """
-  base = config.get("base", "clip")
-  regularizers = active_regularizers(config)
-  names = (base, *sorted(regularizers))
+  config = ObjectiveConfig.from_dict(config)
+  check_features(features, config)
   axis_names = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
   axis_size = 1
   for name in axis_names:
@@ -411,22 +285,17 @@ def compute_objective_ring(features: Features, config: Mapping[str, Any], rng: j
   if batch_size % axis_size:
     raise ValueError(f"global batch {batch_size} is not divisible by the {axis_size} devices of axis {data_axis!r}")
 
-  local = {field.name: getattr(features, field.name) for field in dataclasses.fields(features)
-           if field.name not in _SCALARS and getattr(features, field.name) is not None}
-  if "bridge" in regularizers:
-    index = sorted(regularizers).index("bridge")
-    local["bridge_t"] = jnp.broadcast_to(
-        jnp.asarray(bridge_times(config, batch_size, jax.random.fold_in(rng, index)), jnp.float32), (batch_size,))
-  params = {name: getattr(features, name) for name in _SCALARS if getattr(features, name) is not None}
+  scalars = feature_fields("scalar")
+  local = {name: getattr(features, name) for name in feature_fields()
+           if name not in scalars and getattr(features, name) is not None}
+  draws = term_draws(config, batch_size, rng)
+  for term in config.terms:
+    if term.name in draws:
+      local[_draw_key(term)] = jnp.broadcast_to(jnp.asarray(draws[term.name], jnp.float32), (batch_size,))
+  params = {name: getattr(features, name) for name in scalars if getattr(features, name) is not None}
 
-  body = functools.partial(_objective_on_device, names=names, config=config, axis_name=data_axis,
-                           axis_size=axis_size, batch_size=batch_size)
+  body = functools.partial(_objective_on_device, config=config, axis_name=data_axis, axis_size=axis_size,
+                           batch_size=batch_size)
   local, params = _laid_out(local, mesh, P(data_axis)), _laid_out(params, mesh, P())
   values = jax.shard_map(body, mesh=mesh, in_specs=(P(data_axis), P()), out_specs=P())(local, params)
-
-  total = values[base]
-  for name, weight in sorted(regularizers.items()):
-    total = total + weight * values[name]
-  metrics = {f"loss/{name}": values[name] for name in names}
-  metrics["loss/total"] = total
-  return total, {key: jnp.asarray(value, jnp.float32) for key, value in metrics.items()}
+  return weighted_total(values, config)

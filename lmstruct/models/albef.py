@@ -35,7 +35,6 @@ The model config of an ALBEF run (`model` section):
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmstruct.choices import unknown_choice
 from lmstruct.losses.common import l2_normalize
 from lmstruct.models.bert import BERT_SIZES, BertEmbeddings, BertLayer, BertMLMHead, padding_mask
 from lmstruct.models.vit import VIT_SIZES, VisionTransformer
@@ -71,17 +71,10 @@ _TEXT_KEYS = ("size", "width", "layers", "heads", "mlp_dim", "vocab_size", "max_
 _TEXT_FIELDS = ("width", "layers", "heads", "mlp_dim", "vocab_size")
 
 
-def choice_error(key: str, value: Any, valid: Sequence[str], what: str = "value") -> ValueError:
-  """A one-line error naming the config `key`, the bad `value`, the valid choices and the closest one."""
-  close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
-  hint = f" (did you mean {close[0]!r}?)" if close else ""
-  return ValueError(f"unknown {what} {value!r} for {key}{hint}; valid choices: {sorted(valid)}")
-
-
 def _check_keys(given: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
   for key in given:
     if key not in valid:
-      raise choice_error(where, key, valid, "key")
+      raise unknown_choice(f"key of {where}", key, valid)
 
 
 def _tower(preset: Mapping[str, Any], override: Mapping[str, Any], sizes: Mapping[str, Mapping[str, int]],
@@ -94,7 +87,7 @@ def _tower(preset: Mapping[str, Any], override: Mapping[str, Any], sizes: Mappin
       return part
     size = part.pop("size")
     if size not in sizes:
-      raise choice_error(f"{where}.size", size, list(sizes), "size")
+      raise unknown_choice(f"{where}.size", size, sizes)
     return {**sizes[size], **part}
 
   _check_keys(override, _IMAGE_KEYS if where.endswith("image") else _TEXT_KEYS, where)
@@ -116,7 +109,7 @@ def resolve_albef_config(config: Mapping[str, Any]) -> dict[str, Any]:
   _check_keys(config, _MODEL_KEYS, "model")
   preset = config.get("preset", "albef-test")
   if preset not in ALBEF_PRESETS:
-    raise choice_error("model.preset", preset, list(ALBEF_PRESETS), "ALBEF preset")
+    raise unknown_choice("model.preset", preset, ALBEF_PRESETS)
   resolved = copy.deepcopy(ALBEF_PRESETS[preset])
   resolved.update({k: v for k, v in config.items() if k not in ("preset", "image", "text")})
   image = _tower(resolved["image"], dict(config.get("image", {})), VIT_SIZES, "model.image")
@@ -136,7 +129,7 @@ def resolve_albef_config(config: Mapping[str, Any]) -> dict[str, Any]:
                      f"{text['max_positions']}")
   dtype = resolved.get("dtype", "float32")
   if dtype not in DTYPES:
-    raise choice_error("model.dtype", dtype, list(DTYPES), "dtype")
+    raise unknown_choice("model.dtype", dtype, DTYPES)
   return {"image": image, "text": text, "fusion_layers": fusion, "embed_dim": int(resolved.get("embed_dim", 256)),
           "independent_heads": bool(resolved.get("independent_heads", False)), "dtype": dtype,
           "remat": bool(resolved.get("remat", False))}
@@ -372,7 +365,7 @@ TASKS = ("pretrain", "vqa", "nlvr", "ve")
 def build_albef(config: Mapping[str, Any], task: str = "pretrain") -> nn.Module:
   """The ALBEF module of `task` ('pretrain', 'vqa', 'nlvr', 've') described by the model `config`."""
   if task not in TASKS:
-    raise choice_error("albef.task", task, TASKS, "ALBEF task")
+    raise unknown_choice("albef.task", task, TASKS)
   cfg = resolve_albef_config(config)
   dtype, remat = DTYPES[cfg["dtype"]], cfg["remat"]
   image = {k: v for k, v in cfg["image"].items() if k != "image_size"}

@@ -10,12 +10,14 @@
     model.remat = False
 """
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lmstruct.choices import unknown_choice
 from lmstruct.models.bert import BERT_SIZES, BertTextTower
 from lmstruct.models.efficientnet import EFFICIENTNET_SIZES, EfficientNetLite
 from lmstruct.models.resnet import RESNET_SIZES, ModifiedResNet
@@ -42,8 +44,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IMAGE_KINDS = {"vit": VIT_SIZES, "resnet": RESNET_SIZES, "efficientnet": EFFICIENTNET_SIZES}
-TEXT_KINDS = {"transformer": TEXT_SIZES, "bert": BERT_SIZES}
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerKind:
+  """One tower architecture: its Flax module, its named sizes (module fields), the tower keys its module does not
+  take (input sizes, options of other kinds), whether it takes `remat`, and whether the image projection above it
+  has a bias (CLIP's ResNet)."""
+
+  module: type[nn.Module]
+  sizes: Mapping[str, Mapping[str, Any]]
+  ignored_keys: tuple[str, ...] = ()
+  remat: bool = False
+  projection_bias: bool = False
+
+  def build(self, fields: Mapping[str, Any], *, remat: bool, dtype: Any) -> nn.Module:
+    """The module with `fields` (its size's fields already merged in) less `ignored_keys`."""
+    kwargs = {k: v for k, v in fields.items() if k not in self.ignored_keys}
+    return self.module(**kwargs, **({"remat": remat} if self.remat else {}), dtype=dtype)
+
+
+IMAGE_KINDS: dict[str, TowerKind] = {
+    "vit": TowerKind(VisionTransformer, VIT_SIZES, ignored_keys=("image_size",), remat=True),
+    "resnet": TowerKind(ModifiedResNet, RESNET_SIZES, ignored_keys=("image_size", "activation"),
+                        projection_bias=True),
+    "efficientnet": TowerKind(EfficientNetLite, EFFICIENTNET_SIZES, ignored_keys=("image_size",)),
+}
+TEXT_KINDS: dict[str, TowerKind] = {
+    "transformer": TowerKind(TextTransformer, TEXT_SIZES, remat=True),
+    "bert": TowerKind(BertTextTower, BERT_SIZES, ignored_keys=("context_length",), remat=True),
+}
 _MODEL_KEYS = {"preset", "image", "text", "embed_dim", "independent_heads", "dtype", "remat", "init_logit_scale",
                "init_logit_bias"}
 _IMAGE_KEYS = {"kind", "size", "image_size", "activation", "width", "layers", "heads", "patch", "stage_blocks"}
@@ -59,7 +89,7 @@ def _check_keys(given: Mapping[str, Any], valid: set[str], where: str) -> None:
 
 def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
   if name not in table:
-    raise ValueError(f"unknown {what} {name!r}; valid choices: {sorted(table)}")
+    raise unknown_choice(what, name, table)
   return table[name]
 
 
@@ -79,35 +109,28 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
   return resolved
 
 
+def _tower(kinds: Mapping[str, TowerKind], fields: Mapping[str, Any], default_kind: str, where: str, *, remat: bool,
+           dtype: Any) -> tuple[nn.Module, TowerKind]:
+  """The tower `fields` describe: `kind` (default `default_kind`) looked up in `kinds`, its named `size` with the
+  remaining fields merged over it."""
+  fields = dict(fields)
+  kind_name = fields.pop("kind", default_kind)
+  kind = _lookup(kinds, kind_name, f"{where}.kind")
+  size = _lookup(kind.sizes, fields.pop("size"), f"{where}.size")
+  return kind.build({**size, **fields}, remat=remat, dtype=dtype), kind
+
+
 def build_model(config: Mapping[str, Any]) -> TwoTower:
   """The TwoTower described by `config` (see the module docstring)."""
   cfg = resolve_model_config(config)
   dtype = DTYPES[cfg.get("dtype", "float32")]
   remat = bool(cfg.get("remat", False))
-  image = dict(cfg["image"])
-  kind = image.pop("kind")
-  image.pop("image_size", None)
-  sizes = _lookup(IMAGE_KINDS, kind, "model.image.kind")
-  image = {**_lookup(sizes, image.pop("size"), f"{kind} size"), **image}
-  if kind == "vit":
-    image_tower: nn.Module = VisionTransformer(**image, remat=remat, dtype=dtype)
-  elif kind == "resnet":
-    image.pop("activation", None)
-    image_tower = ModifiedResNet(**image, dtype=dtype)
-  else:
-    image_tower = EfficientNetLite(**image, dtype=dtype)
-  text = dict(cfg["text"])
-  text_kind = text.pop("kind", "transformer")
-  text = {**_lookup(_lookup(TEXT_KINDS, text_kind, "model.text.kind"), text.pop("size"), f"{text_kind} size"), **text}
-  if text_kind == "bert":
-    text.pop("context_length", None)
-    text_tower: nn.Module = BertTextTower(**text, remat=remat, dtype=dtype)
-  else:
-    text_tower = TextTransformer(**text, remat=remat, dtype=dtype)
+  image_tower, image_kind = _tower(IMAGE_KINDS, cfg["image"], "vit", "model.image", remat=remat, dtype=dtype)
+  text_tower, _ = _tower(TEXT_KINDS, cfg["text"], "transformer", "model.text", remat=remat, dtype=dtype)
   return TwoTower(
       image_tower=image_tower, text_tower=text_tower,
       embed_dim=cfg["embed_dim"], independent_heads=bool(cfg.get("independent_heads", True)),
-      image_projection_bias=(kind == "resnet"), init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
+      image_projection_bias=image_kind.projection_bias, init_logit_scale=cfg.get("init_logit_scale", 1 / 0.07),
       init_logit_bias=cfg.get("init_logit_bias", 0.0), dtype=dtype)
 
 

@@ -12,10 +12,13 @@ and the pre-training loss of one (global) batch is
 
     L = L_itc-md + L_itm + L_mlm-md + Σ_r λ_r·L_r,
 
-with the paper's regularisers L_r (separation, bridge, geometric consistency; `lmstruct.losses.objective`'s
-registry) on the unimodal [CLS] features zv, zt, the momentum features standing in for the augmented views:
-zv_aug = zv_m, zt_aug = zt_m (and the independent heads' zv_ind, zt_ind with their momentum copies). A rejected
-(non-finite) update keeps the momentum encoders and queues as they were, as it keeps the parameters.
+with the paper's regularisers L_r (separation, bridge, geometric consistency, or any other regulariser of
+`lmstruct.losses.registry`) on the unimodal [CLS] features zv, zt, the momentum features standing in for the
+augmented views: zv_aug = zv_m, zt_aug = zt_m (and the independent heads' zv_ind, zt_ind with their momentum
+copies), logit scale 1/τ. They are the `objective` config section with base 'none' (`ObjectiveConfig`), computed
+by the implementation `objective.impl` selects (`train.step.objective_function`: global or ring), so they see the
+global batch as in the CLIP update. A rejected (non-finite) update keeps the momentum encoders and queues as they
+were, as it keeps the parameters.
 
 Downstream updates (no momentum model): VQA's answer-weighted LM loss, NLVR²'s 2-way cross-entropy (and on
 text-assignment rows the 3-way one), SNLI-VE's 3-way cross-entropy. `AlbefFunctions` holds the jitted inference
@@ -24,7 +27,6 @@ the evaluators call (encoders, ITM scores, VQA answer ranking, classification).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -38,9 +40,12 @@ from jax.sharding import Mesh
 from lmstruct.eval.vl_tasks import rank_answers
 from lmstruct.losses import albef as albef_losses
 from lmstruct.losses.common import l2_normalize
-from lmstruct.losses.objective import REGULARIZERS, Features
+from lmstruct.choices import did_you_mean, unknown_choice
+from lmstruct.losses.objective import ObjectiveConfig
+from lmstruct.losses.term import Features
 from lmstruct.models.albef import TEMPERATURE_RANGE, TASKS, Albef, AlbefClassifier, AlbefVqa
 from lmstruct.train.sharding import batch_sharding
+from lmstruct.train.step import ObjectiveFn
 
 #: Parameters of the online model that the momentum model does not copy.
 ONLINE_ONLY = ("itm_head", "temp")
@@ -52,8 +57,6 @@ ALBEF_DEFAULTS: dict[str, Any] = {
     "alpha": 0.4,
     "alpha_ramp_examples": 0,
     "mlm_probability": 0.15,
-    "regularizers": {},
-    "bridge_t": 0.25,
     "answer_list": "scenes",
     "answer_length": 8,
     "answer_slots": 1,
@@ -65,11 +68,6 @@ ALBEF_DEFAULTS: dict[str, Any] = {
 _INIT_KEYS = ("pretrain", "bert", "vit")
 
 
-def _closest(word: str, valid: Sequence[str]) -> str:
-  close = difflib.get_close_matches(str(word), list(valid), n=1)
-  return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 @dataclasses.dataclass(frozen=True)
 class AlbefOptions:
   """The validated `albef` config section (see ALBEF_DEFAULTS; README 'ALBEF' says what each key means)."""
@@ -79,8 +77,6 @@ class AlbefOptions:
   alpha: float
   alpha_ramp_examples: int
   mlm_probability: float
-  regularizers: dict[str, float]
-  bridge_t: float | str
   answer_list: str
   answer_length: int
   answer_slots: int
@@ -91,26 +87,20 @@ class AlbefOptions:
 
 
 def albef_options(section: Mapping[str, Any]) -> AlbefOptions:
-  """The `albef` section with defaults filled in; unknown keys, tasks and regularisers are one-line errors naming
-  the key, the valid choices and the closest one."""
+  """The `albef` section with defaults filled in; unknown keys and tasks are one-line errors naming the key, the
+  valid choices and the closest one."""
   section = dict(section)
   for key in section:
     if key not in ALBEF_DEFAULTS:
-      raise ValueError(f"unknown config key albef.{key}{_closest(key, ALBEF_DEFAULTS)}; valid keys: "
+      raise ValueError(f"unknown config key albef.{key}{did_you_mean(key, ALBEF_DEFAULTS)}; valid keys: "
                        f"{sorted(ALBEF_DEFAULTS)}")
   values = {**ALBEF_DEFAULTS, **section}
   if values["task"] not in TASKS:
-    raise ValueError(f"unknown albef.task {values['task']!r}{_closest(values['task'], TASKS)}; valid choices: "
-                     f"{list(TASKS)}")
-  regularizers = {name: float(w) for name, w in dict(values["regularizers"]).items() if float(w) != 0.0}
-  for name in regularizers:
-    if name not in REGULARIZERS:
-      raise ValueError(f"unknown regulariser albef.regularizers.{name}{_closest(name, REGULARIZERS)}; valid "
-                       f"choices: {sorted(REGULARIZERS)}")
+    raise unknown_choice("albef.task", values["task"], TASKS)
   init = dict(values["init"])
   for key in init:
     if key not in _INIT_KEYS:
-      raise ValueError(f"unknown config key albef.init.{key}{_closest(key, _INIT_KEYS)}; valid keys: "
+      raise ValueError(f"unknown config key albef.init.{key}{did_you_mean(key, _INIT_KEYS)}; valid keys: "
                        f"{list(_INIT_KEYS)}")
   if not 0.0 <= float(values["momentum"]) < 1.0:
     raise ValueError(f"albef.momentum must lie in [0, 1), got {values['momentum']}")
@@ -124,7 +114,7 @@ def albef_options(section: Mapping[str, Any]) -> AlbefOptions:
   return AlbefOptions(
       task=values["task"], queue_size=int(values["queue_size"]), momentum=float(values["momentum"]),
       alpha=float(values["alpha"]), alpha_ramp_examples=int(values["alpha_ramp_examples"]),
-      mlm_probability=float(values["mlm_probability"]), regularizers=regularizers, bridge_t=values["bridge_t"],
+      mlm_probability=float(values["mlm_probability"]),
       answer_list=str(values["answer_list"]), answer_length=int(values["answer_length"]),
       answer_slots=int(values["answer_slots"]), answer_k=int(values["answer_k"]), ta_steps=int(values["ta_steps"]),
       ta_data=dict(values["ta_data"]), init={key: str(init.get(key, "")) for key in _INIT_KEYS})
@@ -212,17 +202,13 @@ def project_temperature(params: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # Losses.
 
-def regularizer_loss(features: Features, weights: Mapping[str, float], options: Mapping[str, Any],
-                     rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Σ_r λ_r·L_r over the (global) batch from the objective's regulariser registry, and each unweighted L_r as
-  `loss/<r>` (the adapter between ALBEF and lmstruct.losses.objective)."""
-  total = jnp.zeros((), jnp.float32)
-  metrics = {}
-  for index, (name, weight) in enumerate(sorted(weights.items())):
-    value = REGULARIZERS[name](features, options, jax.random.fold_in(rng, index))
-    metrics[f"loss/{name}"] = jnp.asarray(value, jnp.float32)
-    total = total + weight * value
-  return total, metrics
+def unimodal_features(image: Mapping[str, jax.Array], text: Mapping[str, jax.Array], image_m: Mapping[str, jax.Array],
+                      text_m: Mapping[str, jax.Array], temperature: jax.Array) -> Features:
+  """The regularisers' Features of ALBEF's unimodal [CLS] features: zv, zt (and zv_ind, zt_ind) of the online
+  encoders, their momentum copies as the augmented views, logit scale 1/τ."""
+  return Features(zv=image["zv"], zt=text["zt"], logit_scale=1.0 / temperature, zv_aug=image_m["zv"],
+                  zt_aug=text_m["zt"], zv_ind=image.get("zv_ind"), zt_ind=text.get("zt_ind"),
+                  zv_ind_aug=image_m.get("zv_ind"), zt_ind_aug=text_m.get("zt_ind"))
 
 
 def alpha_at(examples_seen: jax.Array, alpha: float, ramp_examples: int) -> jax.Array:
@@ -232,14 +218,18 @@ def alpha_at(examples_seen: jax.Array, alpha: float, ramp_examples: int) -> jax.
   return alpha * jnp.minimum(1.0, examples_seen.astype(jnp.float32) / ramp_examples)
 
 
-def make_pretrain_loss(model: Albef, options: AlbefOptions, special: SpecialTokens, ramp_examples: int) -> Callable:
-  """loss(params, carried, batch, rng) → (L, (metrics, carried')) of ALBEF pre-training (module docstring).
+def make_pretrain_loss(model: Albef, options: AlbefOptions, special: SpecialTokens, *, ramp_examples: int,
+                       objective: ObjectiveConfig, objective_fn: ObjectiveFn) -> Callable:
+  """loss(params, carried, batch, rng) → (L, (metrics, carried')) of ALBEF pre-training (module docstring);
+  `objective` (base 'none') holds the regularisers and `objective_fn` computes them (global or ring).
 
   batch: image [B, H, W, 3], text [B, L] (zero-padded token ids), image_key [B] (rows with equal keys show the
   same image: they are never each other's ITM negatives).
   """
+  if objective.has_base:
+    raise ValueError(f"objective.base = {objective.base!r}: ALBEF's base loss is its own (ITC-MD + ITM + MLM); "
+                     "set objective.base = 'none'")
   apply = lambda params, method, *args: model.apply({"params": params}, *args, method=method)
-  reg_options = {"bridge_t": options.bridge_t}
 
   def loss_fn(params, carried, batch, rng):
     momentum = ema_update(carried["momentum"], jax.lax.stop_gradient(momentum_part(params)), options.momentum)
@@ -281,10 +271,12 @@ def make_pretrain_loss(model: Albef, options: AlbefOptions, special: SpecialToke
     mlm = albef_losses.mlm_md_loss(mlm_logits(params, image_tokens), tokens, selected,
                                    jax.lax.stop_gradient(mlm_logits(momentum, image_m["image_tokens"])), alpha)
 
-    features = Features(zv=image["zv"], zt=text["zt"], logit_scale=1.0 / temperature, zv_aug=image_m["zv"],
-                        zt_aug=text_m["zt"], zv_ind=image.get("zv_ind"), zt_ind=text.get("zt_ind"),
-                        zv_ind_aug=image_m.get("zv_ind"), zt_ind_aug=text_m.get("zt_ind"))
-    regularization, reg_metrics = regularizer_loss(features, options.regularizers, reg_options, reg_rng)
+    reg_metrics = {}
+    regularization = jnp.zeros((), jnp.float32)
+    if objective.regularizers:
+      features = unimodal_features(image, text, image_m, text_m, temperature)
+      regularization, reg_metrics = objective_fn(features, objective, reg_rng)
+      del reg_metrics["loss/total"]
     total = itc + itm + mlm + regularization
     seen = carried["examples_seen"] + tokens.shape[0]
     carried = {"momentum": momentum, "queue": enqueue(queue, image_m["zv"], text_m["zt"]),

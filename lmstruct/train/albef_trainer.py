@@ -25,6 +25,7 @@ from lmstruct.data import vl_pipeline as vl
 from lmstruct.data.tokenize import get_tokenizer
 from lmstruct.eval.registry import get_evaluator, run_evaluators
 from lmstruct.eval.vl_tasks import VL_EVALUATORS
+from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.models.albef import albef_input_shapes, build_albef, resolve_albef_config
 from lmstruct.pretrained import albef as albef_weights
 from lmstruct.pretrained import export
@@ -33,7 +34,7 @@ from lmstruct.train import albef
 from lmstruct.train.evaluation import build_evaluators
 from lmstruct.train.loop import Trainer, _resolved_optimizer, sharding_rules
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
-from lmstruct.train.step import init_state, make_update_step
+from lmstruct.train.step import init_state, make_update_step, objective_function
 
 VL_KINDS = {cls.kind for cls in VL_EVALUATORS}
 #: The vision-language task each evaluator kind reads its rows as.
@@ -59,11 +60,14 @@ class AlbefTrainer(Trainer):
     tokenizer_path = config.data.tokenizer_path or str(minilm_tokenizer_path())
     self.tokenize = get_tokenizer("wordpiece", path=tokenizer_path, context_length=self.context_length)
     self.special = albef.SpecialTokens.of(self.tokenize, resolved["text"]["vocab_size"])
-    if "separation" in self.options.regularizers and not resolved["independent_heads"]:
-      raise ValueError("albef.regularizers.separation needs model.independent_heads=True (the independent features "
-                       "it regularises)")
-    if task != "pretrain" and self.options.regularizers:
-      raise ValueError(f"albef.regularizers apply to pre-training; albef.task is {task!r}")
+    self.objective = ObjectiveConfig.from_dict(config.objective)
+    if self.objective.needs_independent_features and not resolved["independent_heads"]:
+      term = next(t.name for t in self.objective.terms if t.reads_independent_features)
+      raise ValueError(f"objective.weights.{term} needs model.independent_heads = True (it is False): {term!r} reads "
+                       "the features of the independent heads")
+    if task != "pretrain" and self.objective.regularizers:
+      raise ValueError(f"objective.weights {dict(self.objective.regularizers)} regularise pre-training; albef.task is "
+                       f"{task!r}")
     self.optimizer_config = _resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.train_source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
@@ -76,8 +80,8 @@ class AlbefTrainer(Trainer):
       self.answer_tokenize = get_tokenizer("wordpiece", path=tokenizer_path, context_length=self.options.answer_length)
       self.answer_tokens = np.asarray(self.answer_tokenize(list(self.answer_list.answers)), np.int32)
     rules = (("^batch_stats/queue/", "replicate"), *sharding_rules(config.sharding.rules))
-    self.state, self.shardings = init_state(self._init_variables, self.tx, self.mesh, rules, config.seed,
-                                            self.data_axes)
+    self.state, self.shardings = init_state(self._init_variables, self.tx, mesh=self.mesh, rules=rules,
+                                            seed=config.seed, data_axes=self.data_axes)
     if any(self.options.init.values()):
       self._load_initial_weights()
     self._functions: albef.AlbefFunctions | None = None
@@ -168,14 +172,17 @@ class AlbefTrainer(Trainer):
   def train_step(self):
     task = self.options.task
     if task == "pretrain":
-      loss_fn = albef.make_pretrain_loss(self.model, self.options, self.special, self.ramp_examples)
+      loss_fn = albef.make_pretrain_loss(
+          self.model, self.options, self.special, ramp_examples=self.ramp_examples, objective=self.objective,
+          objective_fn=objective_function(self.objective, self.mesh, self.data_axes))
     elif task == "vqa":
       loss_fn = albef.make_vqa_loss(self.model, self.special.pad)
     else:
       loss_fn = albef.make_classification_loss(self.model, task)
-    return make_update_step(loss_fn, self.tx, self.mesh, self.shardings,
-                            learning_rate_schedule(self.optimizer_config), self.data_axes,
-                            self.config.train.accumulation_steps, project_params=albef.project_temperature)
+    return make_update_step(loss_fn, self.tx, mesh=self.mesh, state_shardings=self.shardings,
+                            learning_rate=learning_rate_schedule(self.optimizer_config), data_axes=self.data_axes,
+                            accumulation_steps=self.config.train.accumulation_steps,
+                            project_params=albef.project_temperature)
 
   # --- evaluation ---------------------------------------------------------------------------------------------
 
@@ -232,13 +239,13 @@ class AlbefTrainer(Trainer):
     functions = self.functions()
     return functions.encode_image, functions.encode_text
 
-  def evaluate(self, evaluators: list, step: int, only_due: bool = True) -> dict[str, dict[str, float]]:
+  def evaluate(self, evaluators: list, step: int) -> dict[str, dict[str, float]]:
     if self.options.task == "pretrain":
       encode_image, encode_text = self.encoders()
     else:
       self.functions()
       encode_image = encode_text = _no_unimodal_encoder
-    return run_evaluators(evaluators, encode_image, encode_text, step=step, workdir=self.workdir, only_due=only_due)
+    return run_evaluators(evaluators, encode_image, encode_text, step=step, workdir=self.workdir, only_due=False)
 
 
 def _no_unimodal_encoder(inputs: Any) -> Mapping[str, Any]:

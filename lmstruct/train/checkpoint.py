@@ -40,6 +40,20 @@ def make_manager(directory: str | os.PathLike, keep: int = 2, best_metric: str =
                                               "config": ocp.JsonCheckpointHandler()})
 
 
+def saved_step(directory: str | os.PathLike, step: int | None = None) -> int:
+  """`step`, or the latest saved step when None, once `directory` is known to hold a finished checkpoint of it;
+  otherwise FileNotFoundError naming the steps that are saved."""
+  directory = paths.as_path(directory)
+  steps = sorted(ocp.path.step.checkpoint_steps(directory)) if directory.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {directory}")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} under {directory}; saved steps: {steps}")
+  return step
+
+
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Mapping[str, Any],
          config: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
   """Starts an asynchronous save of checkpoint `state.step` (finished by `manager.wait_until_finished()`)."""

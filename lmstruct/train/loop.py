@@ -1,19 +1,22 @@
 """The training driver: config → sharded state → pipeline → jitted updates, with logging, evaluation,
 checkpointing, resumption, preemption handling and profiling. `train_and_evaluate` is what `lmstruct train` runs.
+
+The loop body is one update; its periodic work has one named helper each: `Profiler` (the trace window),
+`nonfinite_update` (the stop/skip policy), `TrainingLog` (interval averages, progress, throughput),
+`run_evaluations` (evaluators that are due) and `checkpoint_due` / `Trainer.save` (checkpoints). A run that reached
+`train.steps` writes `results.json`; rerunning it finds that record (`finished_step`) and does nothing.
 """
-import difflib
-import functools
 import importlib
 import json
 import logging
-import math
 import pathlib
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -21,18 +24,16 @@ from lmstruct import paths
 from lmstruct.config import validate_config
 from lmstruct.data import pipeline, sources
 from lmstruct.data.tokenize import get_tokenizer
-from lmstruct.losses.objective import compute_objective, validate_objective_config
+from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import checkpoint
 from lmstruct.train.evaluation import build_evaluators, make_encoders
 from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
-from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, make_mesh
+from lmstruct.train.sharding import make_mesh, sharding_rules
 from lmstruct.train.step import init_train_state, make_train_step
+from lmstruct.eval.evaluators import Evaluator
 from lmstruct.eval.registry import run_evaluators
-
-NAMED_RULES = {"replicate": DEFAULT_RULES, "fsdp": FSDP_RULES}
-
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or gradient with `train.nonfinite = 'stop'`."""
@@ -61,35 +62,6 @@ class StopRequest:
       signal.signal(sig, handler)
 
 
-def sharding_rules(rules: Any) -> tuple:
-  """'replicate' | 'fsdp' | a list of (regex, spec) pairs."""
-  if isinstance(rules, str):
-    if rules not in NAMED_RULES:
-      raise ValueError(f"unknown sharding.rules {rules!r}; valid names: {sorted(NAMED_RULES)} or a list of "
-                       "(regex, spec) pairs")
-    return NAMED_RULES[rules]
-  return tuple((pattern, tuple(spec) if isinstance(spec, list) else spec) for pattern, spec in rules)
-
-
-def objective_function(objective: Mapping[str, Any], mesh: Any, data_axes: tuple[str, ...]):
-  """The objective implementation: 'global' (GSPMD over the whole batch) or 'ring' (lmstruct.losses.ring);
-  'auto' takes the ring when the data axis spans more than one device."""
-  impl = objective.get("impl", "auto")
-  if impl not in ("auto", "global", "ring"):
-    raise ValueError(f"objective.impl must be 'auto', 'global' or 'ring', got {impl!r}")
-  devices = math.prod(mesh.shape[a] for a in data_axes)
-  if impl == "global" or (impl == "auto" and devices == 1):
-    return compute_objective
-  from lmstruct.losses.ring import compute_objective_ring
-  return functools.partial(compute_objective_ring, mesh=mesh, data_axis=data_axes[0])
-
-
-def objective_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The objective section as a plain dict without the implementation switch (which the losses do not read)."""
-  objective = config.objective.to_dict()
-  objective.pop("impl", None)
-  validate_objective_config(objective)
-  return objective
 
 
 def _resolved_optimizer(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -104,13 +76,103 @@ def _nonfinite_terms(metrics: Mapping[str, Any]) -> list[str]:
   return bad or ["gradient"]
 
 
+def format_metric(value: float) -> str:
+  """Four decimals for 0 and for 1e-3 <= |value| < 1e4 (accuracies, recalls, distances); otherwise four
+  significant digits (`:.4g`), so that an L2 strength of 1e-6 reads `1e-06`, not `0.0000`."""
+  return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.4g}"
+
+
 def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
-  """A markdown table: one row per evaluator metric."""
+  """A markdown table: one row per evaluator metric (values by `format_metric`)."""
   lines = ["| evaluator | metric | value |", "|---|---|---|"]
   for name, metrics in results.items():
     for key, value in metrics.items():
-      lines.append(f"| {name} | {key} | {value:.4f} |")
+      lines.append(f"| {name} | {key} | {format_metric(value)} |")
   return "\n".join(lines)
+
+
+def finished_step(workdir: str | pathlib.Path, steps: int) -> int | None:
+  """The step of `<workdir>/results.json`, the record a run writes once it has made all its updates and its final
+  evaluation, when that step is at least `steps`; otherwise (no record, or a shorter run) None."""
+  path = paths.as_path(workdir) / "results.json"
+  if not path.is_file():
+    return None
+  step = int(json.loads(path.read_text())["step"])
+  return step if step >= steps else None
+
+
+def write_results(workdir: epath.Path, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
+  """`results.md` (the table) and then, by a rename, `results.json` ({"step", "results"}): the run's final
+  record."""
+  (workdir / "results.md").write_text(results_table(results) + "\n")
+  temporary = workdir / f"results.json.{jax.process_index()}.tmp"
+  temporary.write_text(json.dumps({"step": step, "results": results}, indent=2))
+  temporary.replace(workdir / "results.json")
+
+
+class Profiler:
+  """A `jax.profiler` trace into `directory` of the updates that start at steps `start` … `start + steps - 1`
+  (`start < 0`: no trace)."""
+
+  def __init__(self, directory: pathlib.Path, start: int, steps: int):
+    self.directory, self.start = directory, start
+    self.stop = start + steps if start >= 0 else -1
+
+  def before_update(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(str(self.directory))
+
+  def after_update(self, step: int) -> None:
+    if step == self.stop:
+      jax.profiler.stop_trace()
+
+
+def nonfinite_update(metrics: Mapping[str, Any], step: int, policy: str) -> bool:
+  """Whether update `step` was rejected as non-finite (the update step keeps the old state); with `policy`
+  'stop' a rejected update raises NonFiniteError naming the non-finite loss terms."""
+  if not int(metrics["nonfinite"]):
+    return False
+  if policy == "stop":
+    raise NonFiniteError(f"non-finite loss or gradient at step {step}: {_nonfinite_terms(metrics)}; "
+                         "the update was rejected (set train.nonfinite='skip' to skip and count instead)")
+  return True
+
+
+class TrainingLog:
+  """The training metrics: clu averages over each `log_every` steps (and the last step) written with the
+  throughput and the count of skipped non-finite updates; the progress bar advanced in between."""
+
+  def __init__(self, writer: MetricWriter, progress: Progress, log_every: int, total_steps: int):
+    self.writer, self.progress = writer, progress
+    self.log_every, self.total_steps = log_every, total_steps
+    self.averages, self.skipped = IntervalAverages(), 0
+
+  def record(self, step: int, metrics: Mapping[str, Any], skipped: bool) -> None:
+    """Adds update `step`'s metrics (`skipped`: the update was rejected) and writes the interval when due."""
+    self.skipped += skipped
+    self.averages.add(metrics)
+    if step % self.log_every == 0 or step == self.total_steps:
+      scalars = self.averages.pop()
+      scalars.update(self.progress.update(step, scalars))
+      scalars["train/skipped_nonfinite"] = self.skipped
+      self.writer.write_scalars(step, scalars)
+    else:
+      self.progress.update(step)
+
+
+def run_evaluations(trainer: "Trainer", evaluators: Sequence[Evaluator], writer: MetricWriter,
+                    step: int) -> dict[str, dict[str, float]]:
+  """Runs `evaluators` (none: nothing) on the current parameters and writes their metrics as `eval/<name>/<key>`."""
+  if not evaluators:
+    return {}
+  results = trainer.evaluate(evaluators, step)
+  writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in results.items() for k, v in m.items()})
+  return results
+
+
+def checkpoint_due(step: int, cfg: ml_collections.ConfigDict, stopping: bool) -> bool:
+  """Every `checkpoint_every` steps, at the last step, and when a stop was requested."""
+  return step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
 
 
 class Trainer:
@@ -132,15 +194,15 @@ class Trainer:
     config = self.config
     self.model_config = config.model.to_dict()
     self.model = build_model(self.model_config)
-    self.objective = objective_config(config)
+    self.objective = ObjectiveConfig.from_dict(config.objective)
     self.optimizer_config = _resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.image_shape, self.context_length = input_shapes(self.model_config)
     tokenizer_args = {"path": config.data.tokenizer_path} if config.data.tokenizer_path else {}
     self.tokenize = get_tokenizer(config.data.tokenizer, context_length=self.context_length, **tokenizer_args)
     self.state, self.shardings = init_train_state(
-        self.model, self.tx, self.image_shape, self.context_length, self.mesh, sharding_rules(config.sharding.rules),
-        config.seed, self.data_axes)
+        self.model, self.tx, image_shape=self.image_shape, context_length=self.context_length, mesh=self.mesh,
+        rules=sharding_rules(config.sharding.rules), seed=config.seed, data_axes=self.data_axes)
     if config.init.pretrained or config.init.towers:
       self._load_pretrained()
 
@@ -172,6 +234,13 @@ class Trainer:
     logging.info("resumed from %s at step %d", self.manager.directory, step)
     return data_state
 
+  def save(self, data_state: Mapping[str, Any], last_eval: Mapping[str, Mapping[str, float]]) -> None:
+    """Starts saving a checkpoint of the state, the data-iterator state and the config, ranked by
+    `train.best_metric` when the last evaluation reported it."""
+    flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
+    checkpoint.save(self.manager, self.state, data_state, self.config.to_dict(),
+                    flat if self.config.train.best_metric in flat else None)
+
   def train_batches(self) -> pipeline.TrainBatches:
     """The training input: two views of image and caption, global batches sharded over the data axes."""
     config = self.config
@@ -185,11 +254,11 @@ class Trainer:
 
   def train_step(self):
     """The jitted update (state, batch) → (state, metrics)."""
-    config = self.config
-    return make_train_step(self.model, self.tx, self.objective, self.mesh, self.shardings,
-                           learning_rate_schedule(self.optimizer_config), self.data_axes,
-                           objective_function(config.objective, self.mesh, self.data_axes),
-                           config.train.accumulation_steps, self.optimizer_config["trainable"])
+    return make_train_step(self.model, self.tx, objective=self.objective, mesh=self.mesh,
+                           state_shardings=self.shardings,
+                           learning_rate=learning_rate_schedule(self.optimizer_config), data_axes=self.data_axes,
+                           accumulation_steps=self.config.train.accumulation_steps,
+                           trainable=self.optimizer_config["trainable"])
 
   def evaluators(self) -> list:
     return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
@@ -202,9 +271,9 @@ class Trainer:
       variables["batch_stats"] = self.state.batch_stats
     return make_encoders(self.model, variables, self.mesh)
 
-  def evaluate(self, evaluators: list, step: int, only_due: bool = True) -> dict[str, dict[str, float]]:
-    """Runs the evaluators (only those due at `step` with `only_due`) on the current parameters."""
-    return run_evaluators(evaluators, *self.encoders(), step=step, workdir=self.workdir, only_due=only_due)
+  def evaluate(self, evaluators: Sequence[Evaluator], step: int) -> dict[str, dict[str, float]]:
+    """Runs `evaluators` on the current parameters."""
+    return run_evaluators(evaluators, *self.encoders(), step=step, workdir=self.workdir, only_due=False)
 
 
 #: Trainer of each `task` (a model family), as 'module:class' so that a family is imported only when used.
@@ -212,21 +281,23 @@ TRAINERS: dict[str, str] = {"clip": "lmstruct.train.loop:Trainer", "albef": "lms
 
 
 def make_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Trainer:
-  """The trainer of `config.task` (a key of TRAINERS) for this run."""
-  task = config.get("task", "clip")
-  if task not in TRAINERS:
-    close = difflib.get_close_matches(str(task), list(TRAINERS), n=1)
-    raise ValueError(f"unknown config key value task={task!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                     f"valid choices: {sorted(TRAINERS)}")
-  module, name = TRAINERS[task].split(":")
+  """The trainer of `config.task` (`config.TASKS`, each a key of TRAINERS) for this run."""
+  validate_config(config)
+  module, name = TRAINERS[config.task].split(":")
   return getattr(importlib.import_module(module), name)(config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict[str, float]]:
   """Trains `config.train.steps` updates (resuming from the workdir's latest checkpoint), evaluating every
-  evaluator at its interval and once at the end; returns the final evaluation results."""
-  trainer = make_trainer(config, workdir)
+  evaluator at its interval and once at the end; returns the final evaluation results. A run that already finished
+  (`finished_step`) is left as it is and its recorded results are returned."""
   cfg = config.train
+  done = finished_step(workdir, cfg.steps)
+  if done is not None:
+    logging.info("%s already finished step %d of %d; nothing to do", workdir, done, cfg.steps)
+    return json.loads((paths.as_path(workdir) / "results.json").read_text())["results"]
+  trainer = make_trainer(config, workdir)
+  evaluators = trainer.evaluators()
   is_main = jax.process_index() == 0
   writer = MetricWriter(trainer.workdir, enabled=is_main)
   writer.write_config(config.to_dict())
@@ -235,55 +306,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if data_state is not None:
     batches.set_state(data_state)
   step_fn = trainer.train_step()
-  evaluators = trainer.evaluators()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
-  averages, skipped = IntervalAverages(), 0
-  profile_stop = cfg.profile_start_step + cfg.profile_steps if cfg.profile_start_step >= 0 else -1
+  log = TrainingLog(writer, progress, cfg.log_every, cfg.steps)
+  profiler = Profiler(trainer.workdir / "profile", cfg.profile_start_step, cfg.profile_steps)
   last_eval: dict[str, dict[str, float]] = {}
   with StopRequest() as stop:
     while step < cfg.steps:
-      if step == cfg.profile_start_step:
-        jax.profiler.start_trace(str(trainer.workdir / "profile"))
-      batch = next(batches)
-      trainer.state, metrics = step_fn(trainer.state, batch)
+      profiler.before_update(step)
+      trainer.state, metrics = step_fn(trainer.state, next(batches))
       step += 1
-      if step == profile_stop:
-        jax.profiler.stop_trace()
+      profiler.after_update(step)
       metrics = jax.device_get(metrics)
-      if int(metrics["nonfinite"]):
-        if cfg.nonfinite == "stop":
-          raise NonFiniteError(f"non-finite loss or gradient at step {step}: {_nonfinite_terms(metrics)}; "
-                               "the update was rejected (set train.nonfinite='skip' to skip and count instead)")
-        skipped += 1
-      averages.add(metrics)
-      if step % cfg.log_every == 0 or step == cfg.steps:
-        scalars = averages.pop()
-        scalars.update(progress.update(step, scalars))
-        scalars["train/skipped_nonfinite"] = skipped
-        writer.write_scalars(step, scalars)
-      else:
-        progress.update(step)
-      due = [e for e in evaluators if e.due(step)]
-      if due:
-        last_eval = trainer.evaluate(due, step)
-        writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()})
-      if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
-        flat = {f"{n}/{k}": v for n, m in last_eval.items() for k, v in m.items()}
-        checkpoint.save(trainer.manager, trainer.state, batches.global_state(), config.to_dict(),
-                        flat if cfg.best_metric in flat else None)
+      log.record(step, metrics, skipped=nonfinite_update(metrics, step, cfg.nonfinite))
+      last_eval = run_evaluations(trainer, [e for e in evaluators if e.due(step)], writer, step) or last_eval
+      if checkpoint_due(step, cfg, stopping=stop.signal is not None):
+        trainer.save(batches.global_state(), last_eval)
       if stop.signal is not None:
         break
   trainer.manager.wait_until_finished()
   progress.close()
   batches.close()
   results: dict[str, dict[str, float]] = {}
-  if stop.signal is None and evaluators:
-    results = trainer.evaluate(evaluators, step, only_due=False)
-    writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in results.items() for k, v in m.items()})
+  if stop.signal is None:
+    results = run_evaluations(trainer, evaluators, writer, step)
     if is_main:
-      (trainer.workdir / "results.json").write_text(json.dumps({"step": step, "results": results}, indent=2))
-      (trainer.workdir / "results.md").write_text(results_table(results) + "\n")
+      write_results(trainer.workdir, step, results)
   writer.close()
   trainer.manager.close()
   return results
@@ -292,12 +340,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                         step: int | None = None) -> dict[str, dict[str, float]]:
   """Runs every evaluator of `config` on checkpoint `step` (default: the latest) of `workdir`."""
+  step = checkpoint.saved_step(paths.as_path(workdir) / "checkpoints", step)
   trainer = make_trainer(config, workdir)
-  step = trainer.manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {trainer.workdir / 'checkpoints'}")
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
-  results = trainer.evaluate(trainer.evaluators(), step, only_due=False)
+  results = trainer.evaluate(trainer.evaluators(), step)
   trainer.manager.close()
   return results

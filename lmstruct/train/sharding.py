@@ -4,7 +4,7 @@ The mesh comes from config (`mesh.shape`: ordered {axis: size}, one size may be 
 default: every device on a single `data` axis). Batches are sharded on their leading axis over the data axes.
 Parameters (and the matching optimizer state) are placed by an ordered list of (regex, spec) rules, first match
 wins; `spec` is 'replicate', 'fsdp' (shard the largest dimension that the data axes divide), or a tuple with one
-mesh-axis name or None per dimension.
+mesh-axis name or None per dimension. `config.sharding.rules` names a rule list of `NAMED_RULES` or spells one out.
 """
 import math
 import re
@@ -15,8 +15,20 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from lmstruct.choices import unknown_choice
+
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = ((".*", "replicate"),)
 FSDP_RULES: tuple[tuple[str, Any], ...] = ((".*", "fsdp"),)
+NAMED_RULES: dict[str, tuple[tuple[str, Any], ...]] = {"replicate": DEFAULT_RULES, "fsdp": FSDP_RULES}
+
+
+def sharding_rules(rules: str | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+  """The rule list of `config.sharding.rules`: a name of `NAMED_RULES`, or (regex, spec) pairs (lists → tuples)."""
+  if isinstance(rules, str):
+    if rules not in NAMED_RULES:
+      raise unknown_choice("sharding.rules", rules, NAMED_RULES, "or a list of (regex, spec) pairs")
+    return NAMED_RULES[rules]
+  return tuple((pattern, tuple(spec) if isinstance(spec, list) else spec) for pattern, spec in rules)
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -36,7 +48,10 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
 
 
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = ("data",)) -> NamedSharding:
-  """Leading (batch) axis split over the data axes, the rest replicated."""
+  """A batch's sharding: its leading axis split over `data_axes` of `mesh`, every other axis replicated."""
+  for axis in data_axes:
+    if axis not in mesh.axis_names:
+      raise ValueError(f"data axis {axis!r} is not a mesh axis; mesh axes: {', '.join(mesh.axis_names)}")
   return NamedSharding(mesh, P(tuple(data_axes)))
 
 

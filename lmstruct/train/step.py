@@ -5,6 +5,7 @@ The batch is a global array sharded on its leading axis over the data axes, and 
 batch: the B×B similarity terms take their negatives from every device (GSPMD inserts the collectives; the ring
 objective in lmstruct.losses.ring does it without materialising B×B).
 """
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,7 +16,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from lmstruct.losses.objective import Features, compute_objective, needs_augmented_view
+from lmstruct.losses.objective import ObjectiveConfig, compute_objective
+from lmstruct.losses.ring import compute_objective_ring
+from lmstruct.losses.term import Features
 from lmstruct.models.two_tower import MAX_LOGIT_SCALE
 from lmstruct.train.optimizer import trainable_labels
 from lmstruct.train.sharding import batch_sharding, replicated, tree_shardings
@@ -24,16 +27,16 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int],
                      context_length: int, mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
                      data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
   """(state, state shardings) of a two-tower model: `init_state` with the model's own initialisation."""
   return init_state(lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
                                            jnp.zeros((1, context_length), jnp.int32)),
-                    tx, mesh, rules, seed, data_axes)
+                    tx, mesh=mesh, rules=rules, seed=seed, data_axes=data_axes)
 
 
-def init_state(init_variables: Callable[[jax.Array], Mapping[str, Any]], tx: optax.GradientTransformation,
+def init_state(init_variables: Callable[[jax.Array], Mapping[str, Any]], tx: optax.GradientTransformation, *,
                mesh: Mesh, rules: Sequence[tuple[str, Any]], seed: int,
                data_axes: Sequence[str] = ("data",)) -> tuple[TrainState, TrainState]:
   """(state, state shardings): `init_variables(rng)` → {'params', optional 'batch_stats'} initialised directly into
@@ -75,7 +78,17 @@ def features_from_outputs(outputs: Mapping[str, jax.Array], batch_size: int, wit
                   zt_ind_aug=zt_ind_aug, logit_scale=outputs["logit_scale"], logit_bias=outputs["logit_bias"])
 
 
-ObjectiveFn = Callable[[Features, Mapping[str, Any], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+ObjectiveFn = Callable[[Features, ObjectiveConfig, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def objective_function(objective: ObjectiveConfig, mesh: Mesh, data_axes: Sequence[str]) -> ObjectiveFn:
+  """The implementation `objective.impl` selects: 'global' (`compute_objective`, GSPMD over the whole batch) or
+  'ring' (`compute_objective_ring` over the data axes); 'auto' takes the ring when they span several devices."""
+  devices = math.prod(mesh.shape[axis] for axis in data_axes)
+  if objective.impl == "global" or (objective.impl == "auto" and devices == 1):
+    return compute_objective
+  data_axis = data_axes[0] if len(data_axes) == 1 else tuple(data_axes)
+  return functools.partial(compute_objective_ring, mesh=mesh, data_axis=data_axis)
 
 
 def stop_frozen_gradients(params: Any, trainable: Sequence[str]) -> Any:
@@ -85,14 +98,16 @@ def stop_frozen_gradients(params: Any, trainable: Sequence[str]) -> Any:
   return jax.tree.map(lambda p, label: p if label == "train" else jax.lax.stop_gradient(p), params, labels)
 
 
-def make_loss_fn(model: nn.Module, objective_config: Mapping[str, Any],
+def make_loss_fn(model: nn.Module, objective: ObjectiveConfig | Mapping[str, Any], *,
                  objective_fn: ObjectiveFn = compute_objective, trainable: Sequence[str] = ()) -> Callable:
   """loss(params, batch_stats, batch, rng) → (L, (metrics, new batch_stats)).
 
-  Original and augmented views are concatenated on the batch axis, so each tower runs once on [2B] inputs.
-  With `trainable` patterns, the other parameters are treated as constants (`stop_frozen_gradients`).
+  Original and augmented views are concatenated on the batch axis (when an active term reads the augmented view),
+  so each tower runs once on [2B] inputs. With `trainable` patterns, the other parameters are treated as constants
+  (`stop_frozen_gradients`).
   """
-  with_augmented = needs_augmented_view(objective_config)
+  objective = ObjectiveConfig.from_dict(objective)
+  with_augmented = objective.needs_augmented_view
 
   def loss_fn(params, batch_stats, batch: Batch, rng: jax.Array):
     if trainable:
@@ -109,7 +124,7 @@ def make_loss_fn(model: nn.Module, objective_config: Mapping[str, Any],
     else:
       outputs = model.apply(variables, images, texts, train=True)
     features = features_from_outputs(outputs, batch["image"].shape[0], with_augmented)
-    total, metrics = objective_fn(features, objective_config, rng)
+    total, metrics = objective_fn(features, objective, rng)
     metrics["logit_scale"] = outputs["logit_scale"]
     return total, (metrics, batch_stats)
 
@@ -155,21 +170,37 @@ def accumulated_gradients(loss_fn: Callable, params: Any, batch_stats: Any, batc
           batch_stats)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective_config: Mapping[str, Any],
-                    mesh: Mesh, state_shardings: TrainState, learning_rate: optax.Schedule | None = None,
-                    data_axes: Sequence[str] = ("data",), objective_fn: ObjectiveFn = compute_objective,
+def _is_schedule_count(path: tuple[Any, ...], value: Any) -> bool:
+  """Whether the optax state entry at `path` is the count of a learning-rate schedule's state."""
+  return getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState"
+
+
+def schedule_count(opt_state: Any) -> Any:
+  """The count at which the optimizer evaluates its learning-rate schedule (optax's `ScaleByScheduleState.count`):
+  the number of updates it has applied. None when the optimizer has no schedule state."""
+  return optax.tree_utils.tree_get(opt_state, "count", filtering=_is_schedule_count)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    objective: ObjectiveConfig | Mapping[str, Any], mesh: Mesh, state_shardings: TrainState,
+                    learning_rate: optax.Schedule | None = None, data_axes: Sequence[str] = ("data",),
                     accumulation_steps: int = 1, trainable: Sequence[str] = ()) -> Callable:
-  """The jitted two-tower update (state, batch) → (state, metrics) of `make_update_step`, with the loss of
-  `make_loss_fn`. `trainable` is the optimizer's pattern list: locked parameters get no gradient computation at all.
+  """The jitted two-tower update (state, batch) → (state, metrics): `make_update_step` with the loss of
+  `make_loss_fn`, whose objective is computed by the implementation `objective.impl` selects on this mesh
+  (`objective_function`). `trainable` is the optimizer's pattern list: locked parameters get no gradient computation
+  at all; the other arguments are `make_update_step`'s.
   """
-  loss_fn = make_loss_fn(model, objective_config, objective_fn, trainable)
-  return make_update_step(loss_fn, tx, mesh, state_shardings, learning_rate, data_axes, accumulation_steps)
+  objective = ObjectiveConfig.from_dict(objective)
+  loss_fn = make_loss_fn(model, objective, objective_fn=objective_function(objective, mesh, data_axes),
+                         trainable=trainable)
+  return make_update_step(loss_fn, tx, mesh=mesh, state_shardings=state_shardings, learning_rate=learning_rate,
+                          data_axes=data_axes, accumulation_steps=accumulation_steps)
 
 
 LossFn = Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 
-def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, state_shardings: TrainState,
+def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, mesh: Mesh, state_shardings: TrainState,
                      learning_rate: optax.Schedule | None = None, data_axes: Sequence[str] = ("data",),
                      accumulation_steps: int = 1,
                      project_params: Callable[[Any], Any] = clamp_log_logit_scale) -> Callable:
@@ -182,9 +213,20 @@ def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Me
 
   A non-finite loss or gradient rejects the update: parameters, batch_stats and optimizer state stay as they were,
   the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
+
+  `learning_rate` (the optimizer's schedule) adds the metric `learning_rate` = schedule(c), where c is the
+  optimizer's own count of applied updates, read from its state before this update: the rate this update applies,
+  or would have applied when it is rejected. A rejected update leaves the whole optimizer state, its count
+  included, as it was (as optax's `apply_if_finite` does), so the next update applies that same rate and the log
+  shows it; the schedule follows applied updates, so each rejection delays the rest of it by one step. (Counting
+  the step instead would have the log run ahead of the applied rate after the first rejection.)
+
   With `accumulation_steps` > 1 the gradient is the mean over that many micro-batches (see
   `accumulated_gradients`).
   """
+  if learning_rate is not None and schedule_count(state_shardings.opt_state) is None:
+    raise ValueError("make_update_step: learning_rate is given but the optimizer state has no schedule count "
+                     "(optax ScaleByScheduleState); pass the schedule the optimizer was built with")
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -213,7 +255,7 @@ def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Me
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
     if learning_rate is not None:
-      metrics["learning_rate"] = learning_rate(state.step)
+      metrics["learning_rate"] = learning_rate(schedule_count(state.opt_state))
     return new_state, metrics
 
   return jax.jit(step, in_shardings=(state_shardings, data_sharding),

@@ -1,4 +1,5 @@
-"""Linear and few-shot probes: solver against SciPy, separable data, shuffled labels, L2 sweep, few-shot draws.
+"""Linear and few-shot probes: solver and few-shot probe against a float64 SciPy fit, separable data, shuffled labels,
+a hand-worked L2 sweep, few-shot draws.
 
 Every problem here has 16 features, 4 classes and at most 256 rows, so the solver compiles once per process.
 """
@@ -20,6 +21,27 @@ def _reference_objective(theta, x, y, weights, l2, num_classes):
   log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
   nll = log_z - logits[np.arange(len(y)), y]
   return np.sum(weights * nll) / np.sum(weights) + l2 * np.sum(w**2)
+
+
+def _reference_gradient(theta, x, y, weights, l2, num_classes):
+  """d/dtheta of ``_reference_objective``: x^T (P - Y) diag(weights) / sum(weights) + 2 l2 W, and the bias part."""
+  d = x.shape[1]
+  w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  residual = (p - np.eye(num_classes)[y]) * (weights / np.sum(weights))[:, None]
+  return np.concatenate([(x.T @ residual + 2 * l2 * w).ravel(), residual.sum(axis=0)])
+
+
+def _reference_fit(x, y, num_classes, l2):
+  """float64 BFGS minimiser (W, b) of ``_reference_objective`` with unit weights."""
+  x = np.asarray(x, np.float64)
+  d = x.shape[1]
+  args = (x, y, np.ones(len(y)), l2, num_classes)
+  theta = scipy.optimize.minimize(_reference_objective, np.zeros(d * num_classes + num_classes), args=args,
+                                  jac=_reference_gradient, method="BFGS", options={"gtol": 1e-10}).x
+  return theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
 
 
 def test_lbfgs_solution_matches_scipy_on_weighted_objective():
@@ -72,16 +94,23 @@ def test_linear_probe_with_explicit_validation_set():
     linear_probe(x[:160], y[:160], x[200:], y[200:], val_x=x[160:200])
 
 
-def test_select_l2_returns_best_tried_exponent_with_ties_to_larger():
-  rng = np.random.default_rng(4)
-  x, y, _ = _clusters(rng, 120, scale=0.4)  # overlapping classes: validation accuracy depends on l2
-  is_val = validation_split(len(y), 0.3, seed=0)
-  l2, scores = select_l2(x, y, is_val, 4, coarse_exponents=(-4.0, -2.0, 0.0, 2.0), refine_steps=(1.0,),
-                         max_iter=100)
-  assert {-4.0, -2.0, 0.0, 2.0} <= set(scores) and len(scores) <= 6
-  assert all(-4.0 <= e <= 2.0 for e in scores)
-  best = max(scores.values())
-  assert np.log10(l2) == pytest.approx(max(e for e, s in scores.items() if s == best))
+def test_select_l2_picks_the_largest_exponent_that_separates_a_hand_worked_problem():
+  # One feature. Train: 4 rows of class 1 at x = +1, 16 of class 0 at x = -1; validation: 5 of each. With two
+  # classes the optimum has W = (-w/2, w/2), so the penalty is lam * w^2 / 2 for the logit difference w * x + beta.
+  # Stationarity in beta and w gives p+ + 4 p- = 1 and lam * w = 0.4 (1 - p+), where p+- = sigmoid(+-w + beta).
+  # The prediction at x = +1 flips to class 0 where p+ = 1/2: then p- = 1/8, w = ln(7) / 2 and
+  # lam* = 0.4 * 0.5 / w = 0.4 / ln 7 = 0.2056 (10^-0.69). Below lam* validation accuracy is 1, above it 1/2.
+  x = np.array([1.0] * 4 + [-1.0] * 16 + [1.0] * 5 + [-1.0] * 5)[:, None]
+  y = np.array([1] * 4 + [0] * 16 + [1] * 5 + [0] * 5)
+  is_val = np.arange(30) >= 20
+  l2, scores = select_l2(x, y, is_val, 2, coarse_exponents=(-4.0, -2.0, 0.0, 2.0), refine_steps=(1.0, 0.5))
+  # coarse: -2 is the largest perfect exponent; refine by 1: -3, -1 -> -1; refine by 0.5: -1.5, -0.5 -> stays -1
+  assert scores == {-4.0: 1.0, -2.0: 1.0, 0.0: 0.5, 2.0: 0.5, -3.0: 1.0, -1.0: 1.0, -1.5: 1.0, -0.5: 0.5}
+  assert l2 == pytest.approx(0.1, rel=1e-12)
+  lam_star = 0.4 / np.log(7.0)
+  for lam in (0.9 * lam_star, 1.1 * lam_star):  # the flip is where the float64 reference puts it
+    w, b = _reference_fit(x[:20], y[:20], 2, lam)
+    assert np.argmax(np.array([1.0]) @ w + b) == (1 if lam < lam_star else 0)
 
 
 def test_validation_split_sizes_and_determinism():
@@ -101,7 +130,7 @@ def test_sample_few_shot():
     sample_few_shot(labels, 4, seed=0)
 
 
-def test_few_shot_probe_mean_and_std_match_independent_fits():
+def test_few_shot_probe_matches_a_float64_scipy_reference():
   rng = np.random.default_rng(5)
   x, y, means = _clusters(rng, 200, scale=0.5)
   y_test = np.arange(200) % 4
@@ -111,11 +140,21 @@ def test_few_shot_probe_mean_and_std_match_independent_fits():
   for k in (1, 4):
     accs = []
     for seed in (0, 1, 2):
-      index = sample_few_shot(y, k, seed)
-      w, b = fit_logreg(x[index], y[index], 4, 1e-2, max_iter=300)
-      accs.append(np.mean(predict(w, b, x_test) == y_test))
+      # the documented draw: k rows of every class, classes in increasing order, numpy.random.default_rng(seed)
+      rng = np.random.default_rng(seed)
+      index = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c in range(4)]))
+      w, b = _reference_fit(x[index], y[index], 4, 1e-2)
+      accs.append(np.mean(np.argmax(x_test.astype(np.float64) @ w + b, axis=1) == y_test))
+    assert 0.3 < np.mean(accs) < 0.95  # a non-trivial problem
     assert result[f"{k}shot_acc1_mean"] == pytest.approx(np.mean(accs), abs=0.011)
     assert result[f"{k}shot_acc1_std"] == pytest.approx(np.std(accs), abs=0.011)
+
+
+def test_predict_never_credits_a_nonfinite_row():
+  w, b = np.eye(2, 3, dtype=np.float32), np.zeros(3, np.float32)
+  x = np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, np.inf], [0.0, 2.0]], np.float32)
+  np.testing.assert_array_equal(predict(w, b, x), [0, -1, -1, 1])
+  np.testing.assert_array_equal(predict(np.full_like(w, np.nan), b, x[:1]), [-1])
 
 
 def test_probe_evaluators_on_batches():
@@ -144,4 +183,5 @@ def test_probe_evaluators_on_batches():
   few = get_evaluator("few_shot", {"train_batches": train, "test_batches": test, "label_key": "labels/shape",
                                    "shots": (2,), "seeds": (0, 1), "max_iter": 100})
   metrics = few.run(encode_image, None)
-  assert set(metrics) == {"2shot_acc1_mean", "2shot_acc1_std"} and metrics["2shot_acc1_mean"] >= 0.9
+  assert set(metrics) == {"2shot_acc1_mean", "2shot_acc1_std", "nonfinite_fraction"}
+  assert metrics["2shot_acc1_mean"] >= 0.9 and metrics["nonfinite_fraction"] == 0.0

@@ -54,6 +54,50 @@ def test_dense_reference_ranks_match_hand_worked():
   assert recall_at_k(np.array([1, 3, 2, 11]), 2) == 0.5
 
 
+# Non-finite scores are the worst: a query with no finite positive score gets the worst rank, 1 + #negatives, under
+# either tie rule; a non-finite negative is never ahead of the best finite positive.
+NONFINITE_SCORES = np.array([[np.nan, 0.2, 0.5, -np.inf],   # positive {0}: not finite -> 1 + 3
+                             [0.3, np.nan, 0.3, np.inf],     # positive {0}: only the tie at 0.3 may count
+                             [np.nan, 0.1, 0.7, 0.2],        # positives {0, 2}: best finite positive 0.7
+                             [np.inf, 0.9, np.nan, 0.1],     # positives {0, 2}: none finite -> 1 + 2
+                             [np.nan] * 4])                  # positive {1}: all NaN -> 1 + 3
+NONFINITE_POSITIVE = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0], [0, 1, 0, 0]], bool)
+NONFINITE_RANKS = {"pessimistic": [4, 2, 1, 3, 4], "optimistic": [4, 1, 1, 3, 4]}
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_nonfinite_scores_are_the_worst(ties):
+  np.testing.assert_array_equal(ranks_from_scores(NONFINITE_SCORES, NONFINITE_POSITIVE, ties),
+                                NONFINITE_RANKS[ties])
+
+
+# t4's embedding holds a NaN, so every score with t4 is NaN: as a query (image 2) it gets the worst rank 1 + 2; as
+# image 2's only caption, image 2 gets the worst rank 1 + 4; as a negative of image 1 (0.7 before) it no longer beats
+# image 1's best caption (0.5, tied with t1).
+T2I_NAN = {"pessimistic": [1, 3, 2, 2, 3], "optimistic": [1, 3, 1, 2, 3]}
+I2T_NAN = {"pessimistic": [1, 2, 5], "optimistic": [1, 1, 5]}
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+@pytest.mark.parametrize("devices", [1, 8])
+def test_a_nan_caption_never_helps_sharded_ranks(ties, devices):
+  zt = ZT.copy()
+  zt[4, 0] = np.nan
+  t2i, i2t = retrieval_ranks(ZV, zt, TEXT_IMAGE, mesh=_mesh(devices), ties=ties, query_chunk=2)
+  np.testing.assert_array_equal(t2i, T2I_NAN[ties])
+  np.testing.assert_array_equal(i2t, I2T_NAN[ties])
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_an_all_nan_model_gets_the_worst_ranks(ties):
+  t2i, i2t = retrieval_ranks(np.full((3, 3), np.nan), np.full((5, 3), np.nan), TEXT_IMAGE, mesh=_mesh(8), ties=ties)
+  np.testing.assert_array_equal(t2i, [3] * 5)  # 1 + the 2 other images
+  np.testing.assert_array_equal(i2t, [4, 4, 5])  # 1 + the other images' captions
+  metrics = recall_metrics(t2i, i2t, ks=(1, 2, 3))
+  assert all(metrics[f"{d}_retrieval_recall@{k}"] == 0.0 for d in ("image", "text") for k in (1, 2))
+  assert metrics["image_retrieval_recall@3"] == 1.0 and metrics["text_retrieval_recall@3"] == 0.0
+
+
 def _loop_reference(zv, zt, text_image):
   """float64 ranks by explicit loops over queries: 1 + #negatives scoring >= the best positive."""
   s = zv.astype(np.float64) @ zt.astype(np.float64).T
@@ -121,7 +165,8 @@ def test_retrieval_evaluator_with_several_captions_text_mask_and_padding():
   evaluator = get_evaluator("retrieval", {"batches": lambda: iter(batches), "ks": (1, 2, 3),
                                           "mesh": _mesh(8), "query_chunk": 4})
   first = evaluator.run(encode_image, encode_text)
-  assert first == pytest.approx(retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)))
+  assert first == pytest.approx({**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)),
+                                 "nonfinite_fraction": 0.0})
   assert first["image_retrieval_recall@2"] == pytest.approx(3 / 5)
   assert evaluator.run(encode_image, encode_text) == first  # a callable source is re-iterated
 
@@ -144,7 +189,8 @@ def test_retrieval_evaluator_joins_caption_passes_by_image_index():
             batch([0, 1], [1, 3], [True, True]), batch([2, -1], [0, 0], [False, False])]
   evaluator = get_evaluator("retrieval", {"batches": passes, "ks": (1, 2, 3), "mesh": _mesh(8)})
   metrics = evaluator.run(encode_image, encode_text)
-  assert metrics == pytest.approx(retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)))
+  assert metrics == pytest.approx({**retrieval_metrics(ZV, ZT, TEXT_IMAGE, ks=(1, 2, 3), mesh=_mesh(1)),
+                                   "nonfinite_fraction": 0.0})
   separate = get_evaluator("retrieval", {"batches": passes, "ks": (1,), "image_id_key": None, "mesh": _mesh(8)})
   # without joining, the second pass adds duplicate images (5 images, one caption each)
   assert separate.compute(encode_image, encode_text).extra == {"num_images": 5, "num_texts": 5}

@@ -121,7 +121,7 @@ def test_structure_evaluator_end_to_end(tmp_path):
                                           "shift_lambdas": (-0.5, 0.0, 0.5, 1.0), "pca_max_pairs": 20})
   results = run_evaluators([evaluator], encode_image, encode_text, step=10, workdir=tmp_path)
   metrics = results["structure"]
-  expected = structure_metrics(zv, zt, zv_aug=zv_aug, zv_ind=zv_ind, zt_ind=zt_ind)
+  expected = {**structure_metrics(zv, zt, zv_aug=zv_aug, zv_ind=zv_ind, zt_ind=zt_ind), "nonfinite_fraction": 0.0}
   assert metrics == pytest.approx(expected, rel=1e-6)
   assert metrics["modality_gap"] == pytest.approx(modality_gap(zv.astype(np.float64), zt), rel=1e-9)
 
@@ -146,3 +146,70 @@ def test_structure_evaluator_end_to_end(tmp_path):
   expected_metric = mean_paired_distance(*shift_embeddings(zv, zt, 0.5))
   assert record["extra"]["shift_curve"]["metric"] == [pytest.approx(expected_metric)]
   assert sorted(p.name for p in (tmp_path / "eval" / "structure_mpd").iterdir()) == ["step_3.json"]
+
+
+def _nan_model_batches(n=24, size=8):
+  """Batches whose image pixel (0, 0, 0) and token 0 carry the row index; labels cycle over 3 classes."""
+  batches = []
+  for start in range(0, n, size):
+    index = np.arange(start, start + size)
+    images = np.zeros((size, 2, 2, 3), np.float32)
+    images[:, 0, 0, 0] = index
+    batches.append({"image": images, "text": index[:, None].astype(np.int32), "label": index % 3, "index": index,
+                    "mask": np.ones(size, bool)})
+  return batches
+
+
+def test_an_all_nan_model_scores_nothing_in_any_evaluator(tmp_path):
+  batches = _nan_model_batches()
+
+  def encode_image(images):
+    return {"zv": np.full((len(images), 6), np.nan, np.float32)}
+
+  def encode_text(tokens):
+    return {"zt": np.full((len(tokens), 6), np.nan, np.float32)}
+
+  configs = {
+      "zeroshot": {"batches": batches, "class_names": ["a", "b", "c"], "ks": (1, 2),
+                   "tokenize": lambda texts: np.zeros((len(texts), 1), np.int32)},
+      "retrieval": {"batches": batches, "ks": (1, 5)},
+      "linear_probe": {"train_batches": batches, "test_batches": batches, "coarse_exponents": (0.0,),
+                       "refine_steps": ()},
+      "few_shot": {"train_batches": batches, "test_batches": batches, "shots": (2,), "seeds": (0,)},
+      "structure": {"batches": batches, "shift_lambdas": (0.0, 1.0)},
+  }
+  results = run_evaluators([get_evaluator(kind, cfg) for kind, cfg in configs.items()], encode_image, encode_text,
+                           step=1, workdir=tmp_path, only_due=False)
+  assert {name: metrics["nonfinite_fraction"] for name, metrics in results.items()} == dict.fromkeys(configs, 1.0)
+  # 3 classes: the worst rank is 3, beyond k = 1, 2; 24 pairs: the worst rank is 24, beyond k = 1, 5
+  assert results["zeroshot"]["acc1"] == results["zeroshot"]["acc2"] == 0.0
+  assert results["zeroshot"]["mean_per_class_recall"] == 0.0
+  assert all(results["retrieval"][f"{d}_recall@{k}"] == 0.0 for d in ("image_retrieval", "text_retrieval", "mean")
+             for k in (1, 5))
+  assert results["linear_probe"]["acc1"] == results["linear_probe"]["val_acc1"] == 0.0
+  assert results["few_shot"]["2shot_acc1_mean"] == 0.0
+  assert math.isnan(results["structure"]["separability"])
+  record = read_metrics(tmp_path / "eval" / "structure" / "step_1.json")  # strict JSON despite the NaN curve
+  assert math.isnan(record["metrics"]["modality_gap"]) and record["extra"]["shift_curve"]["gap"] == [None, None]
+  assert (tmp_path / "eval" / "structure" / "step_1_pca.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_nonfinite_fraction_counts_rows_of_every_embedding():
+  batches = _nan_model_batches()
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(24, 6)).astype(np.float32)
+
+  def encode_image(images):  # rows 0, 5 and 17 of the images hold a NaN, row 9 an infinity
+    z = table[np.asarray(images)[:, 0, 0, 0].astype(int)].copy()
+    index = np.asarray(images)[:, 0, 0, 0].astype(int)
+    z[np.isin(index, [0, 5, 17]), 2] = np.nan
+    z[index == 9, 0] = -np.inf
+    return {"zv": z}
+
+  def encode_text(tokens):  # text rows are all finite
+    return {"zt": table[np.asarray(tokens)[:, 0]]}
+
+  retrieval = get_evaluator("retrieval", {"batches": batches, "ks": (1,)}).run(encode_image, encode_text)
+  assert retrieval["nonfinite_fraction"] == pytest.approx(4 / 48)
+  structure = get_evaluator("structure", {"batches": batches, "shift_lambdas": (0.0,), "write_plots": False})
+  assert structure.run(encode_image, encode_text)["nonfinite_fraction"] == pytest.approx(4 / 48)

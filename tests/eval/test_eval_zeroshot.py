@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from lmstruct.eval import get_evaluator
-from lmstruct.eval.zeroshot import (class_ranks, encode_strings, ensemble_class_embeddings, zeroshot_classifier,
-                                    zeroshot_metrics)
+from lmstruct.eval.zeroshot import (class_ranks, encode_strings, ensemble_class_embeddings, mean_per_class_recall,
+                                    zeroshot_classifier, zeroshot_metrics)
 
 # Scores of 5 images against 4 classes (class embeddings = identity, so scores = zv). Hand-worked ranks of the true
 # class: pessimistic [1, 3, 2, 4, 2] (image 2 ties with class 1), optimistic [1, 3, 1, 4, 2].
@@ -33,6 +33,28 @@ def test_all_equal_scores_get_no_credit_by_default():
   scores = np.full((3, 3), 0.5)
   assert zeroshot_metrics(scores, np.eye(3), np.array([0, 1, 2]), ks=(1,))["acc1"] == 0.0
   assert zeroshot_metrics(scores, np.eye(3), np.array([0, 1, 2]), ks=(1,), ties="optimistic")["acc1"] == 1.0
+
+
+def test_nonfinite_scores_never_count_as_hits():
+  # image 0: the true class scores NaN -> worst rank 4; image 1: the NaN and +inf negatives are not ahead -> rank 1;
+  # image 2: all NaN -> rank 4; image 3: -inf on the true class -> rank 4
+  scores = np.array([[np.nan, 0.1, 0.2, 0.3],
+                     [0.1, 0.5, np.nan, np.inf],
+                     [np.nan] * 4,
+                     [0.1, 0.1, 0.1, -np.inf]])
+  labels = np.array([0, 1, 2, 3])
+  for ties in ("pessimistic", "optimistic"):
+    np.testing.assert_array_equal(class_ranks(scores, labels, ties), [4, 1, 4, 4])
+  assert mean_per_class_recall(class_ranks(scores, labels), labels) == 1 / 4
+
+
+def test_an_all_nan_model_has_zero_accuracy():
+  labels = np.array([0, 1, 2, 0, 1])
+  nan_images = np.full((5, 4), np.nan)
+  for zv, classes in ((nan_images, np.eye(3, 4)), (np.eye(5, 4), np.full((3, 4), np.nan))):
+    for ties in ("pessimistic", "optimistic"):
+      assert zeroshot_metrics(zv, classes, labels, ks=(1, 2), ties=ties) == {
+          "acc1": 0.0, "acc2": 0.0, "mean_per_class_recall": 0.0}
 
 
 def test_labels_out_of_range_rejected():
@@ -103,4 +125,4 @@ def test_zeroshot_evaluator_on_batches_uses_prompts_labels_and_mask():
                                          "tokenize": tokenize, "ks": (1, 2)})
   metrics = evaluator.run(encode_image, encode_text)
   assert sorted(seen) == sorted(prompt_vectors)
-  assert metrics == {"acc1": 1.0, "acc2": 1.0, "mean_per_class_recall": 1.0}
+  assert metrics == {"acc1": 1.0, "acc2": 1.0, "mean_per_class_recall": 1.0, "nonfinite_fraction": 0.0}

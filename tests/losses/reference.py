@@ -91,3 +91,8 @@ def sigmoid(zv, zt, s, b):
 def alignment(zv, zt):
   n = zv.shape[0]
   return sum(1.0 / dot(zv[j], zt[j]) ** 2 for j in range(n)) / n
+
+
+def gap_alignment(zv, zt):
+  n = zv.shape[0]
+  return sum(float(np.sum((zv[j] - zt[j]) ** 2)) for j in range(n)) / n

@@ -125,6 +125,26 @@ def test_unknown_config_keys_and_values_are_named():
   with pytest.raises(ValueError, match=r"unknown activation 'relu6'"):
     m = build_model({"preset": "test", "text": {"activation": "relu6"}})
     m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16), jnp.int32))
+  with pytest.raises(ValueError, match=r"unknown model\.image\.kind 'vti' \(did you mean 'vit'\?\); valid choices: "
+                                       r"\['efficientnet', 'resnet', 'vit'\]"):
+    build_model({"preset": "test", "image": {"kind": "vti"}})
+  with pytest.raises(ValueError, match=r"unknown model\.text\.size 'tset' \(did you mean 'test'\?\)"):
+    build_model({"preset": "test", "text": {"size": "tset"}})
+
+
+def test_every_tower_kind_is_built_from_its_registry_entry():
+  """Each image kind becomes its module (a bias on the image projection only for CLIP's ResNet); BERT drops the
+  context length, which the CLIP text transformer keeps; both text towers take remat."""
+  image = {"vit": {"size": "test"}, "resnet": {"size": "test"}, "efficientnet": {"size": "lite0"}}
+  modules = {"vit": "VisionTransformer", "resnet": "ModifiedResNet", "efficientnet": "EfficientNetLite"}
+  for kind, fields in image.items():
+    model = build_model({"preset": "test", "image": {"kind": kind, **fields}, "remat": True})
+    assert type(model.image_tower).__name__ == modules[kind]
+    assert model.image_projection_bias == (kind == "resnet")
+  bert = build_model({"preset": "test", "text": {"kind": "bert", "size": "MiniLM-L6"}, "remat": True})
+  assert type(bert.text_tower).__name__ == "BertTextTower" and bert.text_tower.remat
+  clip_text = build_model({"preset": "test", "remat": True}).text_tower
+  assert type(clip_text).__name__ == "TextTransformer" and clip_text.remat and clip_text.context_length == 16
 
 
 @pytest.mark.parametrize("preset,params_millions", [("RN50", 102.01), ("ViT-B-32", 151.28), ("ViT-L-14", 427.62)])

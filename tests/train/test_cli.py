@@ -1,6 +1,8 @@
-"""The `lmstruct` CLI end to end, in subprocesses: train → checkpoint → eval, bitwise resume after SIGKILL,
+"""The `lmstruct` CLI: help, one-line user errors, config loading and overrides; end to end in subprocesses:
+train → checkpoint → eval (with the run's own config) → a rerun that does nothing, bitwise resume after SIGKILL,
 clean exit on SIGTERM, and a 2-process run equal to a 1-process run."""
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -10,7 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from driver_utils import REPO, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
+from driver_utils import REPO, TINY_ARG, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
+from lmstruct import cli
+from lmstruct.config import apply_overrides, base_config, load_config, parse_value
+from lmstruct.train.loop import format_metric, results_table
+
+CONFIG = f"{REPO / 'configs' / 'clip_scenes.py'}"
 
 
 @pytest.fixture(scope="module")
@@ -26,28 +33,163 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def test_train_checkpoint_eval(data_dir, tmp_path):
+@pytest.fixture
+def restore_logging():
+  """`cli.main` installs its own log handler; put pytest's back afterwards."""
+  root = logging.getLogger()
+  handlers, level = list(root.handlers), root.level
+  yield
+  root.handlers[:] = handlers
+  root.setLevel(level)
+
+
+def run_main(capsys, *argv):
+  """(exit status, stdout, stderr) of `lmstruct ARGV` run in this process."""
+  status = cli.main(list(argv))
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def test_train_checkpoint_eval_and_a_finished_run_is_left_alone(data_dir, tmp_path, capsys, restore_logging):
   workdir = tmp_path / "run"
-  run_cli("train", workdir, data_dir, 4, "--config.train.log_every=2", "--config.train.checkpoint_every=2")
+  trained = run_cli("train", workdir, data_dir, 4, "--config.train.log_every=2", "--config.train.checkpoint_every=2")
   assert checkpoint_steps(workdir) == [2, 4]
+  assert "step 2/4" in trained.stderr and "step 4/4" in trained.stderr  # lmstruct's own log lines
+  assert "Using custom data configuration" not in trained.stderr and "OpenCV" not in trained.stderr
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics if "loss/total" in m] == [2, 4]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 4
-  results = json.loads((workdir / "results.json").read_text())["results"]
-  assert {"zeroshot_shape", "retrieval", "linear_probe_shape", "structure"} <= set(results)
+  record = json.loads((workdir / "results.json").read_text())
+  results = record["results"]
+  assert record["step"] == 4 and {"zeroshot_shape", "retrieval", "linear_probe_shape", "structure"} <= set(results)
   assert 0.0 <= results["zeroshot_shape"]["acc1"] <= results["zeroshot_shape"]["acc5"] <= 1.0
+  assert results["retrieval"]["nonfinite_fraction"] == 0.0
   assert (workdir / "eval" / "structure" / "step_4_pca.png").stat().st_size > 0
-  evaluated = run_cli("eval", workdir, data_dir, 4, "--step=2")
+
+  # eval without --config reads the run's config.json
+  evaluated = subprocess.run([sys.executable, "-m", "lmstruct.cli", "eval", f"--workdir={workdir}", "--step=2"],
+                             env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "| retrieval | image_retrieval_recall@1 |" in evaluated.stdout
   assert json.loads((workdir / "eval" / "retrieval" / "step_2.json").read_text())["step"] == 2
+  status, _, err = run_main(capsys, "eval", f"--workdir={workdir}", "--step=3")
+  assert (status, err) == (2, f"error: no checkpoint of step 3 under {workdir / 'checkpoints'}; saved steps: [2, 4]\n")
+
+  # the same command again: nothing re-run, nothing appended, one line
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  again = run_cli("train", workdir, data_dir, 4, "--config.train.log_every=2", "--config.train.checkpoint_every=2")
+  assert again.stdout == (f"{workdir} has finished: step 4 of 4 and its final evaluation ({workdir / 'results.md'}); "
+                          "nothing to do\n")
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
-def test_misspelled_override_names_the_key(data_dir, tmp_path):
-  result = subprocess.run(cli_command("train", tmp_path, data_dir, 2, "--config.train.stpes=3"), env=cli_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "stpes" in result.stderr and "steps" in result.stderr
+def test_help_lists_the_commands_and_each_command_its_own_flags(capsys, restore_logging):
+  status, out, _ = run_main(capsys, "--help")
+  assert status == 0 and all(f"    {command} " in out for command in ("train", "eval", "convert"))
+  for command, flags in {"train": ["--config", "--workdir", "--debug", "--distributed", "--config.KEY=VALUE"],
+                         "eval": ["--config", "--workdir", "--step", "--debug"],
+                         "convert": ["CONVERTER", "data", "openclip"]}.items():
+    status, out, _ = run_main(capsys, command, "--help")
+    assert status == 0 and out.startswith(f"usage: lmstruct {command} ")
+    assert all(flag in out for flag in flags), (command, out)
+  assert "--step" not in run_main(capsys, "train", "--help")[1]
+
+
+USER_ERRORS = {
+    # argv → the one line printed on stderr
+    ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.stpes=300"):
+        "unknown config key 'train.stpes' (did you mean 'steps'?); valid keys in 'train': ['accumulation_steps', "
+        "'best_metric', 'best_mode', 'checkpoint_every', 'keep_checkpoints', 'log_every', 'nonfinite', "
+        "'profile_start_step', 'profile_steps', 'progress_bar', 'steps']",
+    ("train", f"--config={CONFIG}:variant=tinny", "--workdir=w"):
+        "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']",
+    ("train", f"--config={CONFIG}:varaint=tiny", "--workdir=w"):
+        "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['batch', 'eval_size', "
+        "'objective', 'scenes', 'steps', 'train_size', 'variant']",
+    ("train", f"--config={REPO / 'configs' / 'clip_scene.py'}", "--workdir=w"):
+        f"config file {REPO / 'configs' / 'clip_scene.py'} not found (did you mean '{CONFIG}'?)",
+    ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.steps=many"):
+        "config key 'train.steps' expects int, got 'many' (str)",
+    ("train", f"--config={CONFIG}", "--wokdir=w"):
+        "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
+        "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
+        "--config.KEY=VALUE",
+    ("trian",): "unknown command 'trian' (did you mean 'train'?); valid choices: ['convert', 'eval', 'train']",
+    ("convert", "dta"): "lmstruct convert: argument CONVERTER: unknown converter 'dta' (did you mean 'data'?); "
+                        "valid choices: ['data', 'openclip']",
+    ("eval", "--workdir=never-trained"): "--config is required: never-trained/config.json does not exist",
+    ("eval", f"--config={CONFIG}", "--workdir=never-trained"): "no checkpoint under never-trained/checkpoints",
+}
+
+
+@pytest.mark.parametrize("argv", list(USER_ERRORS), ids=lambda argv: " ".join(a.split("/")[-1] for a in argv))
+def test_a_user_error_is_one_line_and_exit_status_2(argv, capsys, restore_logging, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  status, out, err = run_main(capsys, *argv)
+  assert (status, out, err) == (2, "", f"error: {USER_ERRORS[argv]}\n")
+
+
+def test_an_empty_or_missing_dataset_is_one_line(capsys, restore_logging, tmp_path):
+  empty = tmp_path / "empty.tsv"
+  empty.write_text("filepath\tcaption\n")
+  for path, message in ((empty, "data.train ('table' source) has no examples"),
+                        (tmp_path / "missing.tsv", f"caption table not found: {tmp_path / 'missing.tsv'}")):
+    status, _, err = run_main(capsys, "train", f"--config={CONFIG}:variant=test", f"--workdir={tmp_path / 'run'}",
+                              f"--config.data.train={{'kind': 'table', 'path': '{path}'}}", "--config.evals={}")
+    assert (status, err) == (2, f"error: {message}\n")
+  assert not (tmp_path / "run").exists()  # nothing was written for a run that could not start
+
+
+def test_debug_adds_the_traceback(capsys, restore_logging):
+  status, _, err = run_main(capsys, "train", f"--config={CONFIG}:variant=tinny", "--workdir=w", "--debug")
+  assert status == 2 and err.startswith("Traceback (most recent call last):")
+  assert err.endswith("\nerror: unknown variant 'tinny' (did you mean 'tiny'?); valid choices: "
+                      "['small', 'test', 'tiny']\n")
+
+
+def test_default_verbosity_hides_library_chatter_but_not_warnings(restore_logging):
+  cli.configure_logging(debug=False)
+  quiet = logging.getLogger().handlers[0].filters[0]
+
+  def record(path, level, message):
+    return logging.LogRecord("absl", level, path, 1, message, (), None)
+
+  tfds = "/site-packages/tensorflow_datasets/core/dataset_builder.py"
+  assert not quiet.filter(record(tfds, logging.WARNING, "Using custom data configuration: %s"))
+  assert not quiet.filter(record(tfds, logging.WARNING, "OpenCV is not installed. We recommend using OpenCV"))
+  assert quiet.filter(record(tfds, logging.WARNING, "a real warning"))
+  assert not quiet.filter(record("/site-packages/orbax/checkpoint/manager.py", logging.INFO, "saving"))
+  assert quiet.filter(record(str(REPO / "lmstruct" / "train" / "metrics.py"), logging.INFO, "step 2/4"))
+  cli.configure_logging(debug=True)
+  assert not logging.getLogger().handlers[0].filters
+
+
+def test_config_values_and_overrides():
+  assert parse_value("false", True) is False and parse_value("True", False) is True
+  assert parse_value("5", 1.0) == 5.0 and isinstance(parse_value("5", 1.0), float)
+  assert parse_value("'runs/x'", "") == "runs/x" and parse_value("123", "") == "123"
+  assert parse_value("(1, 2)") == (1, 2) and parse_value("{}", {"a": 1}) == {} and parse_value("off", 3) == "off"
+  config = apply_overrides(base_config(), {"train.steps": "7", "model.image.width": "64",
+                                           "optimizer.learning_rate": "1"})
+  assert config.train.steps == 7 and config.model.image.width == 64 and config.optimizer.learning_rate == 1.0
+  with pytest.raises(ValueError, match=r"cannot override config key 'train.steps.x': 'train.steps' is not a mapping"):
+    apply_overrides(base_config(), {"train.steps.x": "1"})
+
+
+def test_a_runs_config_json_loads_back_to_the_same_config(tmp_path):
+  config = load_config(f"{CONFIG}:{TINY_ARG.format(steps=3)}", {"evals": "{}", "data.data_dir": "elsewhere"})
+  assert config.train.steps == 3 and config.evals.to_dict() == {} and config.data.data_dir == "elsewhere"
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict(), default=str))
+  assert load_config(str(tmp_path / "config.json")).to_dict() == json.loads(json.dumps(config.to_dict()))
+
+
+def test_results_table_keeps_small_values_readable():
+  assert [format_metric(v) for v in (0.0, 0.5, 1e-3, 2.5e-4, 1e-6, -3e-7, 12.0, 123456.0)] == [
+      "0.0000", "0.5000", "0.0010", "0.00025", "1e-06", "-3e-07", "12.0000", "1.235e+05"]
+  assert results_table({"linear_probe": {"acc1": 0.25, "l2": 1e-6}}).splitlines() == [
+      "| evaluator | metric | value |", "|---|---|---|", "| linear_probe | acc1 | 0.2500 |",
+      "| linear_probe | l2 | 1e-06 |"]
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run_bitwise(data_dir, tmp_path):

@@ -86,11 +86,40 @@ def test_unknown_keys_and_wrong_types_are_named():
   config.train.steps = "many"
   with pytest.raises(TypeError, match=r"config key 'train.steps' expects int, got 'many'"):
     validate_config(config)
-  with pytest.raises(ValueError, match=r"unknown config argument 'varaint'; valid arguments: \['steps', 'variant'\]"):
+  with pytest.raises(ValueError, match=r"unknown config argument 'varaint' \(did you mean 'variant'\?\); "
+                                       r"valid choices: \['steps', 'variant'\]"):
     parse_arg("varaint=small", variant="tiny", steps=3)
   config = base_config()
   config.train.nonfinite = "ignore"
   with pytest.raises(ValueError, match=r"train.nonfinite' must be one of \['stop', 'skip'\]"):
+    validate_config(config)
+
+
+def test_config_arguments_are_parsed_strictly_to_their_defaults_type():
+  parsed = parse_arg("flag=false,on=1,off=False,steps=300,lr=1,name=123,path=/a/b.tar,quoted='x'",
+                     flag=True, on=False, off=True, steps=1, lr=0.5, name="x", path="", quoted="")
+  assert parsed.flag is False and parsed.on is True and parsed.off is False
+  assert parsed.steps == 300 and parsed.lr == 1.0 and isinstance(parsed.lr, float)
+  assert parsed.name == "123" and parsed.path == "/a/b.tar" and parsed.quoted == "x"
+  with pytest.raises(ValueError, match=r"^config argument 'flag' is a bool: use one of \['true', 'True', '1', "
+                                       r"'false', 'False', '0'\], got 'yes'$"):
+    parse_arg("flag=yes", flag=True)
+  with pytest.raises(ValueError, match=r"^config argument 'steps' must be of type int like its default 1, got '1.5'$"):
+    parse_arg("steps=1.5", steps=1)
+  with pytest.raises(ValueError, match=r"^config argument 'steps' must be of type int like its default 1, got 'true'$"):
+    parse_arg("steps=true", steps=1)
+
+
+def test_an_objective_reading_independent_features_needs_the_independent_heads():
+  config = base_config()
+  config.model = {"preset": "test", "independent_heads": False}
+  with pytest.raises(ValueError, match=r"^objective.weights.separation = 1.0 needs model.independent_heads = True "
+                                       r"\(it is False\): 'separation' reads the features of the independent heads$"):
+    validate_config(config)
+  config.objective.weights.separation = 0.0
+  validate_config(config)
+  config.objective.base = "inmodl"
+  with pytest.raises(ValueError, match=r"^unknown objective.base 'inmodl' \(did you mean 'inmodal'\?\)"):
     validate_config(config)
 
 
@@ -114,7 +143,7 @@ def _state(mesh, rules, model_config=None):
   model_config = model_config or {"preset": "test"}
   model, tx = build_model(model_config), make_optimizer({"learning_rate": 1e-3, "total_steps": 10})
   shape, length = input_shapes(model_config)
-  return init_train_state(model, tx, shape, length, mesh, rules, seed=0)
+  return init_train_state(model, tx, image_shape=shape, context_length=length, mesh=mesh, rules=rules, seed=0)
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
