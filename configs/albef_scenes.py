@@ -15,6 +15,8 @@ Arguments:
   init        a pre-training workdir whose latest parameters start the task ('' : from scratch)
   seed        run seed (initialisation, data order, masking, negatives)
   batch       global batch size (0: the variant's)
+  train_size  examples of every training split (0: the variant's)
+  eval_size   examples of every test split (0: the variant's)
 
 Evaluators: pretrain → `retrieval` (ITC top-k re-ranked by ITM on the caption test split, 5 captions per image);
 vqa → `vqa/accuracy`; nlvr → `nlvr/accuracy`; ve → `ve/accuracy`. NLVR first runs ALBEF's text-assignment pre-step
@@ -60,15 +62,23 @@ def _choice(key: str, value: str, valid) -> str:
   return value
 
 
-def scenes_source(split: str, variant: dict) -> dict:
-  """Split `split` of the default scenes preset at the variant's image size and split sizes (one dataset build
-  serves every task of a variant)."""
+def split_sizes(variant: dict, train_size: int, eval_size: int) -> dict[str, int]:
+  """The examples of every split: the variant's, with every training split set to `train_size` and every test
+  split to `eval_size` when they are given (non-zero)."""
+  return {split: (train_size if split.endswith("train") else eval_size) or size
+          for split, size in variant["split_sizes"].items()}
+
+
+def scenes_source(split: str, variant: dict, sizes: dict[str, int]) -> dict:
+  """Split `split` of the default scenes preset at the variant's image size, with the split sizes `sizes` (one
+  dataset build serves every task of a variant)."""
   return {"kind": "scenes", "split": split, "preset": "default", "knobs": {"image_size": variant["image_size"]},
-          "split_sizes": variant["split_sizes"]}
+          "split_sizes": sizes}
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, variant="small", task="pretrain", reg="none", steps=0, init="", seed=0, batch=0)
+  arg = parse_arg(arg, variant="small", task="pretrain", reg="none", steps=0, init="", seed=0, batch=0, train_size=0,
+                  eval_size=0)
   variant = VARIANTS[_choice("variant", arg.variant, VARIANTS)]
   task = _choice("task", arg.task, TASKS)
   reg = _choice("reg", arg.reg, REGULARIZERS)
@@ -76,6 +86,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"reg={reg!r} regularises pre-training; task {task!r} takes it from its init workdir")
   steps = arg.steps or variant["steps"][task]
   batch = arg.batch or variant["batch"]
+  sizes = split_sizes(variant, arg.train_size, arg.eval_size)
   config = base_config()
   config.task = "albef"
   config.seed = arg.seed
@@ -85,7 +96,7 @@ def get_config(arg: str | None = None):
       "mlm_probability": 0.15,
       "answer_list": "scenes", "answer_length": variant["answer_length"], "answer_slots": 1, "answer_k": 8,
       "ta_steps": steps // 5 if task == "nlvr" else 0,
-      "ta_data": scenes_source("train", variant) if task == "nlvr" else {},
+      "ta_data": scenes_source("train", variant, sizes) if task == "nlvr" else {},
       "init": {"pretrain": arg.init},
   }
   config.objective = {"base": "none", "weights": REGULARIZERS[reg], "bridge_t": 0.25}
@@ -95,7 +106,7 @@ def get_config(arg: str | None = None):
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
   config.optimizer.grad_clip_norm = 0.0
-  config.data.train = scenes_source(TRAIN_SPLITS[task], variant)
+  config.data.train = scenes_source(TRAIN_SPLITS[task], variant, sizes)
   config.data.tokenizer = "wordpiece"
   config.data.global_batch_size = batch
   config.data.eval_batch_size = 64
@@ -103,7 +114,7 @@ def get_config(arg: str | None = None):
   config.train.steps = steps
   config.train.log_every = max(1, steps // 10)
   config.train.checkpoint_every = steps
-  test = scenes_source(TEST_SPLITS[task], variant)
+  test = scenes_source(TEST_SPLITS[task], variant, sizes)
   config.evals = ({"retrieval": {"kind": "itm_retrieval", "data": test, "captions": 5, "k": 16}}
                   if task == "pretrain" else {task: {"kind": task, "data": test}})
   return config

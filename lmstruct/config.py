@@ -134,10 +134,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
     raise TypeError(f"config key {path!r} expects {expected.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def check_objective_fits_model(objective: ObjectiveConfig, model_config: Mapping[str, Any]) -> None:
+def check_objective_fits_model(objective: ObjectiveConfig, independent_heads: bool) -> None:
   """Raises a ValueError naming both keys when an active term reads independent features that the model, with
   `model.independent_heads` off, does not produce."""
-  if not objective.needs_independent_features or build_model(model_config).independent_heads:
+  if not objective.needs_independent_features or independent_heads:
     return
   term = next(t for t in objective.terms if t.reads_independent_features)
   key, value = (("objective.base", term.name) if term.role == "base" else
@@ -164,7 +164,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
     if not objective.has_base:
       raise ValueError(f"objective.base = {NO_BASE!r} leaves task = 'clip' without a loss to train; valid bases: "
                        f"{list(names('base'))}")
-    check_objective_fits_model(objective, plain["model"])
+    check_objective_fits_model(objective, build_model(plain["model"]).independent_heads)
   elif objective.has_base:
     raise ValueError(f"objective.base = {objective.base!r} with task = {plain['task']!r}: that model family trains "
                      f"its own base loss; set objective.base = {NO_BASE!r} (objective.weights add the regularisers)")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmstruct.config import check_objective_fits_model
 from lmstruct.data import augment, pipeline, sources, streaming
 from lmstruct.data import vl_pipeline as vl
 from lmstruct.data.tokenize import get_tokenizer
@@ -61,18 +62,15 @@ class AlbefTrainer(Trainer):
     self.tokenize = get_tokenizer("wordpiece", path=tokenizer_path, context_length=self.context_length)
     self.special = albef.SpecialTokens.of(self.tokenize, resolved["text"]["vocab_size"])
     self.objective = ObjectiveConfig.from_dict(config.objective)
-    if self.objective.needs_independent_features and not resolved["independent_heads"]:
-      term = next(t.name for t in self.objective.terms if t.reads_independent_features)
-      raise ValueError(f"objective.weights.{term} needs model.independent_heads = True (it is False): {term!r} reads "
-                       "the features of the independent heads")
+    check_objective_fits_model(self.objective, resolved["independent_heads"])
     if task != "pretrain" and self.objective.regularizers:
       raise ValueError(f"objective.weights {dict(self.objective.regularizers)} regularise pre-training; albef.task is "
                        f"{task!r}")
+    if task == "pretrain":
+      albef.check_queue_size(self.options.queue_size, config.data.global_batch_size)
     self.optimizer_config = _resolved_optimizer(config)
     self.tx = make_optimizer(self.optimizer_config)
     self.train_source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
-    if task == "pretrain":
-      albef.check_queue_size(self.options.queue_size, config.data.global_batch_size)
     self.ramp_examples = self._ramp_examples()
     self.answer_tokens = None
     if task == "vqa":

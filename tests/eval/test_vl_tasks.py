@@ -76,36 +76,28 @@ class FixedAnswers:
     return logits
 
 
-def vqa_fixture(shared_data):
-  root = shared_data / "vl-fixtures"
-  return sources.build_source({"kind": "vqav2", "questions": str(root / "vqav2/questions.json"),
-                               "annotations": str(root / "vqav2/annotations.json"),
-                               "images": str(root / "images/vqav2")}, where="evals.vqa.data")
-
-
 def test_vqa_v2_rows_count_outside_answers_and_missing_images(shared_data, tmp_path):
-  source = vqa_fixture(shared_data)
-  first = vl.answer_counts(source.fields[0])              # the one question whose image is present
-  # An answer list holding the first question's most common answer, and nothing of the others.
-  top = first.most_common(1)[0][0]
-  path = tmp_path / "answers.json"
-  path.write_text(json.dumps([top, "zzz unused"]))
-  answer_list = vl.load_answer_list(str(path))
-  row = vl.VLEvalRow("vqa", tokenize, 16, answer_list)
+  root = shared_data / "vl-fixtures"
+  questions = json.loads((root / "vqav2/questions.json").read_text())
+  annotations = json.loads((root / "vqav2/annotations.json").read_text())
+  # The fixture's three questions are about one image; a fourth asks about an image that does not exist.
+  questions["questions"].append({"image_id": 999999, "question": "Is it here?", "question_id": 999999000})
+  annotations["annotations"].append({"question_id": 999999000, "answers": [{"answer": "net"}] * 10})
+  (tmp_path / "questions.json").write_text(json.dumps(questions))
+  (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+  source = sources.build_source({"kind": "vqav2", "questions": str(tmp_path / "questions.json"),
+                                 "annotations": str(tmp_path / "annotations.json"),
+                                 "images": str(root / "images/vqav2")}, where="evals.vqa.data")
+  # Humans answered 'net' 7 times of 10 to the first question; the second (pitcher, catcher) and third (orange)
+  # have no answer in the list ['net', 'zzz']: they are counted and score 0.
+  (tmp_path / "answers.json").write_text(json.dumps(["Net", "zzz"]))
+  row = vl.VLEvalRow("vqa", tokenize, 16, vl.load_answer_list(str(tmp_path / "answers.json")))
   wrapped = vl.MissingImagesCounted(source)
   evaluator = VqaEvaluator(name="vqa", model=lambda: FixedAnswers(0), batches=lambda: eval_pipeline(
       wrapped, global_batch_size=8, image_size=16, row_fn=row, template=row.template(LENGTH)))
   metrics = evaluator.run(None, None)
-  # The questions file is train2014; two of its three images are val2014 files, so they are missing.
-  assert metrics["skipped"] == 2 and metrics["questions"] == 1
-  assert metrics["accuracy"] == pytest.approx(min(first[top] / 3, 1.0))
-  assert metrics["outside_answer_list"] == 0
-  path.write_text(json.dumps(["zzz unused"]))
-  row = vl.VLEvalRow("vqa", tokenize, 16, vl.load_answer_list(str(path)))
-  evaluator = VqaEvaluator(name="vqa", model=lambda: FixedAnswers(0), batches=lambda: eval_pipeline(
-      wrapped, global_batch_size=8, image_size=16, row_fn=row, template=row.template(LENGTH)))
-  metrics = evaluator.run(None, None)
-  assert metrics["outside_answer_list"] == 1 and metrics["accuracy"] == 0.0
+  assert (metrics["questions"], metrics["skipped"], metrics["outside_answer_list"]) == (3, 1, 2)
+  assert metrics["accuracy"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
 
 
 def test_nlvr2_pairs_with_a_missing_image_are_skipped_and_counted(shared_data, tmp_path):
