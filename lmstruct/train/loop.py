@@ -277,7 +277,8 @@ class Trainer:
 
 
 #: Trainer of each `task` (a model family), as 'module:class' so that a family is imported only when used.
-TRAINERS: dict[str, str] = {"clip": "lmstruct.train.loop:Trainer", "albef": "lmstruct.train.albef_trainer:AlbefTrainer"}
+TRAINERS: dict[str, str] = {"clip": "lmstruct.train.loop:Trainer",
+                             "albef": "lmstruct.train.albef_trainer:AlbefTrainer"}
 
 
 def make_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Trainer:
