@@ -74,8 +74,10 @@ def test_sharded_update_equals_single_device(single, sharded):
   _, states_8, metrics_8 = sharded
   for key in ("loss/itc", "loss/itm", "loss/mlm", "loss/separation", "loss/bridge", "loss/geometric", "loss/total"):
     np.testing.assert_allclose([m[key] for m in metrics_8], [m[key] for m in metrics_1], rtol=2e-4, err_msg=key)
+  # Adam turns a gradient far below its ε (1e-6) into an update of roundoff noise, so parameters are compared to a
+  # tenth of one step's update size (lr = 1e-3); a missing or doubled reduction would move them by ~lr.
   for a, b in zip(jax.tree.leaves(states_8[2].params), jax.tree.leaves(states_1[2].params)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
   for a, b in zip(jax.tree.leaves(states_8[2].batch_stats), jax.tree.leaves(states_1[2].batch_stats)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
