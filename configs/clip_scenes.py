@@ -15,6 +15,7 @@ Arguments:
 """
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
 from lmstruct.losses.objective import ObjectiveConfig
 
 VARIANTS = {
@@ -62,7 +63,14 @@ def get_config(arg: str | None = None):
   config.data.train = scenes_source("train", arg)
   config.data.global_batch_size = arg.batch
   config.data.eval_batch_size = 128
-  config.data.augment = {"random_resized_crop": {"scale": (0.6, 1.0)}, "horizontal_flip": {"p": 0.5}}
+  # The augmented view must keep the caption true (`augment.caption_contradictions` checks it): scene captions name
+  # each object's shape, colour and size, their count, and left/right order. A zoom-out keeps every object whole and
+  # in place relative to the others, and brightness/contrast jitter keeps every hue; no flip (left/right), no crop
+  # (count, objects near the border), no hue or saturation change (colour names).
+  config.data.augment = augment.caption_safe_augment_config()
+  # EDA on the augmented caption without random swap, which could exchange two colours or shapes; synonym
+  # replacement, insertion and deletion add no object, colour or side the image could contradict.
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = arg.steps
   config.train.log_every = 20
   config.train.checkpoint_every = max(1, arg.steps // 2)

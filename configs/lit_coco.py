@@ -21,6 +21,7 @@ import pathlib
 
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
 from lmstruct.losses.objective import ObjectiveConfig
 from lmstruct.pretrained import assets
 
@@ -58,7 +59,12 @@ def get_config(arg: str | None = None):
   config.data.tokenizer_path = str(assets.asset_path("all-MiniLM-L6-v2", "tokenizer.json"))
   config.data.global_batch_size = arg.batch
   config.data.eval_batch_size = 64
-  config.data.augment = {"random_resized_crop": {"scale": (0.6, 1.0)}, "horizontal_flip": {"p": 0.5}}
+  # COCO captions name objects, colours, counts and sides ("a man on the left holding a red umbrella"), so the view
+  # is the caption-safe one (`augment.caption_contradictions` checks it): a zoom-out keeps every object whole and in
+  # place, brightness/contrast jitter keeps hues; no flip, no crop, no hue or saturation change.
+  config.data.augment = augment.caption_safe_augment_config()
+  # EDA without random swap, which could exchange two colours or objects ("a red car next to a blue bus").
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = arg.steps
   config.train.log_every = 10
   config.train.checkpoint_every = max(1, arg.steps // 2)

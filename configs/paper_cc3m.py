@@ -23,6 +23,7 @@ Arguments:
 """
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.data import augment
 from lmstruct.losses.objective import ObjectiveConfig
 
 REGULARIZERS = {
@@ -54,8 +55,15 @@ def get_config(arg: str | None = None):
                        {"kind": "webdataset", "shards": arg.shards, "streaming": True, "shuffle_buffer": arg.buffer})
   config.data.global_batch_size = batch
   config.data.worker_count = 8
-  # CyCLIP's augmentation: AutoAugment-style policy on images, EDA on captions.
-  config.data.augment = {"rand_augment": {"num_ops": 2, "magnitude": 9}}
+  # CyCLIP's augmented views (a RandAugment-style policy on images, EDA on captions), restricted to what cannot
+  # contradict a caption (`augment.caption_contradictions` checks it): CC3M captions name colours, sides and
+  # objects, so the image policy draws only photometric ops that keep hues (brightness, contrast, sharpness) after a
+  # zoom-out that keeps every object whole; no flip, crop, translation, rotation, shear or colour op. EDA replaces
+  # words by WordNet synonyms, inserts synonyms and deletes words, at rate 0.1: it adds no object, colour or side
+  # that the image could contradict; random swap, which could exchange two colours or objects, is off.
+  config.data.augment = {"random_zoom_out": {"scale": (0.8, 1.0)},
+                         "rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}
+  config.data.eda = {"alpha_rs": 0.0}
   config.train.steps = steps
   config.train.log_every = 100
   config.train.checkpoint_every = 2000

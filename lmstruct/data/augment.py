@@ -410,6 +410,26 @@ class ImageAugmentation:
     return normalize(self.view(image, rng, size))
 
 
+def caption_contradictions(augmentation: ImageAugmentation) -> list[str]:
+  """The stages of `augmentation` that can make a view contradict its caption (module docstring), each with the
+  reason; empty when every stage is caption-safe. A random resized crop counts when its area range goes below 1."""
+  reasons = []
+  if augmentation.random_resized_crop is not None and augmentation.random_resized_crop.scale[0] < 1.0:
+    reasons.append("random_resized_crop can cut a named object out of the frame")
+  if augmentation.horizontal_flip is not None and augmentation.horizontal_flip.p > 0:
+    reasons.append("horizontal_flip swaps 'left' and 'right'")
+  jitter = augmentation.color_jitter
+  if jitter is not None and jitter.p > 0 and (jitter.hue > 0 or jitter.saturation > 0):
+    reasons.append("color_jitter with hue or saturation changes named colours")
+  policy = augmentation.rand_augment
+  if policy is not None and policy.num_ops > 0:
+    unsafe = sorted(set(policy.ops) - set(CAPTION_SAFE_OPS))
+    if unsafe:
+      reasons.append(f"rand_augment ops {unsafe} move, cut or recolour objects (caption-safe ops: "
+                     f"{list(CAPTION_SAFE_OPS)})")
+  return reasons
+
+
 _STAGES: dict[str, type] = {
     "random_resized_crop": RandomResizedCrop,
     "random_zoom_out": RandomZoomOut,

@@ -528,8 +528,10 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
   if caption_choice not in CAPTION_CHOICES:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
   config = augment.caption_safe_augment_config() if augment_config is None else augment_config
-  transform = TrainTransform(tokenize=tokenize, image_size=image_size,
-                             augmentation=augment.augmentation_from_config(config),
+  augmentation = augment.augmentation_from_config(config)
+  for reason in augment.caption_contradictions(augmentation):
+    log.warning("the augmented view can contradict its caption: %s", reason)
+  transform = TrainTransform(tokenize=tokenize, image_size=image_size, augmentation=augmentation,
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
                              caption_choice=caption_choice)
   return transform_pipeline(source, transform, global_batch_size=global_batch_size, seed=seed, mesh=mesh,

@@ -1,11 +1,13 @@
 """Image augmentation (lmstruct.data.augment) and EDA text augmentation (lmstruct.data.eda)."""
 import collections
+import pathlib
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from lmstruct.config import load_config
 from lmstruct.data import augment, eda
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -341,3 +343,31 @@ def test_parse_wordnet_reads_data_files(tmp_path):
   assert eda.synonyms_in(wordnet, "runs") == ("run", "sprint")
   assert eda.synonyms_in(wordnet, "green") == ("verdant",)
   assert eda.synonyms_in(wordnet, "quickly") == ()
+
+
+@pytest.mark.parametrize("stages,expected", [
+    ({}, []),
+    (augment.caption_safe_augment_config(), []),
+    ({"random_resized_crop": {"scale": (1.0, 1.0)}}, []),
+    ({"random_resized_crop": {"scale": (0.6, 1.0)}}, ["random_resized_crop"]),
+    ({"horizontal_flip": {"p": 0.5}}, ["horizontal_flip"]),
+    ({"horizontal_flip": {"p": 0.0}}, []),
+    ({"color_jitter": {"hue": 0.0, "saturation": 0.2}}, ["color_jitter"]),
+    ({"color_jitter": {"hue": 0.0, "saturation": 0.0}}, []),
+    ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": ("brightness", "rotate")}}, ["rand_augment"]),
+    ({"rand_augment": {"num_ops": 2, "magnitude": 9, "ops": augment.CAPTION_SAFE_OPS}}, []),
+    ({"horizontal_flip": {"p": 1.0}, "rand_augment": {"num_ops": 1, "magnitude": 5}},
+     ["horizontal_flip", "rand_augment"]),
+])
+def test_caption_contradictions_name_each_unsafe_stage(stages, expected):
+  reasons = augment.caption_contradictions(augment.augmentation_from_config(stages))
+  assert [reason.split()[0] for reason in reasons] == expected
+
+
+@pytest.mark.parametrize("config_file", ["clip_scenes.py", "lit_coco.py", "paper_cc3m.py"])
+def test_every_config_trains_on_views_that_keep_their_captions_true(config_file):
+  """§1.2: no flip, crop, hue/saturation or geometric RandAugment op, and no EDA word swap, in any shipped config."""
+  config = load_config(str(pathlib.Path(__file__).parents[2] / "configs" / config_file))
+  augmentation = augment.augmentation_from_config(config.data.augment.to_dict())
+  assert augment.caption_contradictions(augmentation) == []
+  assert eda.eda_from_config(config.data.eda.to_dict()).alpha_rs == 0.0
