@@ -495,6 +495,16 @@ class TrainBatches(BatchIterator):
     self._examples = self._readers.open(self._positions)
 
 
+def view_augmentation(augment_config: Mapping[str, Any] | None) -> augment.ImageAugmentation:
+  """The training view's augmentation of `augment_config` (None: the caption-safe default), with a warning for each
+  stage that can make the view contradict its caption (`augment.caption_contradictions`)."""
+  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
+  augmentation = augment.augmentation_from_config(config)
+  for reason in augment.caption_contradictions(augmentation):
+    log.warning("the augmented view can contradict its caption: %s", reason)
+  return augmentation
+
+
 def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize: Tokenize, global_batch_size: int,
                    seed: int, image_size: int = 224, augment_config: Mapping[str, Any] | Any | None = None,
                    eda_config: Mapping[str, Any] | Any | None = None, mesh: Mesh | None = None,
@@ -527,10 +537,7 @@ def train_pipeline(source: DataSource | streaming.WebDatasetStream, *, tokenize:
   """
   if caption_choice not in CAPTION_CHOICES:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
-  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
-  augmentation = augment.augmentation_from_config(config)
-  for reason in augment.caption_contradictions(augmentation):
-    log.warning("the augmented view can contradict its caption: %s", reason)
+  augmentation = view_augmentation(augment_config)
   transform = TrainTransform(tokenize=tokenize, image_size=image_size, augmentation=augmentation,
                              text_augmentation=eda.eda_from_config(eda_config, synonyms),
                              caption_choice=caption_choice)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmstruct.config import check_objective_fits_model
-from lmstruct.data import augment, pipeline, sources, streaming
+from lmstruct.data import pipeline, sources, streaming
 from lmstruct.data import vl_pipeline as vl
 from lmstruct.data.tokenize import get_tokenizer
 from lmstruct.eval.registry import get_evaluator, run_evaluators
@@ -144,12 +144,11 @@ class AlbefTrainer(Trainer):
 
   def _pipeline(self, source: Any, task: str) -> pipeline.TrainBatches:
     config = self.config
-    augment_config = config.data.augment.to_dict() or augment.caption_safe_augment_config()
     if not isinstance(source, streaming.WebDatasetStream):
       source = vl.MissingImagesCounted(source)
     transform = vl.VLTransform(
         task=task, tokenize=self.tokenize, image_size=self.image_shape[0],
-        augmentation=augment.augmentation_from_config(augment_config),
+        augmentation=pipeline.view_augmentation(config.data.augment.to_dict() or None),
         answer_tokenize=getattr(self, "answer_tokenize", None), answer_slots=self.options.answer_slots,
         source=source if task == "ta" else None)
     return pipeline.transform_pipeline(
