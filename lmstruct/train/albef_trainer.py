@@ -55,6 +55,9 @@ class AlbefTrainer(Trainer):
     self.fusion_layers = resolved["fusion_layers"]
     self.model = build_albef(self.model_config, task)
     self.image_shape, self.context_length = albef_input_shapes(self.model_config)
+    if config.data.eda.to_dict():
+      raise ValueError("data.eda is the two-tower family's text augmentation; ALBEF's training rows take none "
+                       "(leave data.eda empty)")
     if config.data.tokenizer != "wordpiece":
       raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: ALBEF needs 'wordpiece' (a BERT vocabulary with "
                        "[MASK])")

@@ -371,4 +371,5 @@ def test_every_config_trains_on_views_that_keep_their_captions_true(config_file)
   config = load_config(str(pathlib.Path(__file__).parents[2] / "configs" / config_file))
   augmentation = augment.augmentation_from_config(config.data.augment.to_dict())
   assert augment.caption_contradictions(augmentation) == []
-  assert eda.eda_from_config(config.data.eda.to_dict()).alpha_rs == 0.0
+  if config.task == "clip":                               # ALBEF's rows take no text augmentation (data.eda)
+    assert eda.eda_from_config(config.data.eda.to_dict()).alpha_rs == 0.0
