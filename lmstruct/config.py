@@ -35,8 +35,8 @@ TASKS = ("clip", "albef")
 BOOLEAN_WORDS = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
 
 
-def parse_arg_value(key: str, text: str, default: Any) -> Any:
-  """The value of config argument `key` written as `text`, of the type of its default.
+def parse_arg_value(key: str, text: str, default: Any, what: str = "config argument") -> Any:
+  """The value of `key` (a `what`: config argument or config key) written as `text`, of the type of its default.
 
   bool: one of true/false/True/False/1/0. int: an integer literal. float: a number. str: the text itself (quotes
   optional). None: any Python literal, else the text. Mappings: a dict literal. Tuples and lists: either literal.
@@ -48,7 +48,7 @@ def parse_arg_value(key: str, text: str, default: Any) -> Any:
     literal = text
   if isinstance(default, bool):
     if text not in BOOLEAN_WORDS:
-      raise ValueError(f"config argument {key!r} is a bool: use one of {list(BOOLEAN_WORDS)}, got {text!r}")
+      raise ValueError(f"{what} {key!r} is a bool: use one of {list(BOOLEAN_WORDS)}, got {text!r}")
     return BOOLEAN_WORDS[text]
   if isinstance(default, str):
     return literal if isinstance(literal, str) else text
@@ -56,13 +56,13 @@ def parse_arg_value(key: str, text: str, default: Any) -> Any:
     return literal
   if isinstance(default, float) and isinstance(literal, int) and not isinstance(literal, bool):
     return float(literal)
-  if isinstance(default, Mapping) and isinstance(literal, Mapping):
+  if isinstance(default, (Mapping, ml_collections.ConfigDict)) and isinstance(literal, Mapping):
     return dict(literal)
   if isinstance(default, (list, tuple)) and isinstance(literal, (list, tuple)):
     return type(default)(literal)
   if isinstance(literal, type(default)) and not isinstance(literal, bool):
     return literal
-  raise ValueError(f"config argument {key!r} must be of type {type(default).__name__} like its default "
+  raise ValueError(f"{what} {key!r} must be of type {type(default).__name__} like its default "
                    f"{default!r}, got {text!r}")
 
 
@@ -193,7 +193,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
       node = node[name]
       if not isinstance(node, ml_collections.ConfigDict):
         raise ValueError(f"cannot override config key {path!r}: {'.'.join(parents[:i + 1])!r} is not a mapping")
-    node[key] = parse_arg_value(path, text, node.get(key))
+    node[key] = parse_arg_value(path, text, node.get(key), "config key")
   return config
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from driver_utils import REPO, TINY_ARG, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
 from lmstruct import cli
-from lmstruct.config import apply_overrides, base_config, load_config, parse_value
+from lmstruct.config import apply_overrides, base_config, load_config, parse_arg_value
 from lmstruct.train.loop import format_metric, results_table
 
 CONFIG = f"{REPO / 'configs' / 'clip_scenes.py'}"
@@ -110,7 +110,7 @@ USER_ERRORS = {
     ("train", f"--config={REPO / 'configs' / 'clip_scene.py'}", "--workdir=w"):
         f"config file {REPO / 'configs' / 'clip_scene.py'} not found (did you mean '{CONFIG}'?)",
     ("train", f"--config={CONFIG}", "--workdir=w", "--config.train.steps=many"):
-        "config key 'train.steps' expects int, got 'many' (str)",
+        "config key 'train.steps' must be of type int like its default 250, got 'many'",
     ("train", f"--config={CONFIG}", "--wokdir=w"):
         "unknown argument '--wokdir' (did you mean '--workdir'?); valid choices: ['--config', '--coordinator_address', "
         "'--debug', '--distributed', '--help', '--num_processes', '--process_id', '--workdir', '-h'] or "
@@ -166,10 +166,15 @@ def test_default_verbosity_hides_library_chatter_but_not_warnings(restore_loggin
 
 
 def test_config_values_and_overrides():
-  assert parse_value("false", True) is False and parse_value("True", False) is True
-  assert parse_value("5", 1.0) == 5.0 and isinstance(parse_value("5", 1.0), float)
-  assert parse_value("'runs/x'", "") == "runs/x" and parse_value("123", "") == "123"
-  assert parse_value("(1, 2)") == (1, 2) and parse_value("{}", {"a": 1}) == {} and parse_value("off", 3) == "off"
+  value = lambda text, default: parse_arg_value("key", text, default)
+  assert value("false", True) is False and value("True", False) is True and value("1", False) is True
+  assert value("5", 1.0) == 5.0 and isinstance(value("5", 1.0), float)
+  assert value("'runs/x'", "") == "runs/x" and value("123", "") == "123"
+  assert value("(1, 2)", None) == (1, 2) and value("{}", {"a": 1}) == {} and value("[3]", (1, 2)) == (3,)
+  with pytest.raises(ValueError, match=r"config argument 'key' must be of type int like its default 3, got 'off'"):
+    value("off", 3)
+  with pytest.raises(ValueError, match=r"config argument 'key' is a bool: use one of"):
+    value("yes", True)
   config = apply_overrides(base_config(), {"train.steps": "7", "model.image.width": "64",
                                            "optimizer.learning_rate": "1"})
   assert config.train.steps == 7 and config.model.image.width == 64 and config.optimizer.learning_rate == 1.0
