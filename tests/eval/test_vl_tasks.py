@@ -10,7 +10,8 @@ import pytest
 from lmstruct.data import sources
 from lmstruct.data import vl_pipeline as vl
 from lmstruct.data.pipeline import eval_pipeline
-from lmstruct.eval.vl_tasks import NlvrEvaluator, VqaEvaluator, rank_answers, top_k_ranks, vqa_accuracy
+from lmstruct.eval.vl_tasks import (ItmRetrievalEvaluator, NlvrEvaluator, VqaEvaluator, rank_answers, top_k_ranks,
+                                     vqa_accuracy)
 
 LENGTH = 8
 
@@ -127,3 +128,34 @@ def test_snli_ve_rows_read_hypothesis_and_label(shared_data):
   assert row["label"] == ["entailment", "neutral", "contradiction"].index(first["gold_label"])
   np.testing.assert_array_equal(row["text"], tokenize([first["sentence2"]])[0])
   assert row["image"].shape == (16, 16, 3)
+
+
+class ItmTable:
+  """Inference stand-in over 3 images and 3 captions (caption j shows image j). The ITC features rank captions 0 and
+  1 on the wrong images (caption 0 lies nearest image 1, caption 1 nearest image 0); the ITM head knows the pairs."""
+  zv = np.eye(3)
+  zt = np.eye(3)[[1, 0, 2]]
+
+  def encode_image(self, images):
+    ids = images[:, 0, 0, 0].astype(int)
+    return {"zv": self.zv[ids], "image_tokens": images[:, :1, 0, :1]}
+
+  def encode_text(self, tokens):
+    return {"zt": self.zt[tokens[:, 0]]}
+
+  def itm_scores(self, image_tokens, tokens):
+    return np.where(image_tokens[:, 0, 0].astype(int) == tokens[:, 0], 10.0, 0.0)
+
+
+@pytest.mark.parametrize("k,reranked_recall", [(3, 1.0), (1, 1 / 3)])
+def test_itm_retrieval_reranks_the_itc_top_k(k, reranked_recall):
+  batch = {"image": np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 2, 2, 1), np.float32),
+           "text": np.arange(3, dtype=np.int32)[:, None], "index": np.arange(3, dtype=np.int32),
+           "mask": np.ones(3, bool)}
+  evaluator = ItmRetrievalEvaluator(name="retrieval", batches=[batch], model=ItmTable, k=k, ks=(1,),
+                                    pair_batch_size=4)
+  metrics = evaluator.run(None, None)
+  assert metrics["itc_image_retrieval_recall@1"] == pytest.approx(1 / 3)
+  assert metrics["itc_text_retrieval_recall@1"] == pytest.approx(1 / 3)
+  assert metrics["image_retrieval_recall@1"] == pytest.approx(reranked_recall)
+  assert metrics["text_retrieval_recall@1"] == pytest.approx(reranked_recall)
