@@ -4,7 +4,7 @@
   asset) into the `bert` of the pre-training layout. BERT layer i fills ALBEF layer i, whatever the split: with
   preset albef-MiniLM, MiniLM's six layers become 3 text layers (0–2) and 3 fusion layers (3–5); with albef-base,
   BERT-base's twelve become 6 + 6, as in the paper. A fusion layer thus starts from its pre-trained self-attention
-  and MLP; its cross-attention has no counterpart and starts fresh. The MLM head comes from the checkpoint when it
+  and MLP; its cross-attention starts fresh unless the checkpoint is a BERT decoder that has one. The MLM head comes from the checkpoint when it
   has one (``BertForMaskedLM``, ``BertForPreTraining``), else it starts fresh (MiniLM is a bare ``BertModel``).
 * ``vit`` — the image tower of a converted CLIP (`lmstruct convert openclip` output, a ViT) into `visual`, its
   positional embedding resized (bicubic) when the patch grid differs.
@@ -35,10 +35,10 @@ from lmstruct.train import checkpoint
 
 #: Named BERT checkpoints (the asset cache) besides file paths.
 BERT_CHECKPOINTS = {"all-MiniLM-L6-v2": lambda: assets.require("all-MiniLM-L6-v2", "model.safetensors")}
-#: The BERT key map with the parts a BERT checkpoint cannot hold: cross-attention (fresh), the MLM head (optional),
-#: and BertForPreTraining's next-sentence head (ignored).
+#: The BERT key map with the parts a plain BERT checkpoint does not hold, taken when it has them: the fusion layers'
+#: cross-attention (a BERT decoder has it) and the MLM head; BertForPreTraining's next-sentence head is ignored.
 ALBEF_BERT_KEYMAP = dataclasses.replace(
-    bert.KEYMAP, fresh=(r"params/encoder/layer_\d+/crossattention/.*",), optional=(r"params/mlm/.*",),
+    bert.KEYMAP, optional=(r"params/encoder/layer_\d+/crossattention/.*", r"params/mlm/.*"),
     ignored=(*bert.KEYMAP.ignored, r"cls\.seq_relationship\..*"))
 
 

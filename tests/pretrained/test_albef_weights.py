@@ -1,10 +1,18 @@
-"""ALBEF's initial weights moved from the pre-training layout to each task's (hand-built parameter trees), and the
-positional-embedding resize."""
+"""ALBEF's initial weights: a BERT decoder checkpoint into the answer decoder (against Hugging Face's logits), the
+pre-training layout moved to each task's (hand-built parameter trees), and the positional-embedding resize."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmstruct.pretrained.albef import resize_positional_embedding, task_layout
+from lmstruct.models.albef import AlbefBert
+from lmstruct.pretrained.albef import bert_params, resize_positional_embedding, task_layout
 from lmstruct.pretrained.torch_reader import CheckpointError
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 def pretraining_params():
@@ -47,3 +55,21 @@ def test_positional_embedding_resize_keeps_the_class_row_and_a_constant_grid():
   np.testing.assert_allclose(resized[1:], 2.0, rtol=1e-5)
   with pytest.raises(CheckpointError, match="square patch grid"):
     resize_positional_embedding(embedding, 1 + 5)
+
+
+def test_the_answer_decoder_from_a_bert_decoder_checkpoint_matches_hugging_face():
+  # The fixture is a random Hugging Face BertLMHeadModel (is_decoder, cross-attention, 2 layers, 4 heads, width 32);
+  # its logits on these inputs were computed by Hugging Face (scripts/make_pretrained_golden.py). ALBEF's answer
+  # decoder is that architecture: causal self-attention, cross-attention to the fused question, the tied LM head.
+  golden = dict(np.load(FIXTURES / "pretrained_golden.npz"))
+  config = json.loads((FIXTURES / "pretrained_golden.json").read_text())["bert_config"]
+  decoder = AlbefBert(width=config["hidden_size"], text_layers=0, fusion_layers=config["num_hidden_layers"],
+                      heads=config["num_attention_heads"], mlp_dim=config["intermediate_size"],
+                      vocab_size=config["vocab_size"], max_positions=config["max_position_embeddings"], causal=True)
+  tokens = jnp.asarray(golden["bert/tokens"], jnp.int32)
+  contexts = ((jnp.asarray(golden["bert/encoder_states"]), jnp.asarray(golden["bert/encoder_mask"])[:, None, None]),)
+  expected = jax.eval_shape(decoder.init, jax.random.key(0), tokens, contexts)["params"]
+  params = bert_params(str(FIXTURES / "bert_random_lmhead.safetensors"), expected)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape, expected)
+  logits = decoder.apply({"params": params}, tokens, contexts)
+  np.testing.assert_allclose(logits, golden["bert/logits"], atol=1e-5)
