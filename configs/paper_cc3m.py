@@ -18,7 +18,8 @@ Arguments:
   devices    number of data-parallel devices (the global batch is 128 × devices)
   examples   training examples per epoch (CC3M as downloaded: about 2.9M)
   epochs     epochs (64 in CyCLIP)
-  imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5
+  imagenet   optional ImageFolder of ImageNet validation images for zero-shot top-1/3/5 (its WordNet-id folders
+             get CLIP's class names); configs/paper_eval.py runs the paper's whole evaluation suite
   variant    'paper' (RN50, 224 px) or 'test' (a tiny ResNet, for tests)
 """
 from lmstruct.choices import unknown_choice
@@ -31,11 +32,16 @@ REGULARIZERS = {
     "all": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}, "cyclip": {"cyclip": 1.0},
 }
 MODELS = {"paper": {"preset": "RN50"}, "test": {"preset": "test-rn"}}
+ARGS = dict(shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64, imagenet="",
+            variant="paper")
 
 
 def get_config(arg: str | None = None):
-  arg = parse_arg(arg, shards="", records=0, buffer=1000, reg="gc", devices=8, examples=2_900_000, epochs=64,
-                  imagenet="", variant="paper")
+  return config_from_args(parse_arg(arg, **ARGS))
+
+
+def config_from_args(arg):
+  """The config of parsed arguments `arg` (ARGS's keys; configs/paper_eval.py adds its own)."""
   if arg.reg not in REGULARIZERS:
     raise unknown_choice("reg", arg.reg, REGULARIZERS)
   if arg.variant not in MODELS:
@@ -68,7 +74,7 @@ def get_config(arg: str | None = None):
   config.train.log_every = 100
   config.train.checkpoint_every = 2000
   config.train.keep_checkpoints = 3
-  if arg.imagenet:
+  if arg.get("imagenet"):  # configs/paper_eval.py has no `imagenet`: its suite has ImageNet
     imagenet = {"kind": "imagefolder", "root": arg.imagenet}
     config.evals = {"zeroshot_imagenet": {"kind": "zeroshot", "data": imagenet, "templates": "paper",
                                           "every_steps": 10_000}}

@@ -480,6 +480,12 @@ def augmentation_from_config(config: Mapping[str, Any] | Any | None) -> ImageAug
   return ImageAugmentation(**{name: _build_stage(name, settings) for name, settings in config.items()})
 
 
+def training_augmentation(section: Mapping[str, Any] | Any | None) -> ImageAugmentation:
+  """The augmentation a run's ``data.augment`` section gives its training views: the configured stages, or
+  :func:`caption_safe_augment_config` when the section is empty or ``None`` (as the training driver reads it)."""
+  return augmentation_from_config(_plain(section) or caption_safe_augment_config())
+
+
 def caption_safe_augment_config(zoom_out: tuple[float, float] = (0.8, 1.0), brightness: float = 0.3,
                                 contrast: float = 0.3) -> dict[str, Any]:
   """The default training view, which cannot contradict a caption (module docstring): a random zoom-out by a factor

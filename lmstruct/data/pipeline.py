@@ -26,10 +26,13 @@ The training iterator's state is every reader's position (:meth:`TrainBatches.ge
 :meth:`TrainBatches.global_state` gathers all processes'); restoring it onto another number of processes or
 workers remaps the positions so that nothing is repeated or skipped within the epoch.
 
-Evaluation (:func:`eval_pipeline`) keeps the source order, never shuffles or augments, gives process ``k`` the
-``k``-th contiguous block and pads every process to the same number of full batches; the ``mask`` key is False on
-padding rows (and on examples whose image is corrupt, which are counted), ``index`` holds each row's source index
-(-1 on padding), so every example is evaluated exactly once.
+Evaluation (:func:`eval_pipeline`) keeps the source order, never shuffles, gives process ``k`` the ``k``-th
+contiguous block and pads every process to the same number of full batches; the ``mask`` key is False on padding rows
+(and on examples whose image is corrupt, which are counted), ``index`` holds each row's source index (-1 on
+padding), so every example is evaluated exactly once. Captions are tokenized only when a ``tokenize`` function is
+given (classification data may have none). Given an augmentation, each row also carries ``image_aug``, a
+deterministic augmented view: the training augmentation applied with a generator seeded by ``(augment_seed, source
+index)``, so every pass and every process sees the same view of an example.
 
 Both iterators are checkpointable: ``get_state()`` returns a dict and ``set_state(state)`` on a freshly built
 pipeline with the same arguments continues at exactly the next example.
@@ -169,13 +172,19 @@ class EvalTransform:
   template: Mapping[str, Any]
   tokenize: Tokenize | None = None
   caption_index: int = 0
+  augmentation: augment.ImageAugmentation | None = None
+  augment_seed: int = 0
   row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
-  def _row(self, example: Mapping[str, Any]) -> dict[str, Any]:
-    """Preprocesses one valid example (labels copied as int32), or `row_fn(example)` when given."""
+  def _row(self, index: int, example: Mapping[str, Any]) -> dict[str, Any]:
+    """Preprocesses one valid example (labels copied as int32; ``image_aug`` seeded by ``(augment_seed, index)``),
+    or returns `row_fn(example)` when given."""
     if self.row_fn is not None:
       return self.row_fn(example)
-    row: dict[str, Any] = {"image": augment.clip_preprocess(decode_image(example), self.image_size)}
+    image = decode_image(example)
+    row: dict[str, Any] = {"image": augment.clip_preprocess(image, self.image_size)}
+    if self.augmentation is not None:
+      row["image_aug"] = self.augmentation(image, np.random.default_rng((self.augment_seed, index)), self.image_size)
     if self.tokenize is not None:
       captions = example.get("captions") or []
       if len(captions) <= self.caption_index:
@@ -195,7 +204,7 @@ class EvalTransform:
     row = None
     if index < self.stop:
       try:
-        row = self._row(self.source[index])
+        row = self._row(index, self.source[index])
       except CorruptImageError as error:
         log.warning("corrupt image excluded from evaluation: %s", error)
         corrupt = True
@@ -205,9 +214,12 @@ class EvalTransform:
             CORRUPT: np.bool_(corrupt)}
 
 
-def eval_template(example: Mapping[str, Any], image_size: int, tokenize: Tokenize | None) -> dict[str, Any]:
+def eval_template(example: Mapping[str, Any], image_size: int, tokenize: Tokenize | None,
+                  augmented: bool = False) -> dict[str, Any]:
   """Zero-valued row with the structure every evaluation row of this source has (built without decoding)."""
   template: dict[str, Any] = {"image": np.zeros((image_size, image_size, 3), np.float32)}
+  if augmented:
+    template["image_aug"] = np.zeros((image_size, image_size, 3), np.float32)
   if tokenize is not None:
     template["text"] = np.zeros_like(_tokens(tokenize, [""])[0])
   if "label" in example:
@@ -567,18 +579,21 @@ def transform_pipeline(source: DataSource | streaming.WebDatasetStream,
 
 
 def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int = 224,
-                  tokenize: Tokenize | None = None, caption_index: int = 0, mesh: Mesh | None = None,
-                  data_axes: Sequence[str] = ("data",), worker_count: int = 0, read_threads: int = 2,
-                  shard_index: int | None = None, shard_count: int | None = None,
+                  tokenize: Tokenize | None = None, caption_index: int = 0,
+                  augmentation: augment.ImageAugmentation | None = None, augment_seed: int = 0,
+                  mesh: Mesh | None = None, data_axes: Sequence[str] = ("data",), worker_count: int = 0,
+                  read_threads: int = 2, shard_index: int | None = None, shard_count: int | None = None,
                   row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
                   template: Mapping[str, Any] | None = None) -> BatchIterator:
   """Iterator of evaluation batches covering every example exactly once, in source order.
 
   Each batch has ``image`` (float32 [B, S, S, 3], CLIP preprocessing), ``text`` (int32 [B, L], caption
-  ``caption_index``, only when ``tokenize`` is given), ``label``/``labels`` when the examples carry them,
-  ``index`` (int32 source index, -1 on padding) and ``mask`` (bool, False on padding and corrupt images).
-  With ``row_fn`` (stored example → row dict; it may raise :class:`CorruptImageError`) the rows are its output
-  instead, padded with ``template`` (a zero row of the same structure). Arguments are as for
+  ``caption_index``, only when ``tokenize`` is given), ``image_aug`` (float32 [B, S, S, 3], only when
+  ``augmentation`` is given: that augmentation of the example, drawn with ``np.random.default_rng((augment_seed,
+  source index))``), ``label``/``labels`` when the examples carry them, ``index`` (int32 source index, -1 on
+  padding) and ``mask`` (bool, False on padding and corrupt images). With ``row_fn`` (stored example → row dict;
+  it may raise :class:`CorruptImageError`) the rows are its output instead, padded with ``template`` (a zero row
+  of the same structure). Other arguments are as for
   :func:`train_pipeline`.
   """
   if len(source) == 0:
@@ -592,9 +607,10 @@ def eval_pipeline(source: DataSource, *, global_batch_size: int, image_size: int
   if (row_fn is None) != (template is None):
     raise ValueError("eval_pipeline takes row_fn and template together")
   transform = EvalTransform(source=source, start=start, stop=stop, image_size=image_size,
-                            template=template if template is not None else eval_template(source[0], image_size,
-                                                                                          tokenize),
-                            tokenize=tokenize, caption_index=caption_index, row_fn=row_fn)
+                            template=template if template is not None else
+                            eval_template(source[0], image_size, tokenize, augmentation is not None),
+                            tokenize=tokenize, caption_index=caption_index, augmentation=augmentation,
+                            augment_seed=augment_seed, row_fn=row_fn)
   dataset = grain.MapDataset.range(padded).map(transform)
   return BatchIterator(_iterate(dataset, read_threads, worker_count, batch_size), batch_size,
                        skip_corrupt=False, sharding=sharding)

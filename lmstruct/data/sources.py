@@ -27,7 +27,7 @@ from typing import Any
 
 from lmstruct import paths
 from lmstruct.choices import did_you_mean
-from lmstruct.data import formats, records, scenes, scenes_builder, streaming
+from lmstruct.data import classnames, formats, records, scenes, scenes_builder, streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +199,9 @@ def build_source(cfg: Mapping[str, Any], data_dir: str = "data", where: str = "d
 
 
 def class_names(source: Any, label: str | None = None) -> Sequence[str]:
-  """Names of the classes of `label` (scenes: 'shape', 'colour', …) or of the source's `label` column."""
+  """Names of the classes of `label` (scenes: 'shape', 'colour', …) or of the source's `label` column (ImageFolder
+  folders, the tfds label feature), with ImageNet WordNet ids and indices replaced by their human names
+  (`classnames.human_class_names`: 'n01440764' → 'tench')."""
   if isinstance(source, scenes_builder.ScenesSource):
     if label not in scenes.SCENE_LABELS:
       raise ValueError(f"unknown scenes label {label!r}; valid labels: {sorted(scenes.SCENE_LABELS)}")
@@ -207,8 +209,13 @@ def class_names(source: Any, label: str | None = None) -> Sequence[str]:
   classes = getattr(source, "metadata", {}).get("classes")
   if not classes:
     raise ValueError("this source carries no class names (metadata['classes']); use an ImageFolder, scenes or a "
-                     "labelled tfds dataset for classification")
-  return list(classes)
+                     "labelled tfds dataset for classification, or give the evaluator class_names")
+  return classnames.human_class_names(classes)
+
+
+def default_templates(source: Any, label: str | None) -> str | None:
+  """The prompt-template set written for `label` of this source ('scenes_<label>' for scenes), else None."""
+  return f"scenes_{label}" if isinstance(source, scenes_builder.ScenesSource) and label is not None else None
 
 
 def label_key(source: Any, label: str | None) -> str:

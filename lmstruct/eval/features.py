@@ -8,12 +8,18 @@ returning a fresh one (so an evaluator can run more than once over a single-pass
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
+
+from lmstruct import paths
 
 Batch = Mapping[str, Any]
 BatchSource = Union[Iterable[Batch], Callable[[], Iterable[Batch]]]
@@ -25,6 +31,12 @@ def to_numpy(x: Any) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
+
+
+def source_cache_key(source: BatchSource) -> str | None:
+  """The ``cache_key`` attribute of a batch source (a string naming its data and preprocessing), or None."""
+  key = getattr(source, "cache_key", None)
+  return key if isinstance(key, str) else None
 
 
 def iterate(source: BatchSource) -> Iterable[Batch]:
@@ -67,8 +79,8 @@ def nonfinite_fraction(*embeddings: np.ndarray) -> float:
 def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndarray]:
   """Runs ``encode(inputs)`` and returns ``{key: ..., key + '_ind': ...}`` as float32 host arrays.
 
-  ``key`` is ``'zv'`` or ``'zt'``. A bare array output is taken as ``key``; from a dict output ``key`` is required and
-  ``key + '_ind'`` is kept when present.
+  ``key`` is ``'zv'``, ``'zt'`` or ``'hv'`` (the pooled image backbone). A bare array output is taken as ``key``; from
+  a dict output ``key`` is required and ``key + '_ind'`` is kept when present.
   """
   out = encode(inputs)
   if isinstance(out, Mapping):
@@ -94,3 +106,58 @@ def gather(source: BatchSource, fn: Callable[[Batch], Mapping[str, np.ndarray]],
   if not parts:
     raise ValueError("the batch source yielded no batches")
   return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCache:
+  """Arrays computed once per model state and kept on disk: ``<root>/step_<step>/<key>.npz``.
+
+  Features of one dataset under one checkpoint never change, so evaluators that encode large datasets (linear probe
+  training sets) look them up here before encoding. Keys name the data and the feature kind; the step names the
+  model state. Only the newest step is kept: writing under a step removes the folders of every other step, so the
+  cache never holds more than one model's features. Process 0 decides hits (every process then loads the shared
+  file, so the workdir must be on a filesystem all processes see, as for checkpoints) and writes files atomically.
+  ``root`` may be an object-store URL (:mod:`lmstruct.paths`).
+  """
+
+  root: str | os.PathLike
+  step: int
+
+  @property
+  def directory(self) -> epath.Path:
+    """``<root>/step_<step>``."""
+    return paths.as_path(self.root) / f"step_{int(self.step)}"
+
+  def get(self, key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays stored under ``key``, or ``compute()`` stored there first."""
+    path = self.directory / f"{key}.npz"
+    if bool(multihost_utils.broadcast_one_to_all(np.bool_(path.is_file()))):
+      with path.open("rb") as f, np.load(f) as stored:
+        return {name: stored[name] for name in stored.files}
+    arrays = {name: np.asarray(value) for name, value in compute().items()}
+    if jax.process_index() == 0:
+      self._write(path, arrays)
+    return arrays
+
+  def _write(self, path: epath.Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes ``arrays`` to ``path`` through a temporary file and drops the folders of other steps."""
+    for stale in paths.as_path(self.root).glob("step_*"):
+      if stale != self.directory and stale.is_dir():
+        stale.rmtree(missing_ok=True)
+    self.directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz")
+    try:
+      with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+      tmp.replace(path)
+    except BaseException:
+      tmp.unlink(missing_ok=True)
+      raise
+
+
+def cached(cache: FeatureCache | None, key: str | None,
+           compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """``cache.get(key, compute)``, or ``compute()`` when there is no cache or no key."""
+  if cache is None or key is None:
+    return dict(compute())
+  return cache.get(key, compute)

@@ -28,12 +28,17 @@ def eval_dir(workdir: str | os.PathLike, name: str) -> epath.Path:
   return paths.as_path(workdir) / "eval" / name
 
 
+def feature_cache_dir(workdir: str | os.PathLike) -> epath.Path:
+  """``<workdir>/feature_cache``: encoded features kept between evaluators (``features.FeatureCache``)."""
+  return paths.as_path(workdir) / "feature_cache"
+
+
 def metrics_path(workdir: str | os.PathLike, name: str, step: int) -> epath.Path:
   """``<workdir>/eval/<name>/step_<step>.json``."""
   return eval_dir(workdir, name) / f"step_{int(step)}.json"
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
   """``float(value)``, or ``None`` when it is NaN or infinite."""
   value = float(value)
   return value if math.isfinite(value) else None
@@ -46,7 +51,7 @@ def _json_safe(value: Any) -> Any:
   if isinstance(value, (list, tuple)):
     return [_json_safe(v) for v in value]
   if isinstance(value, float):
-    return _finite_or_none(value)
+    return finite_or_none(value)
   return value
 
 
@@ -56,7 +61,7 @@ def write_metrics(workdir: str | os.PathLike, name: str, step: int, metrics: Map
   path = metrics_path(workdir, name, step)
   path.parent.mkdir(parents=True, exist_ok=True)
   record = {"evaluator": name, "step": int(step),
-            "metrics": {str(k): _finite_or_none(v) for k, v in metrics.items()},
+            "metrics": {str(k): finite_or_none(v) for k, v in metrics.items()},
             "extra": _json_safe(dict(extra or {}))}
   tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
   try:

@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lmstruct.choices import unknown_choice
 from lmstruct.eval.evaluators import (Evaluator, FewShotEvaluator, LinearProbeEvaluator, RetrievalEvaluator,
                                       StructureEvaluator, ZeroShotEvaluator)
 from lmstruct.eval.features import EncodeFn
@@ -29,7 +30,7 @@ def get_evaluator(name: str, config: Mapping[str, Any] | None = None, /, **overr
   field (listing the valid / missing fields).
   """
   if name not in EVALUATORS:
-    raise ValueError(f"unknown evaluator {name!r}; valid names: {', '.join(available_evaluators())}")
+    raise unknown_choice("evaluator", name, EVALUATORS)
   cls = EVALUATORS[name]
   values = {**(dict(config.items()) if config is not None else {}), **overrides}
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}

@@ -13,7 +13,9 @@
 
 Each evaluator reads its model through ``model``, a zero-argument callable that returns the model's inference
 functions bound to the current parameters (``lmstruct.train.albef.AlbefFunctions``); the encode functions
-``run`` receives are not used. The evaluator names carry the task, so results read ``vqa/accuracy``.
+``run`` receives are not used, nor is the feature cache (``inputs`` is None: the ALBEF trainer, not the generic
+builder of ``train.evaluation``, feeds them). The evaluator names carry the task, so results read
+``vqa/accuracy``.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmstruct.eval.evaluators import Evaluator, Result
-from lmstruct.eval.features import BatchSource, EncodeFn, iterate, row_mask, to_numpy
+from lmstruct.eval.evaluators import DataInputs, Evaluator, Result
+from lmstruct.eval.features import BatchSource, EncodeFn, FeatureCache, iterate, row_mask, to_numpy
 from lmstruct.eval.ranking import Ties, ranks_from_scores
 from lmstruct.eval.retrieval import recall_metrics, retrieval_ranks
 
@@ -90,6 +92,7 @@ class ItmRetrievalEvaluator(Evaluator):
   ``pair_batch_size`` (image, text) pairs go through the fusion layers at once."""
 
   kind: ClassVar[str] = "itm_retrieval"
+  inputs: ClassVar[DataInputs | None] = None   # fed by the fusion-model trainer, not by train.evaluation
   batches: BatchSource
   model: Callable[[], Any]
   k: int = 16
@@ -141,7 +144,7 @@ class ItmRetrievalEvaluator(Evaluator):
       out.append(functions.itm_scores(data["image_tokens"][img], data["tokens"][txt])[:size - pad])
     return np.concatenate(out)
 
-  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn) -> Result:
+  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     """Encodes every image and caption, re-ranks each query's top k by ITM, and ranks both directions."""
     functions = self.model()
     data = self._collect(functions)
@@ -167,10 +170,11 @@ class VqaEvaluator(Evaluator):
   answer_scores [A] and outside (see lmstruct.data.vl_pipeline)."""
 
   kind: ClassVar[str] = "vqa"
+  inputs: ClassVar[DataInputs | None] = None   # fed by the fusion-model trainer, not by train.evaluation
   batches: BatchSource
   model: Callable[[], Any]
 
-  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn) -> Result:
+  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     functions = self.model()
     predicted, scores, outside, skipped = [], [], 0, 0
     for batch in iterate(self.batches):
@@ -196,11 +200,12 @@ class ClassificationEvaluator(Evaluator):
   """Accuracy of a fused-[CLS] classifier on batches with image (and image2 for NLVR²), text and label."""
 
   kind: ClassVar[str] = "classification"
+  inputs: ClassVar[DataInputs | None] = None   # fed by the fusion-model trainer, not by train.evaluation
   batches: BatchSource
   model: Callable[[], Any]
   image_keys: Sequence[str] = ("image",)
 
-  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn) -> Result:
+  def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     functions = self.model()
     correct, skipped, count = 0, 0, 0
     confusion: dict[str, int] = {}

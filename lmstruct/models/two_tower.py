@@ -47,9 +47,11 @@ class TwoTower(nn.Module):
     self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
   def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    """{'zv': [N, D]} and, with independent heads, {'zv_ind': [N, D]}; float32, unit norm."""
+    """{'zv': [N, D]} and, with independent heads, {'zv_ind': [N, D]} (float32, unit norm), plus the pooled
+    image-tower output before any projection, {'hv': [N, W]} (float32, not normalised): the "learned visual
+    encoder" features that linear probes read."""
     pooled = self.image_tower(images, train=train)
-    out = {"zv": l2_normalize(self.image_projection(pooled).astype(jnp.float32))}
+    out = {"zv": l2_normalize(self.image_projection(pooled).astype(jnp.float32)), "hv": pooled.astype(jnp.float32)}
     if self.independent_heads:
       out["zv_ind"] = l2_normalize(self.image_projection_ind(pooled).astype(jnp.float32))
     return out

@@ -231,7 +231,8 @@ class AlbefTrainer(Trainer):
     if unimodal:
       built += build_evaluators(unimodal, data_dir=self.config.data.data_dir,
                                 batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
-                                tokenize=self.tokenize, mesh=self.mesh)
+                                tokenize=self.tokenize, mesh=self.mesh,
+                                augment_config=self.config.data.augment.to_dict(), seed=self.config.seed)
     return built
 
   def encoders(self):

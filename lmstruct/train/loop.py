@@ -32,8 +32,10 @@ from lmstruct.train.metrics import IntervalAverages, MetricWriter, Progress
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
 from lmstruct.train.sharding import make_mesh, sharding_rules
 from lmstruct.train.step import init_train_state, make_train_step
+from lmstruct.eval import tables
 from lmstruct.eval.evaluators import Evaluator
 from lmstruct.eval.registry import run_evaluators
+
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or gradient with `train.nonfinite = 'stop'`."""
@@ -102,9 +104,10 @@ def finished_step(workdir: str | pathlib.Path, steps: int) -> int | None:
 
 
 def write_results(workdir: epath.Path, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
-  """`results.md` (the table) and then, by a rename, `results.json` ({"step", "results"}): the run's final
-  record."""
+  """`results.md` (the table), the evaluation suite's tables when the results hold any (`paper_tables.md`,
+  lmstruct.eval.tables) and then, by a rename, `results.json` ({"step", "results"}): the run's final record."""
   (workdir / "results.md").write_text(results_table(results) + "\n")
+  tables.write_run_tables(workdir, results)
   temporary = workdir / f"results.json.{jax.process_index()}.tmp"
   temporary.write_text(json.dumps({"step": step, "results": results}, indent=2))
   temporary.replace(workdir / "results.json")
@@ -263,7 +266,8 @@ class Trainer:
   def evaluators(self) -> list:
     return build_evaluators(self.config.evals.to_dict(), data_dir=self.config.data.data_dir,
                             batch_size=self.config.data.eval_batch_size, image_size=self.image_shape[0],
-                            tokenize=self.tokenize, mesh=self.mesh)
+                            tokenize=self.tokenize, mesh=self.mesh, augment_config=self.config.data.augment.to_dict(),
+                            seed=self.config.seed)
 
   def encoders(self):
     variables = {"params": self.state.params}
@@ -346,5 +350,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
   results = trainer.evaluate(trainer.evaluators(), step)
+  if jax.process_index() == 0:
+    tables.write_run_tables(trainer.workdir, results)
   trainer.manager.close()
   return results

@@ -201,6 +201,23 @@ def test_eval_shards_pad_to_equal_batches_and_cover_everything_once():
   assert "text" not in shards[0][0]
 
 
+def test_eval_reads_caption_less_examples_and_adds_a_seeded_augmented_view():
+  source = [{k: v for k, v in example.items() if k != "captions"} for example in make_source(6)]
+  augmentation = augment.augmentation_from_config({"random_resized_crop": {"scale": (0.3, 0.6)},
+                                                   "horizontal_flip": {"p": 0.5}})
+  batches = list(pipeline.eval_pipeline(source, global_batch_size=4, image_size=SIZE, augmentation=augmentation,
+                                        augment_seed=9, shard_index=1, shard_count=2))
+  assert "text" not in batches[0]
+  for row, index in enumerate(batches[0]["index"][:3]):
+    image = pipeline.decode_image(source[index])
+    expected = augmentation(image, np.random.default_rng((9, int(index))), SIZE)
+    np.testing.assert_array_equal(batches[0]["image_aug"][row], expected)
+  again = list(pipeline.eval_pipeline(source, global_batch_size=4, image_size=SIZE, augmentation=augmentation,
+                                      augment_seed=9, shard_index=1, shard_count=2))
+  np.testing.assert_array_equal(again[0]["image_aug"], batches[0]["image_aug"])
+  assert not np.any(batches[0]["image_aug"][~batches[0]["mask"]])
+
+
 def test_eval_counts_corrupt_images_and_masks_them():
   source = make_source(10, corrupt=(2, 7))
   iterator = pipeline.eval_pipeline(source, global_batch_size=5, image_size=SIZE)

@@ -1,4 +1,4 @@
-"""Registry, step scheduling, JSON records, PNG figures and the structure evaluator end to end."""
+"""Registry, step scheduling, JSON records, PNG figures, the feature cache and the structure evaluator end to end."""
 import json
 import math
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lmstruct.eval import available_evaluators, get_evaluator, run_evaluators
+from lmstruct.eval.features import FeatureCache
 from lmstruct.eval.io import metrics_path, read_metrics, write_metrics
 from lmstruct.eval.plots import pca_2d, plot_gap_shift_curve, plot_modality_pca
 from lmstruct.eval.structure import mean_paired_distance, modality_gap, shift_embeddings, structure_metrics
@@ -149,6 +150,50 @@ def test_structure_evaluator_end_to_end(tmp_path):
   assert sorted(p.name for p in (tmp_path / "eval" / "structure_mpd").iterdir()) == ["step_3.json"]
 
 
+def test_feature_cache_computes_once_per_step_and_keeps_only_the_newest_step(tmp_path):
+  calls = []
+
+  def compute():
+    calls.append(1)
+    return {"x": np.arange(3.0), "y": np.ones((2, 2), np.int32)}
+
+  first = FeatureCache(tmp_path, 5).get("data-hv", compute)
+  again = FeatureCache(tmp_path, 5).get("data-hv", compute)
+  assert len(calls) == 1 and again.keys() == first.keys()
+  np.testing.assert_array_equal(again["y"], np.ones((2, 2), np.int32))
+  FeatureCache(tmp_path, 6).get("data-hv", compute)
+  assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["step_6"]
+  assert sorted(p.name for p in (tmp_path / "step_6").iterdir()) == ["data-hv.npz"]  # no temporary file left
+
+
+class KeyedBatches:
+  """A batch source with a cache key, counting its passes."""
+
+  cache_key = "toy"
+
+  def __init__(self, batches):
+    self.batches, self.passes = batches, 0
+
+  def __call__(self):
+    self.passes += 1
+    return iter(self.batches)
+
+
+def test_probe_features_are_read_from_the_cache_at_the_same_step(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(2), 16)
+  features = np.eye(2)[labels] + 0.1 * rng.normal(size=(32, 2))
+  source = KeyedBatches([{"image": np.arange(32, dtype=np.float32)[:, None], "label": labels}])
+  probe = get_evaluator("linear_probe", {"train_batches": source, "test_batches": source, "cache_features": True,
+                                         "features": "projected"})
+  encode = lambda rows: {"zv": features[np.asarray(rows)[:, 0].astype(int)]}
+  first = probe.run(encode, None, step=7, workdir=tmp_path)
+  assert source.passes == 1  # train and test are the same data: encoded once
+  assert probe.run(encode, None, step=7, workdir=tmp_path) == first and source.passes == 1
+  probe.run(encode, None, step=8, workdir=tmp_path)
+  assert source.passes == 2
+
+
 def _nan_model_batches(n=24, size=8):
   """Batches whose image pixel (0, 0, 0) and token 0 carry the row index; labels cycle over 3 classes."""
   batches = []
@@ -175,8 +220,9 @@ def test_an_all_nan_model_scores_nothing_in_any_evaluator(tmp_path):
                    "tokenize": lambda texts: np.zeros((len(texts), 1), np.int32)},
       "retrieval": {"batches": batches, "ks": (1, 5)},
       "linear_probe": {"train_batches": batches, "test_batches": batches, "coarse_exponents": (0.0,),
-                       "refine_steps": ()},
-      "few_shot": {"train_batches": batches, "test_batches": batches, "shots": (2,), "seeds": (0,)},
+                       "refine_steps": (), "features": "projected"},
+      "few_shot": {"train_batches": batches, "test_batches": batches, "shots": (2,), "seeds": (0,),
+                   "features": "projected"},
       "structure": {"batches": batches, "shift_lambdas": (0.0, 1.0)},
   }
   results = run_evaluators([get_evaluator(kind, cfg) for kind, cfg in configs.items()], encode_image, encode_text,

@@ -1,8 +1,9 @@
 """Template sets and prompt normalisation."""
 import pytest
 
-from lmstruct.eval.templates import (CLIP_IMAGENET_TEMPLATES, SCENES_TEMPLATES, TEMPLATE_SETS, build_prompts,
-                                     get_templates, normalize_text)
+from lmstruct.eval import suite
+from lmstruct.eval.templates import (CLIP_DATASET_TEMPLATES, CLIP_IMAGENET_TEMPLATES, SCENES_TEMPLATES, TEMPLATE_SETS,
+                                     build_prompts, get_templates, normalize_text)
 
 
 def test_clip_imagenet_set_has_80_distinct_single_placeholder_templates():
@@ -21,7 +22,7 @@ def test_named_sets():
 
 
 def test_unknown_set_and_bad_templates_are_rejected():
-  with pytest.raises(KeyError, match="clip_imagenet"):
+  with pytest.raises(ValueError, match=r"unknown template set 'imagenet' \(did you mean 'clip_imagenet'\?\)"):
     get_templates("imagenet")
   with pytest.raises(ValueError):
     get_templates(["no placeholder"])
@@ -45,3 +46,19 @@ def test_build_prompts_grid():
   assert prompts == [["a photo of the red cube.", "a red cube object."],
                      ["a photo of the sphere.", "a sphere object."]]
   assert build_prompts(["Cat"], "paper", lowercase=False) == [["a photo of the Cat."]]
+
+
+def test_clip_per_dataset_sets_match_clip_prompt_counts():
+  # Number of prompts per dataset in CLIP's data/prompts.md (SST2 for Rendered SST2).
+  expected = {"cifar10": 18, "cifar100": 18, "caltech101": 34, "dtd": 8, "fgvc_aircraft": 2, "flowers102": 1,
+              "food101": 1, "gtsrb": 3, "oxford_pets": 1, "rendered_sst2": 1, "stl10": 2, "stanford_cars": 8}
+  assert {name: len(CLIP_DATASET_TEMPLATES[name]) for name in expected} == expected
+  assert get_templates("clip_gtsrb")[0] == 'a zoomed in photo of a "{}" traffic sign.'
+  assert build_prompts(["apple_pie"], "clip_food101") == [["a photo of apple pie, a type of food."]]
+
+
+def test_every_suite_dataset_names_an_existing_template_set():
+  for dataset in suite.DATASETS:
+    if dataset.templates:
+      assert dataset.templates in TEMPLATE_SETS, dataset.key
+    assert not dataset.zero_shot or dataset.templates

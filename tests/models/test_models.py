@@ -43,7 +43,7 @@ def test_output_shapes_and_unit_norm(model_and_vars):
 
 def test_either_modality_may_be_absent(model_and_vars):
   apply, variables, images, texts = model_and_vars
-  assert set(apply(variables, images=images)) == {"zv", "zv_ind", "logit_scale", "logit_bias"}
+  assert set(apply(variables, images=images)) == {"zv", "zv_ind", "hv", "logit_scale", "logit_bias"}
   assert set(apply(variables, texts=texts)) == {"zt", "zt_ind", "logit_scale", "logit_bias"}
   with pytest.raises(ValueError, match="images, texts or both"):
     apply(variables)

@@ -1,8 +1,11 @@
-"""Helpers for the training-driver tests: tiny configs and running the CLI in a subprocess."""
+"""Helpers for the training-driver tests: tiny configs, running the CLI in a subprocess, webdataset shards."""
+import importlib.util
+import io
 import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -10,6 +13,14 @@ import orbax.checkpoint as ocp
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_ARG = "variant=test,steps={steps},train_size=64,eval_size=32,batch=16"
+
+
+def load_config(name: str, arg: str):
+  """configs/<name>.py's config for `arg`."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def cli_env(devices: int = 8) -> dict[str, str]:
@@ -61,3 +72,15 @@ def flatten(tree, prefix=""):
       out.update(flatten(v, f"{prefix}/{k}"))
     return out
   return {prefix: tree}
+
+
+def write_webdataset(shared_data: pathlib.Path, path: pathlib.Path, count: int = 16) -> None:
+  """An img2dataset-style shard from real COCO images: NNNN.jpg + NNNN.txt."""
+  images = sorted((shared_data / "coco-mini" / "train2017").glob("*.jpg"))[:count]
+  with tarfile.open(path, "w") as tar:
+    for i, image in enumerate(images):
+      tar.add(image, arcname=f"{i:04d}.jpg")
+      caption = f"a photo number {i}".encode()
+      info = tarfile.TarInfo(f"{i:04d}.txt")
+      info.size = len(caption)
+      tar.addfile(info, io.BytesIO(caption))

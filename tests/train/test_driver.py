@@ -1,16 +1,12 @@
 """The training driver in-process: every preset, config errors, checkpoint resharding and compatibility, the
 non-finite guard."""
-import importlib.util
-import io
-import pathlib
-import tarfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from driver_utils import REPO
+from driver_utils import load_config, write_webdataset
 from lmstruct.config import base_config, parse_arg, validate_config
 from lmstruct.models import build_model, input_shapes
 from lmstruct.train import checkpoint
@@ -18,13 +14,6 @@ from lmstruct.train.loop import NonFiniteError, train_and_evaluate
 from lmstruct.train.optimizer import make_optimizer
 from lmstruct.train.sharding import DEFAULT_RULES, FSDP_RULES, make_mesh
 from lmstruct.train.step import init_train_state
-
-
-def load_config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def quick(config, data_dir, steps=2):
@@ -44,18 +33,6 @@ def test_every_scenes_preset_trains(objective, tmp_path):
   train_and_evaluate(config, tmp_path / "run")
   lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
   assert '"loss/total"' in lines[-1]
-
-
-def write_webdataset(shared_data, path: pathlib.Path, count: int = 16) -> None:
-  """An img2dataset-style shard from real COCO images: NNNN.jpg + NNNN.txt."""
-  images = sorted((shared_data / "coco-mini" / "train2017").glob("*.jpg"))[:count]
-  with tarfile.open(path, "w") as tar:
-    for i, image in enumerate(images):
-      tar.add(image, arcname=f"{i:04d}.jpg")
-      caption = f"a photo number {i}".encode()
-      info = tarfile.TarInfo(f"{i:04d}.txt")
-      info.size = len(caption)
-      tar.addfile(info, io.BytesIO(caption))
 
 
 def test_paper_preset_trains_on_webdataset_shards(shared_data, tmp_path):
