@@ -77,7 +77,9 @@ def test_build_evaluators_feeds_each_evaluator_from_its_declaration(tmp_path):
   assert zs.batches.tokenize is None and zs.batches.augmentation is None
   assert probe.num_classes == len(scenes.SCENE_LABELS["colour"]) and probe.label_key == "labels/colour"
   assert ret.mesh is mesh and ret.batches.tokenize is tokenize and ret.batches.captions == 2
-  assert st.batches.augmentation == augment.training_augmentation({}) and st.batches.augment_seed == 3
+  # an empty data.augment means the training driver's default view
+  default_view = augment.augmentation_from_config(augment.caption_safe_augment_config())
+  assert st.batches.augmentation == default_view and st.batches.augment_seed == 3
   assert "text" not in next(iter(zs.batches())) and tokenize.texts == []  # the captions are never tokenized
   batch = next(iter(st.batches()))
   assert batch["image_aug"].shape == batch["image"].shape and "text" in batch and tokenize.texts
