@@ -55,6 +55,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from PIL import Image
 
+from lmstruct import multihost
 from lmstruct.data import augment, eda
 from lmstruct.data import plan as plan_lib
 from lmstruct.data import streaming
@@ -425,13 +426,10 @@ def _allgather_json(value: Any) -> list[Any]:
   """``value`` of every JAX process, in process order (a collective: every process must call it)."""
   if jax.process_count() == 1:
     return [value]
-  from jax.experimental import multihost_utils
   data = np.frombuffer(json.dumps(value).encode(), np.uint8)
-  lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:data.size] = data
-  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
-  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths)]
+  lengths = multihost.allgather_rows(np.array([data.size]))
+  parts = np.split(multihost.allgather_rows(data), np.cumsum(lengths)[:-1])
+  return [json.loads(bytes(part).decode()) for part in parts]
 
 
 class TrainBatches(BatchIterator):

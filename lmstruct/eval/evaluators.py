@@ -6,6 +6,8 @@ its batches with the given encode functions, computes its metrics with the pure 
 metrics. Every evaluator also reports ``nonfinite_fraction``, the fraction of the embedding rows it computed that hold
 a NaN or an infinity (``features.nonfinite_fraction``); such embeddings never count as hits (``ranking``,
 ``probe.predict``). ``every_steps`` is the interval at which the training loop runs it (0: only standalone runs).
+With several JAX processes every process runs every evaluator on its own rows of the data; the embeddings are
+gathered from all processes (``features.gather``), so every process computes the metrics of all rows.
 
 Batches follow docs/contracts.md: ``image float32 [B, H, W, 3]``, ``text int32 [B, L]`` (retrieval also accepts
 ``[B, C, L]``, C captions per image, with an optional boolean ``text_mask [B, C]``), labels under ``label_key``
@@ -30,6 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmstruct import multihost
 from lmstruct.choices import did_you_mean
 from lmstruct.data.classnames import looks_like_identifier, named_lists
 from lmstruct.eval import io, plots
@@ -313,13 +316,15 @@ def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text
   """``(zv [Ni, D], zt [Nt, D], text_image [Nt])`` from batches with ``[B, L]`` or ``[B, C, L]`` captions.
 
   Rows with a false ``mask`` are dropped with all their captions; caption ``(b, c)`` is kept when
-  ``text_mask[b, c]`` (default true). Rows whose ``image_id_key`` value was seen before (e.g. the same source
-  ``index`` in a later pass over another caption) add their captions to that image; otherwise, or without that
-  key, each row is a new image. Images are numbered in order of first appearance.
+  ``text_mask[b, c]`` (default true). Rows whose integer ``image_id_key`` value was seen before (e.g. the same
+  source ``index`` in a later pass over another caption) add their captions to that image; otherwise, or without
+  that key, each row is a new image. Images are numbered in order of first appearance. Each process encodes its own
+  rows; the images and captions of all processes are gathered in process order (``multihost.allgather_rows``) and
+  joined by image id across processes too.
   """
-  zv_rows: list[np.ndarray] = []
-  zt_parts, owner_parts = [], []
-  image_of: dict[Any, int] = {}
+  zv_parts, key_parts, zt_parts, owner_parts = [], [], [], []
+  seen: set[tuple[int, ...]] = set()
+  rows_read = 0
   for batch in iterate(source):
     tokens = to_numpy(batch[text_key])
     if tokens.ndim == 2:
@@ -328,21 +333,41 @@ def _retrieval_features(source: BatchSource, encode_image: EncodeFn, encode_text
     keep = row_mask(batch, size)
     caption_keep = keep[:, None] & (to_numpy(batch[text_mask_key]).astype(bool) if text_mask_key in batch
                                     else np.ones((size, captions), dtype=bool))
-    ids = to_numpy(batch[image_id_key]) if image_id_key is not None and image_id_key in batch else None
+    keys = _image_keys(batch, image_id_key, size, rows_read)
+    rows_read += size
     zv = encode_outputs(encode_image, batch["image"], "zv")["zv"]
     zt = encode_outputs(encode_text, tokens.reshape(size * captions, -1), "zt")["zt"]
-    owner = np.zeros(size, np.int64)
+    first = []
     for row in np.flatnonzero(keep):
-      key = ids[row].item() if ids is not None else ("row", len(zv_rows))
-      if key not in image_of:
-        image_of[key] = len(zv_rows)
-        zv_rows.append(zv[row])
-      owner[row] = image_of[key]
+      if tuple(keys[row]) not in seen:
+        seen.add(tuple(keys[row]))
+        first.append(row)
+    zv_parts.append(zv[first])
+    key_parts.append(keys[first])
     zt_parts.append(zt.reshape(size, captions, -1)[caption_keep])
-    owner_parts.append(np.broadcast_to(owner[:, None], (size, captions))[caption_keep])
-  if not zv_rows:
+    owner_parts.append(np.broadcast_to(keys[:, None], (size, captions, keys.shape[1]))[caption_keep])
+  if not zv_parts:
+    raise ValueError("the batch source yielded no batches")
+  zv, image_keys, zt, owner_keys = (multihost.allgather_rows(np.concatenate(parts))
+                                    for parts in (zv_parts, key_parts, zt_parts, owner_parts))
+  if not zv.shape[0]:
     raise ValueError("the batch source yielded no unmasked rows")
-  return np.stack(zv_rows), np.concatenate(zt_parts), np.concatenate(owner_parts)
+  _, first_seen, unique_of = np.unique(np.concatenate([image_keys, owner_keys]), axis=0, return_index=True,
+                                       return_inverse=True)
+  order = np.argsort(first_seen)
+  number = np.empty_like(order)
+  number[order] = np.arange(order.size)
+  return zv[first_seen[order]], zt, number[unique_of.reshape(-1)[len(image_keys):]]
+
+
+def _image_keys(batch: Batch, image_id_key: str | None, size: int, rows_read: int) -> np.ndarray:
+  """int64 ``[size, 3]`` keys that name each row's image across processes: ``(1, 0, id)`` for rows with an
+  ``image_id_key`` value, else ``(0, process, row number on this process)`` (a new image per row)."""
+  if image_id_key is not None and image_id_key in batch:
+    ids = to_numpy(batch[image_id_key]).astype(np.int64).reshape(size)
+    return np.stack([np.ones_like(ids), np.zeros_like(ids), ids], axis=1)
+  rows = rows_read + np.arange(size, dtype=np.int64)
+  return np.stack([np.zeros_like(rows), np.full_like(rows, jax.process_index()), rows], axis=1)
 
 
 @dataclasses.dataclass(kw_only=True)

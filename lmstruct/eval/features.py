@@ -5,6 +5,13 @@ an embedding array ``[B, D]`` or the model's output dict (docs/contracts.md), fr
 present, ``zv_ind``/``zt_ind`` are taken. A *batch source* is an iterable of batch dicts, or a zero-argument callable
 returning a fresh one (so an evaluator can run more than once over a single-pass pipeline). Rows whose boolean
 ``mask`` is false are padding and are dropped.
+
+Across JAX processes every process evaluates its own shard: a batch holds this process's rows (host arrays), or is
+a global ``jax.Array`` of which this process reads only its own rows (``to_numpy``); encode functions map this
+process's rows to their embeddings. ``gather`` and the evaluators then collect the embeddings a metric needs from
+every process (``lmstruct.multihost.allgather_rows``, in process order), so every process computes the metric on
+all rows. These collectives need every process to run the same evaluators over batch sources that yield at least
+one batch on each process (the eval pipeline pads every process to the same number of batches).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lmstruct import paths
+from lmstruct import multihost, paths
 
 Batch = Mapping[str, Any]
 BatchSource = Union[Iterable[Batch], Callable[[], Iterable[Batch]]]
@@ -27,10 +34,9 @@ EncodeFn = Callable[[Any], Any]
 
 
 def to_numpy(x: Any) -> np.ndarray:
-  """Host copy of ``x``; a ``jax.Array`` spread over several processes is all-gathered (tiled) first."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(x)
+  """This process's rows of ``x`` as a host array (``lmstruct.multihost.process_rows``): all of ``x``, unless it is
+  a ``jax.Array`` spread over several processes."""
+  return multihost.process_rows(x)
 
 
 def source_cache_key(source: BatchSource) -> str | None:
@@ -56,7 +62,8 @@ def lookup(batch: Batch, key: str) -> Any:
 
 
 def row_mask(batch: Batch, size: int) -> np.ndarray:
-  """``batch['mask']`` as a boolean ``[size]`` array, or all-true when the batch has no mask."""
+  """This process's rows of ``batch['mask']`` as a boolean ``[size]`` array, or all-true when the batch has no
+  mask."""
   if "mask" not in batch:
     return np.ones((size,), dtype=bool)
   return to_numpy(batch["mask"]).astype(bool).reshape(size)
@@ -93,19 +100,22 @@ def encode_outputs(encode: EncodeFn, inputs: Any, key: str) -> dict[str, np.ndar
 
 def gather(source: BatchSource, fn: Callable[[Batch], Mapping[str, np.ndarray]],
            size_key: str = "image") -> dict[str, np.ndarray]:
-  """Concatenates ``fn(batch)`` over all batches, keeping only rows with a true ``mask``.
+  """Concatenates ``fn(batch)`` over all batches, keeping only rows with a true ``mask``, then over all processes.
 
-  ``fn`` returns arrays whose leading axis is the batch axis; the batch size is read from ``batch[size_key]``.
+  ``fn`` returns arrays of this process's rows (leading axis: the batch axis); the batch size is the number of rows
+  of ``batch[size_key]`` this process holds. Each process keeps its own unmasked rows; the result is every
+  process's rows in process order (``lmstruct.multihost.allgather_rows``, a collective), the same on every
+  process: for the eval pipeline, whose process ``k`` reads the ``k``-th contiguous block, the source order.
   """
   parts: dict[str, list[np.ndarray]] = {}
   for batch in iterate(source):
-    size = int(np.shape(batch[size_key])[0])
+    size = multihost.process_row_count(batch[size_key])
     keep = row_mask(batch, size)
     for name, value in fn(batch).items():
       parts.setdefault(name, []).append(np.asarray(value)[keep])
   if not parts:
     raise ValueError("the batch source yielded no batches")
-  return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+  return {name: multihost.allgather_rows(np.concatenate(values, axis=0)) for name, values in parts.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
+from lmstruct import multihost
 from lmstruct.eval.features import EncodeFn, encode_outputs, l2_normalize
 from lmstruct.eval.ranking import Ties, ranks_from_scores, recall_at_k
 
@@ -23,18 +25,26 @@ def ensemble_class_embeddings(prompt_embeddings: np.ndarray) -> np.ndarray:
 
 def encode_strings(texts: Sequence[str], tokenize: Tokenizer, encode_text: EncodeFn,
                    batch_size: int = 256) -> np.ndarray:
-  """``[len(texts), D]`` text embeddings ``zt`` computed in fixed-size batches.
+  """``[len(texts), D]`` text embeddings ``zt``, the same on every JAX process.
 
-  The last batch is padded to ``batch_size`` by repeating its final row (so a jitted encoder sees one shape);
-  padded rows are dropped.
+  ``batch_size`` is the global batch: process ``p`` of ``P`` encodes its contiguous share
+  ``texts[p*s:(p+1)*s]``, ``s = ceil(len(texts) / P)``, in ``ceil(s / b)`` batches of ``b = ceil(batch_size / P)``
+  rows, the last padded by repeating its final row (so a jitted encoder sees one shape and every process runs as
+  many batches). Padded rows are dropped and the shares gathered in process order
+  (``lmstruct.multihost.allgather_rows``).
   """
+  if not texts:
+    raise ValueError("there are no texts to encode")
+  processes, index = jax.process_count(), jax.process_index()
+  share, local_batch = -(-len(texts) // processes), -(-batch_size // processes)
+  mine = list(texts[index * share:(index + 1) * share])
   out = []
-  for start in range(0, len(texts), batch_size):
-    tokens = np.asarray(tokenize(list(texts[start:start + batch_size])))
-    real = tokens.shape[0]
-    tokens = np.pad(tokens, [(0, batch_size - real)] + [(0, 0)] * (tokens.ndim - 1), mode="edge")
-    out.append(encode_outputs(encode_text, tokens, "zt")["zt"][:real])
-  return np.concatenate(out, axis=0)
+  for start in range(0, share, local_batch):
+    batch = mine[start:start + local_batch]
+    tokens = np.asarray(tokenize(batch or [texts[0]]))
+    tokens = np.pad(tokens, [(0, local_batch - tokens.shape[0])] + [(0, 0)] * (tokens.ndim - 1), mode="edge")
+    out.append(encode_outputs(encode_text, tokens, "zt")["zt"][:len(batch)])
+  return multihost.allgather_rows(np.concatenate(out, axis=0))
 
 
 def zeroshot_classifier(prompts: Sequence[Sequence[str]], tokenize: Tokenizer, encode_text: EncodeFn,

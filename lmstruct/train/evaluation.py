@@ -25,8 +25,9 @@ per-kind code. Besides the evaluator's fields (validated by lmstruct.eval.regist
   prepare       how to prepare the dataset: when given, a dataset that is not there is reported once with this
                 command and its evaluators are skipped, instead of stopping the run.
 
-Evaluation batches are global arrays sharded over the mesh's first axis: each process reads and encodes its own
-contiguous slice of every dataset, and the evaluators gather the encoded rows from all processes.
+Across processes, each process reads its own contiguous block of every evaluation dataset into global batches over
+the mesh and encodes only those rows; the evaluators gather the embeddings their metrics need
+(lmstruct.eval.features), so every process computes the single-process results, and process 0 writes them.
 """
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmstruct import multihost
 from lmstruct.choices import did_you_mean
 from lmstruct.data import augment, classnames, pipeline, sources
 from lmstruct.eval.evaluators import DataInputs, Evaluator
-from lmstruct.eval.features import to_numpy
 from lmstruct.eval.registry import EVALUATORS, get_evaluator
 from lmstruct.train.sharding import batch_sharding
 
@@ -58,29 +59,36 @@ ENTRY_KEYS = ("label", "class_names", "class_subset", "captions", "prepare")
 
 
 def make_encoders(model: nn.Module, variables: Mapping[str, Any], mesh: Mesh) -> tuple[Callable, Callable]:
-  """(encode_image, encode_text): batch → the model's per-example outputs (`zv`, `zv_ind`, `hv` / `zt`, `zt_ind`) as
-  host arrays gathered from every process.
+  """(encode_image, encode_text): this process's rows of a batch → the model's per-example outputs for them
+  (`zv`, `zv_ind`, `hv` / `zt`, `zt_ind`) as host arrays.
 
-  A global `jax.Array` batch (the eval pipeline's) is encoded where it lies, each process on its own rows. A host
-  array, the same on every process (tokenized prompts), is padded to a multiple of the data devices, sharded over
-  them, and the padding cut off again.
+  Every process calls the encoders together, each with its own rows. A global `jax.Array` batch sharded over the
+  mesh's first (data) axis, as the eval pipeline gives, is encoded where it lies. Host rows (tokenized prompts) are
+  padded to a multiple of this process's data devices, assembled into a global array over the mesh
+  (`jax.make_array_from_process_local_data`; every process passes as many rows), and the padding is cut off again.
   """
-  sharding = batch_sharding(mesh, mesh.axis_names[:1])
-  devices = mesh.shape[mesh.axis_names[0]]
-  image_fn = jax.jit(lambda v, x: model.apply(v, images=x))
-  text_fn = jax.jit(lambda v, x: model.apply(v, texts=x))
+  data_axis = mesh.axis_names[0]
+  if mesh.shape[data_axis] % jax.process_count():
+    raise ValueError(f"the mesh's data axis {data_axis!r} has {mesh.shape[data_axis]} devices; evaluation shards "
+                     f"its rows over the {jax.process_count()} processes, so it needs a multiple of that")
+  sharding = batch_sharding(mesh, (data_axis,))
+  local_devices = mesh.shape[data_axis] // jax.process_count()
+
+  def per_example(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: v for k, v in outputs.items() if v.ndim}
+
+  image_fn = jax.jit(lambda v, x: per_example(model.apply(v, images=x)), out_shardings=sharding)
+  text_fn = jax.jit(lambda v, x: per_example(model.apply(v, texts=x)), out_shardings=sharding)
 
   def run(fn: Callable, inputs: Any) -> dict[str, np.ndarray]:
-    if isinstance(inputs, jax.Array) and inputs.shape[0] % devices == 0:
-      size, placed = inputs.shape[0], inputs
+    if isinstance(inputs, jax.Array) and inputs.sharding.is_equivalent_to(sharding, inputs.ndim):
+      size, placed = multihost.process_row_count(inputs), inputs
     else:
-      host = np.asarray(inputs)
-      size = host.shape[0]
-      padded = np.concatenate([host, np.zeros((math.ceil(size / devices) * devices - size, *host.shape[1:]),
-                                              host.dtype)])
-      placed = jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
-    out = fn(variables, placed)
-    return {k: to_numpy(v)[:size] for k, v in out.items() if v.ndim}
+      rows = multihost.process_rows(inputs)
+      size = rows.shape[0]
+      padding = np.zeros((math.ceil(size / local_devices) * local_devices - size, *rows.shape[1:]), rows.dtype)
+      placed = jax.make_array_from_process_local_data(sharding, np.concatenate([rows, padding]))
+    return {k: multihost.process_rows(v)[:size] for k, v in fn(variables, placed).items()}
 
   return (lambda images: run(image_fn, images)), (lambda tokens: run(text_fn, tokens))
 

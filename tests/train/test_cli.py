@@ -3,6 +3,7 @@ train → checkpoint → eval (with the run's own config) → a rerun that does 
 clean exit on SIGTERM, and a 2-process run equal to a 1-process run."""
 import json
 import logging
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from driver_utils import REPO, TINY_ARG, checkpoint_steps, cli_command, cli_env, flatten, run_cli, saved_params
 from lmstruct import cli
 from lmstruct.config import apply_overrides, base_config, load_config, parse_arg_value
+from lmstruct.eval.io import read_metrics
 from lmstruct.train.loop import format_metric, results_table
 
 CONFIG = f"{REPO / 'configs' / 'clip_scenes.py'}"
@@ -178,6 +180,8 @@ def test_config_values_and_overrides():
   config = apply_overrides(base_config(), {"train.steps": "7", "model.image.width": "64",
                                            "optimizer.learning_rate": "1"})
   assert config.train.steps == 7 and config.model.image.width == 64 and config.optimizer.learning_rate == 1.0
+  with pytest.raises(ValueError, match=r"config argument 'train.steps' must be of type int"):
+    apply_overrides(base_config(), {"train.steps": "off"})
   with pytest.raises(ValueError, match=r"cannot override config key 'train.steps.x': 'train.steps' is not a mapping"):
     apply_overrides(base_config(), {"train.steps.x": "1"})
 
@@ -263,6 +267,43 @@ def test_two_processes_train_to_the_same_parameters_as_one(data_dir, tmp_path):
       width = a.shape[-1] // 3
       a, b = np.delete(a, np.s_[width:2 * width], -1), np.delete(b, np.s_[width:2 * width], -1)
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
+
+
+def _eval_records(workdir):
+  return {path.parent.name: read_metrics(path) for path in (workdir / "eval").glob("*/step_1.json")}
+
+
+def test_two_processes_evaluate_a_checkpoint_to_the_results_of_one(data_dir, tmp_path):
+  # 24-row global batches: the 32 test examples give one process 2 batches with 16 padding rows, and each of two
+  # processes its 16 examples in 2 batches of 12 with 8 padding rows; every device encodes 3 rows in both runs.
+  common = ("--config.data.eval_batch_size=24",)
+  workdir, port = tmp_path / "run", _free_port()
+  run_cli("train", workdir, data_dir, 1, *common)
+  one = _eval_records(workdir)
+  assert set(one) == set(load_config(f"{CONFIG}:{TINY_ARG.format(steps=1)}").evals)
+  shutil.rmtree(workdir / "eval")
+  processes = [subprocess.Popen(
+      cli_command("eval", workdir, data_dir, 1, *common, "--step=1", f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}"),
+      env=cli_env(devices=4), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  two = _eval_records(workdir)
+  assert set(two) == set(one)
+  for name, record in one.items():
+    # Every process encodes its own half, the rows are gathered in source order, and the metrics (including the
+    # probe's seeded validation split and the separability's seeded test split) are those of one process.
+    assert two[name]["metrics"] == pytest.approx(record["metrics"], rel=1e-6, abs=1e-7, nan_ok=True), name
+    extra, extra_two = flatten(record["extra"]), flatten(two[name]["extra"])
+    assert set(extra_two) == set(extra), name
+    for key, value in extra.items():
+      assert extra_two[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6, abs=1e-7)), key
+  assert one["retrieval"]["extra"] == {"num_images": 32, "num_texts": 160}
+  # Process 0 alone writes: each record and figure once, no temporary file left by the other process.
+  assert sorted(p.name for p in (workdir / "eval" / "structure").iterdir()) == [
+      "step_1.json", "step_1_gap_shift.png", "step_1_pca.png"]
 
 
 STREAM_CONFIG = '''
