@@ -4,9 +4,11 @@ A config file (`configs/*.py`) defines `get_config(arg: str | None)`; `arg` is a
 `key=value` pairs (`configs/clip_scenes.py:variant=tiny,steps=300`) parsed by `parse_arg`. Every config starts
 from `base_config()`, the one place where each training key, its default and its type are defined;
 `validate_config` rejects unknown keys (naming the key and the valid keys, with a close match) and values of the
-wrong type (naming the key and the expected type). Open-ended sections are validated by their owners: `model` by
-`lmstruct.models.factory`, `objective` by its schema `lmstruct.losses.objective.ObjectiveConfig` (which also holds
-its defaults), data sources by `lmstruct.data.sources`, `evals` by `lmstruct.eval.registry`.
+wrong type (naming the key and the expected type). `task` picks the model family's trainer (`train.loop.TRAINERS`:
+'clip', the two-tower family, or 'albef'). Open-ended sections are validated by their owners: `model` by
+`lmstruct.models.factory` (ALBEF's by `lmstruct.models.albef`), `objective` by its schema
+`lmstruct.losses.objective.ObjectiveConfig` (which also holds its defaults), data sources by
+`lmstruct.data.sources`, `evals` by `lmstruct.eval.registry`, `albef` by `lmstruct.train.albef`.
 
 `load_config` is what the CLI runs: a config file (or a run's saved `config.json`), then `--config.KEY=VALUE`
 overrides (`apply_overrides`), then `validate_config`.
@@ -22,10 +24,13 @@ from typing import Any
 import ml_collections
 
 from lmstruct.choices import did_you_mean, unknown_choice
-from lmstruct.losses.objective import ObjectiveConfig
+from lmstruct.losses.objective import NO_BASE, ObjectiveConfig
+from lmstruct.losses.registry import names
 from lmstruct.models import build_model
 
-OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda")
+OPEN_SECTIONS = ("model", "objective", "evals", "data.train", "data.augment", "data.eda", "albef")
+#: Model families (`task`), each with its trainer in `lmstruct.train.loop.TRAINERS`.
+TASKS = ("clip", "albef")
 
 
 BOOLEAN_WORDS = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
@@ -83,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     {
       "seed": 0,
+      "task": "clip",
       "model": {"preset": "tiny"},
       "objective": ObjectiveConfig().to_dict(),
       "optimizer": {
@@ -127,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
       },
       "init": {"pretrained": "", "towers": ()},
       "evals": {},
+      "albef": {},
     }
   )
 
@@ -161,10 +168,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
     raise TypeError(f"config key {path!r} expects {expected.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def check_objective_fits_model(objective: ObjectiveConfig, model_config: Mapping[str, Any]) -> None:
+def check_objective_fits_model(objective: ObjectiveConfig, independent_heads: bool) -> None:
   """Raises a ValueError naming both keys when an active term reads independent features that the model, with
   `model.independent_heads` off, does not produce."""
-  if not objective.needs_independent_features or build_model(model_config).independent_heads:
+  if not objective.needs_independent_features or independent_heads:
     return
   term = next(t for t in objective.terms if t.reads_independent_features)
   key, value = (
@@ -192,7 +199,20 @@ def validate_config(config: Mapping[str, Any]) -> None:
     section, key = path.split(".")
     if config[section][key] not in valid:
       raise ValueError(f"config key {path!r} must be one of {list(valid)}, got {config[section][key]!r}")
-  check_objective_fits_model(ObjectiveConfig.from_dict(plain["objective"]), plain["model"])
+  if plain["task"] not in TASKS:
+    raise unknown_choice("config key task", plain["task"], TASKS)
+  objective = ObjectiveConfig.from_dict(plain["objective"])
+  if plain["task"] == "clip":
+    if not objective.has_base:
+      raise ValueError(
+        f"objective.base = {NO_BASE!r} leaves task = 'clip' without a loss to train; valid bases: {list(names('base'))}"
+      )
+    check_objective_fits_model(objective, build_model(plain["model"]).independent_heads)
+  elif objective.has_base:
+    raise ValueError(
+      f"objective.base = {objective.base!r} with task = {plain['task']!r}: that model family trains "
+      f"its own base loss; set objective.base = {NO_BASE!r} (objective.weights add the regularisers)"
+    )
 
 
 def _get_config(path: pathlib.Path, arg: str | None) -> ml_collections.ConfigDict:

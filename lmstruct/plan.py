@@ -140,7 +140,13 @@ def fits(peak_by_rules: Mapping[str, int]) -> dict[str, str | None]:
 
 def plan(config: Any, config_spec: str) -> dict[str, Any]:
   """The plan of `config` on the current devices: the figures of its own sharding rules at the top level,
-  `by_rules` with the peak and compile time of each rule tried, and `fits` (see module docstring)."""
+  `by_rules` with the peak and compile time of each rule tried, and `fits` (see module docstring). Only the
+  two-tower family's update (task 'clip') is planned; another task is a ValueError naming it."""
+  if config.task != "clip":
+    raise ValueError(
+      f"lmstruct plan compiles the two-tower update (task = 'clip'); config task = {config.task!r} trains its "
+      "own update, which plan does not compile"
+    )
   own = config.sharding.rules
   tried = [own] + [name for name in NAMED_RULES if name != own]
   results = {_rules_name(rules): compile_update(config, rules) for rules in tried}

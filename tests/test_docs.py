@@ -7,6 +7,7 @@ import pytest
 
 from lmstruct.config import OPEN_SECTIONS, base_config
 from lmstruct.models import resolve_model_config
+from lmstruct.models.albef import resolve_albef_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -47,9 +48,19 @@ def test_package_map_parser_on_a_hand_written_map():
   assert package_map_modules(text) == {"lmstruct/a.py", "lmstruct/sub/b.py", "lmstruct/sub/c.py", "lmstruct/d.py"}
 
 
+def model_key_accepted(resolve, preset: str, key: str, value: object) -> bool:
+  """Whether a model-config resolver takes `key` (with `value`) over `preset`: no 'unknown key' error."""
+  try:
+    resolve({"preset": preset, key: value})
+  except ValueError as error:
+    return "unknown key" not in str(error)
+  return True
+
+
 def config_key_exists(path: str) -> bool:
   """Whether `path` ('train.steps', 'model.image.width') is a key of base_config(), or lies in an open section
-  and is accepted by its owner (the model factory for `model`; every other open section takes any key)."""
+  and is accepted by its owner (for `model`, the two-tower factory or the ALBEF resolver; every other open section
+  takes any key)."""
   node, parts = base_config().to_dict(), path.split(".")
   for i, part in enumerate(parts):
     if isinstance(node, dict) and part in node:
@@ -60,11 +71,10 @@ def config_key_exists(path: str) -> bool:
       value: object = 1
       for name in reversed(parts[i + 1 :]):
         value = {name: value}
-      try:
-        resolve_model_config({"preset": "test", parts[i]: value})
-      except ValueError as error:
-        return "unknown key" not in str(error)
-      return True
+      return any(
+        model_key_accepted(resolve, preset, parts[i], value)
+        for resolve, preset in ((resolve_model_config, "test"), (resolve_albef_config, "albef-test"))
+      )
     return any(prefix == s or prefix.startswith(s + ".") for s in OPEN_SECTIONS)
   return True
 
@@ -84,8 +94,16 @@ def test_config_key_exists_knows_the_schema_and_the_open_sections():
   )
   assert not any(
     config_key_exists(k)
-    for k in ("init.checkpoint", "train.stpes", "model.widht", "model.image.patches", "optimizer.lr")
+    for k in (
+      "init.checkpoint",
+      "train.stpes",
+      "model.widht",
+      "model.image.patches",
+      "optimizer.lr",
+      "model.fusion_layer",
+    )
   )
+  assert config_key_exists("model.fusion_layers")
 
 
 def readme_dotted_keys(text: str) -> set[str]:

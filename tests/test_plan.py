@@ -5,9 +5,11 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 from conftest import REPO_ROOT
 
 from lmstruct import cli, plan
+from lmstruct.config import base_config
 from lmstruct.models import build_model, input_shapes
 
 CONFIG = str(REPO_ROOT / "configs" / "clip_scenes.py") + ":variant=test,batch=16"
@@ -63,12 +65,19 @@ def test_fits_picks_the_first_rules_that_fit():
   }
 
 
+def test_plan_names_a_task_whose_update_it_does_not_compile():
+  config = base_config()
+  config.task = "albef"
+  with pytest.raises(ValueError, match=r"compiles the two-tower update \(task = 'clip'\); config task = 'albef'"):
+    plan.plan(config, "configs/albef_scenes.py")
+
+
 def test_errors_are_one_line_with_exit_status_2(capsys):
   assert cli.main(["plan", "--config", CONFIG, "--devices", "8", "--config.trian.steps=3"]) == 2
   assert (
     capsys.readouterr()
     .err.strip()
-    .startswith("error: unknown config key 'trian' (did you mean 'train'?); valid keys: ['data', 'evals', ")
+    .startswith("error: unknown config key 'trian' (did you mean 'train'?); valid keys: ['albef', 'data', 'evals', ")
   )
   assert cli.main(["plan", "--config", "configs/none.py", "--devices", "8"]) == 2
   assert "config file configs/none.py not found" in capsys.readouterr().err

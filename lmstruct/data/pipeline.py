@@ -183,9 +183,13 @@ class EvalTransform:
   caption_index: int = 0
   augmentation: augment.ImageAugmentation | None = None
   augment_seed: int = 0
+  row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
   def _row(self, index: int, example: Mapping[str, Any]) -> dict[str, Any]:
-    """Preprocesses one valid example (labels copied as int32; ``image_aug`` seeded by ``(augment_seed, index)``)."""
+    """Preprocesses one valid example (labels copied as int32; ``image_aug`` seeded by ``(augment_seed, index)``),
+    or returns `row_fn(example)` when given."""
+    if self.row_fn is not None:
+      return self.row_fn(example)
     image = decode_image(example)
     row: dict[str, Any] = {"image": augment.clip_preprocess(image, self.image_size)}
     if self.augmentation is not None:
@@ -371,7 +375,7 @@ class _RandomAccessExample:
   """Step ``s`` of a reader's plan over a random-access source → its training example, with its position."""
 
   source: DataSource
-  transform: TrainTransform
+  transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]
   plan: plan_lib.ReaderPlan
   shuffle_seed: int
   example_seed: int
@@ -386,7 +390,7 @@ class _RandomAccessExample:
 class _StreamExample:
   """A streamed stored example → its training example, seeded by (epoch, shard, ordinal), with its position."""
 
-  transform: TrainTransform
+  transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]
   example_seed: int
 
   def __call__(self, element: Mapping[str, Any]) -> dict[str, Any]:
@@ -401,7 +405,7 @@ class TrainReaders:
   def __init__(
     self,
     source: Any,
-    transform: TrainTransform,
+    transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]],
     *,
     seed: int,
     num_epochs: int | None,
@@ -551,6 +555,16 @@ class TrainBatches(BatchIterator):
     self._examples = self._readers.open(self._positions)
 
 
+def view_augmentation(augment_config: Mapping[str, Any] | None) -> augment.ImageAugmentation:
+  """The training view's augmentation of `augment_config` (None: the caption-safe default), with a warning for each
+  stage that can make the view contradict its caption (`augment.caption_contradictions`)."""
+  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
+  augmentation = augment.augmentation_from_config(config)
+  for reason in augment.caption_contradictions(augmentation):
+    log.warning("the augmented view can contradict its caption: %s", reason)
+  return augmentation
+
+
 def train_pipeline(
   source: DataSource | streaming.WebDatasetStream,
   *,
@@ -595,12 +609,7 @@ def train_pipeline(
   """
   if caption_choice not in CAPTION_CHOICES:
     raise ValueError(f"unknown caption_choice {caption_choice!r}; valid choices: {', '.join(CAPTION_CHOICES)}")
-  index, count = _shard(shard_index, shard_count)
-  batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
-  config = augment.caption_safe_augment_config() if augment_config is None else augment_config
-  augmentation = augment.augmentation_from_config(config)
-  for reason in augment.caption_contradictions(augmentation):
-    log.warning("the augmented view can contradict its caption: %s", reason)
+  augmentation = view_augmentation(augment_config)
   transform = TrainTransform(
     tokenize=tokenize,
     image_size=image_size,
@@ -608,6 +617,41 @@ def train_pipeline(
     text_augmentation=eda.eda_from_config(eda_config, synonyms),
     caption_choice=caption_choice,
   )
+  return transform_pipeline(
+    source,
+    transform,
+    global_batch_size=global_batch_size,
+    seed=seed,
+    mesh=mesh,
+    data_axes=data_axes,
+    num_epochs=num_epochs,
+    worker_count=worker_count,
+    read_threads=read_threads,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
+
+
+def transform_pipeline(
+  source: DataSource | streaming.WebDatasetStream,
+  transform: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]],
+  *,
+  global_batch_size: int,
+  seed: int,
+  mesh: Mesh | None = None,
+  data_axes: Sequence[str] = ("data",),
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  read_threads: int = 2,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+) -> TrainBatches:
+  """Training batches of any per-example `transform` (stored example, seeded generator) → row dict: the reader
+  plans, positions, corrupt-row skipping (a row ``{CORRUPT: True}``) and global sharding of :func:`train_pipeline`,
+  which is this with :class:`TrainTransform`. `transform` must pickle when ``worker_count > 0``; the other
+  arguments are as for :func:`train_pipeline`."""
+  index, count = _shard(shard_index, shard_count)
+  batch_size, sharding = _local_batch_size(global_batch_size, count, mesh, data_axes)
   readers = TrainReaders(
     source,
     transform,
@@ -644,6 +688,8 @@ def eval_pipeline(
   read_threads: int = 2,
   shard_index: int | None = None,
   shard_count: int | None = None,
+  row_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+  template: Mapping[str, Any] | None = None,
 ) -> BatchIterator:
   """Iterator of evaluation batches covering every example exactly once, in source order.
 
@@ -651,7 +697,9 @@ def eval_pipeline(
   ``caption_index``, only when ``tokenize`` is given), ``image_aug`` (float32 [B, S, S, 3], only when
   ``augmentation`` is given: that augmentation of the example, drawn with ``np.random.default_rng((augment_seed,
   source index))``), ``label``/``labels`` when the examples carry them, ``index`` (int32 source index, -1 on
-  padding) and ``mask`` (bool, False on padding and corrupt images). Other arguments are as for
+  padding) and ``mask`` (bool, False on padding and corrupt images). With ``row_fn`` (stored example → row dict;
+  it may raise :class:`CorruptImageError`) the rows are its output instead, padded with ``template`` (a zero row
+  of the same structure). Other arguments are as for
   :func:`train_pipeline`.
   """
   if len(source) == 0:
@@ -662,16 +710,21 @@ def eval_pipeline(
   start = min(len(source), index * per_shard)
   stop = min(len(source), start + per_shard)
   padded = max(1, -(-per_shard // batch_size)) * batch_size
+  if (row_fn is None) != (template is None):
+    raise ValueError("eval_pipeline takes row_fn and template together")
   transform = EvalTransform(
     source=source,
     start=start,
     stop=stop,
     image_size=image_size,
-    template=eval_template(source[0], image_size, tokenize, augmentation is not None),
+    template=template
+    if template is not None
+    else eval_template(source[0], image_size, tokenize, augmentation is not None),
     tokenize=tokenize,
     caption_index=caption_index,
     augmentation=augmentation,
     augment_seed=augment_seed,
+    row_fn=row_fn,
   )
   dataset = grain.MapDataset.range(padded).map(transform)
   return BatchIterator(

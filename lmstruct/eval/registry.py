@@ -18,6 +18,7 @@ from lmstruct.eval.evaluators import (
   ZeroShotEvaluator,
 )
 from lmstruct.eval.features import EncodeFn
+from lmstruct.eval.vl_tasks import VL_EVALUATORS
 
 EVALUATORS: dict[str, type[Evaluator]] = {
   cls.kind: cls
@@ -28,6 +29,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     LabelProbesEvaluator,
     RetrievalEvaluator,
     StructureEvaluator,
+    *VL_EVALUATORS,
   )
 }
 

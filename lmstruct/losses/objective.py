@@ -5,7 +5,7 @@
 over the terms of `losses/registry.py` (bases: clip, inmodal, sigmoid; regularisers: separation, bridge, geometric,
 cyclip, alignment, gap_alignment). The `objective` config section is one `ObjectiveConfig`, with every default here:
 
-    base: 'inmodal'                                         # the base loss
+    base: 'inmodal'                                         # the base loss; 'none': no base term
     weights: {separation: 1., bridge: 1., geometric: 1.}    # λ_r; absent or 0 switches a term off
     impl: 'auto'                                            # auto | global | ring (losses/ring.py)
     bridge_t: 0.25                                          # owned by the bridge term: [0, 1] or 'uniform'
@@ -14,6 +14,9 @@ cyclip, alignment, gap_alignment). The `objective` config section is one `Object
 A key left out takes its default; `weights`, when given, replaces the default weights (so `{'base': 'clip',
 'weights': {}}` is plain CLIP). Every term that is on, and the total, are returned as metrics (`loss/<term>` and
 `loss/total`).
+
+With base 'none' the objective is the weighted regularisers alone: a model family whose own losses are the base
+(ALBEF's ITC-MD + ITM + MLM, `lmstruct.train.albef`) adds them through the same global and ring implementations.
 """
 
 import dataclasses
@@ -31,6 +34,8 @@ from lmstruct.losses.term import Draw, Features, Option, Term, feature_fields
 
 PAPER_WEIGHTS = types.MappingProxyType({"separation": 1.0, "bridge": 1.0, "geometric": 1.0})
 IMPLS = ("auto", "global", "ring")
+#: The `base` of an objective without a base term (only regularisers).
+NO_BASE = "none"
 _FIXED_KEYS = ("base", "weights", "impl")
 
 
@@ -65,8 +70,8 @@ class ObjectiveConfig:
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    if self.base not in names("base"):
-      raise unknown_choice("objective.base", self.base, names("base"))
+    if self.base not in (*names("base"), NO_BASE):
+      raise unknown_choice("objective.base", self.base, (*names("base"), NO_BASE))
     if not isinstance(self.weights, Mapping):
       raise ValueError(f"objective.weights must be a mapping {{regularizer: weight}}, got {self.weights!r}")
     for name in self.weights:
@@ -117,9 +122,14 @@ class ObjectiveConfig:
     return {name: weight for name, weight in sorted(self.weights.items()) if weight != 0.0}
 
   @property
+  def has_base(self) -> bool:
+    """Whether there is a base term (base is not 'none')."""
+    return self.base != NO_BASE
+
+  @property
   def terms(self) -> tuple[Term, ...]:
-    """The active terms: the base, then the regularisers that are on, by name."""
-    return tuple(TERMS[name] for name in (self.base, *self.regularizers))
+    """The active terms: the base (unless 'none'), then the regularisers that are on, by name."""
+    return tuple(TERMS[name] for name in ((self.base,) if self.has_base else ()) + tuple(self.regularizers))
 
   def option(self, term: Term) -> Any:
     """The parsed value of the config key `term` owns, or None."""
@@ -185,8 +195,9 @@ def check_features(features: Features, config: ObjectiveConfig) -> None:
 
 
 def weighted_total(values: Mapping[str, jax.Array], config: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(L, metrics) with L = L_base + Σ_r λ_r·L_r from the terms' values; metrics hold each term and the total."""
-  total = values[config.base]
+  """(L, metrics) with L = L_base + Σ_r λ_r·L_r from the terms' values (L_base = 0 with base 'none'); metrics hold
+  each term and the total."""
+  total = values[config.base] if config.has_base else jnp.zeros((), jnp.float32)
   for name, weight in config.regularizers.items():
     total = total + weight * values[name]
   metrics = {f"loss/{term.name}": values[term.name] for term in config.terms}

@@ -19,6 +19,7 @@ LAYER_NORM_EPSILON = 1e-12
 BERT_SIZES: dict[str, dict[str, int]] = {
   # name: width, layers, heads, mlp_dim, vocab_size
   "MiniLM-L6": dict(width=384, layers=6, heads=12, mlp_dim=1536, vocab_size=30522),
+  "base": dict(width=768, layers=12, heads=12, mlp_dim=3072, vocab_size=30522),
 }
 
 

@@ -18,10 +18,11 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 
 
 class VisionTransformer(nn.Module):
-  """Image [B, H, W, 3] → pooled feature [B, width].
+  """Image [B, H, W, 3] → pooled feature [B, width], or with `all_tokens` every token [B, 1 + patches, width].
 
   conv patch embedding (no bias) → prepend class token → + learned positional embedding → LN_pre → pre-LN
-  transformer → LN_post on the class token. The projection to the shared space lives in the two-tower model.
+  transformer → LN_post on the class token (on every token with `all_tokens`, as a fusion model reads them; LN is per
+  token, so the class token is the same either way). The projection to the shared space lives in the model.
   Initialised as open_clip: class and positional embeddings ~ w^-½·N(0, 1); blocks keep PyTorch's defaults
   (`torch_default_block_init`).
   """
@@ -33,6 +34,7 @@ class VisionTransformer(nn.Module):
   activation: str = "gelu"
   remat_policy: str = "none"
   scan_layers: bool = False
+  all_tokens: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -52,4 +54,5 @@ class VisionTransformer(nn.Module):
     x = Transformer(
       self.layers, self.heads, self.activation, self.remat_policy, self.scan_layers, self.dtype, name="transformer"
     )(x)
-    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_post")(x[:, 0])
+    ln_post = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_post")
+    return ln_post(x) if self.all_tokens else ln_post(x[:, 0])

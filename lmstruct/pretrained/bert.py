@@ -55,10 +55,13 @@ KEYMAP = KeyMap(
 )
 
 
-def convert_bert(state_dict: Mapping[str, Any], expected: Mapping[str, Any], source: str = "checkpoint") -> dict:
-  """Variables of the module whose variable shapes are `expected`, from a Hugging Face BERT state dict."""
+def convert_bert(
+  state_dict: Mapping[str, Any], expected: Mapping[str, Any], source: str = "checkpoint", keymap: KeyMap = KEYMAP
+) -> dict:
+  """Variables of the module whose variable shapes are `expected`, from a Hugging Face BERT state dict (`keymap`:
+  KEYMAP, or a variant of it that marks variables the checkpoint cannot hold as fresh or optional)."""
   state_dict = {name.removeprefix("bert."): value for name, value in state_dict.items()}
-  return convert_state_dict(state_dict, expected, KEYMAP, source)
+  return convert_state_dict(state_dict, expected, keymap, source)
 
 
 def minilm_variables(path: str | pathlib.Path | None = None) -> dict[str, Any]:

@@ -143,6 +143,10 @@ def _evaluator_class(name: str, kind: Any) -> type[Evaluator]:
     raise ValueError(
       f"evals.{name}.kind must be one of {sorted(EVALUATORS)}, got {kind!r}{did_you_mean(str(kind), EVALUATORS)}"
     )
+  if EVALUATORS[kind].inputs is None:
+    raise ValueError(
+      f"evals.{name}: a {kind!r} evaluator reads a fusion model's inference functions; it runs with task = 'albef'"
+    )
   return EVALUATORS[kind]
 
 

@@ -7,6 +7,8 @@ The loop body is one update; its periodic work has one named helper each: `Profi
 `train.steps` writes `results.json`; rerunning it finds that record (`finished_step`) and does nothing.
 """
 
+import functools
+import importlib
 import json
 import logging
 import pathlib
@@ -18,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from etils import epath
 
 from lmstruct import paths
@@ -169,7 +172,7 @@ def run_evaluations(
   """Runs `evaluators` (none: nothing) on the current parameters and writes their metrics as `eval/<name>/<key>`."""
   if not evaluators:
     return {}
-  results = run_evaluators(evaluators, *trainer.encoders(), step=step, workdir=trainer.workdir, only_due=False)
+  results = trainer.evaluate(evaluators, step)
   writer.write_scalars(step, {f"eval/{n}/{k}": v for n, m in results.items() for k, v in m.items()})
   return results
 
@@ -199,7 +202,8 @@ def training_update(
 
 
 class Trainer:
-  """Everything one run needs, built once from the config."""
+  """Everything one two-tower run needs, built once from the config. The loop asks a trainer for its state,
+  `train_batches`, `train_step`, `evaluators` and `evaluate`; other model families subclass it (`TRAINERS`)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     validate_config(config)
@@ -207,6 +211,17 @@ class Trainer:
     self.workdir = paths.absolute(workdir)
     self.mesh = make_mesh(config.mesh.shape.to_dict())
     self.data_axes = (self.mesh.axis_names[0],)
+    self.build()
+
+  @functools.cached_property
+  def manager(self) -> ocp.CheckpointManager:
+    """The run's checkpoint manager, created on first use (it creates `<workdir>/checkpoints`)."""
+    cfg = self.config.train
+    return checkpoint.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints, cfg.best_metric, cfg.best_mode)
+
+  def build(self) -> None:
+    """The model, optimizer, tokenizer and sharded state (`state`, `shardings`) of a two-tower run."""
+    config = self.config
     self.model_config = config.model.to_dict()
     self.model = build_model(self.model_config)
     self.objective = ObjectiveConfig.from_dict(config.objective)
@@ -227,9 +242,6 @@ class Trainer:
     )
     if config.init.pretrained or config.init.towers:
       self._load_pretrained()
-    self.manager = checkpoint.make_manager(
-      self.workdir / "checkpoints", config.train.keep_checkpoints, config.train.best_metric, config.train.best_mode
-    )
 
   def _load_pretrained(self) -> None:
     """Overwrites the fresh initialisation with pretrained weights: a converted checkpoint (`init.pretrained`,
@@ -274,6 +286,35 @@ class Trainer:
       flat if self.config.train.best_metric in flat else None,
     )
 
+  @functools.cached_property
+  def train_source(self) -> Any:
+    """The training data source (`data.train`), opened on first use."""
+    return sources.build_source(self.config.data.train.to_dict(), self.config.data.data_dir, where="data.train")
+
+  def train_batches(self) -> pipeline.TrainBatches:
+    """The training input: two views of image and caption, global batches sharded over the data axes."""
+    config = self.config
+    return pipeline.train_pipeline(
+      self.train_source,
+      tokenize=self.tokenize,
+      global_batch_size=config.data.global_batch_size,
+      seed=config.seed,
+      image_size=self.image_shape[0],
+      augment_config=config.data.augment.to_dict() or None,
+      eda_config=config.data.eda.to_dict() or None,
+      mesh=self.mesh,
+      data_axes=self.data_axes,
+      worker_count=config.data.worker_count,
+      read_threads=config.data.read_threads,
+      caption_choice=config.data.caption_choice,
+    )
+
+  def train_step(self):
+    """The jitted update (state, batch) → (state, metrics) of this run (`training_update`)."""
+    return training_update(
+      self.config, model=self.model, tx=self.tx, mesh=self.mesh, shardings=self.shardings, data_axes=self.data_axes
+    )
+
   def evaluators(self) -> list:
     return build_evaluators(
       self.config.evals.to_dict(),
@@ -292,6 +333,21 @@ class Trainer:
       variables["batch_stats"] = self.state.batch_stats
     return make_encoders(self.model, variables, self.mesh)
 
+  def evaluate(self, evaluators: Sequence[Evaluator], step: int) -> dict[str, dict[str, float]]:
+    """Runs `evaluators` on the current parameters."""
+    return run_evaluators(evaluators, *self.encoders(), step=step, workdir=self.workdir, only_due=False)
+
+
+#: Trainer of each `task` (a model family), as 'module:class' so that a family is imported only when used.
+TRAINERS: dict[str, str] = {"clip": "lmstruct.train.loop:Trainer", "albef": "lmstruct.train.albef_trainer:AlbefTrainer"}
+
+
+def make_trainer(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Trainer:
+  """The trainer of `config.task` (`config.TASKS`, each a key of TRAINERS) for this run."""
+  validate_config(config)
+  module, name = TRAINERS[config.task].split(":")
+  return getattr(importlib.import_module(module), name)(config, workdir)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict[str, float]]:
   """Trains `config.train.steps` updates (resuming from the workdir's latest checkpoint), evaluating every
@@ -302,37 +358,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if done is not None:
     logging.info("%s already finished step %d of %d; nothing to do", workdir, done, cfg.steps)
     return json.loads((paths.as_path(workdir) / "results.json").read_text())["results"]
-  source = sources.build_source(config.data.train.to_dict(), config.data.data_dir, where="data.train")
-  trainer = Trainer(config, workdir)
+  trainer = make_trainer(config, workdir)
+  trainer.train_source  # opened before anything is written: a run whose training data cannot be read leaves none
   evaluators = trainer.evaluators()
   is_main = jax.process_index() == 0
   writer = MetricWriter(trainer.workdir, enabled=is_main)
   writer.write_config(config.to_dict())
-  batches = pipeline.train_pipeline(
-    source,
-    tokenize=trainer.tokenize,
-    global_batch_size=config.data.global_batch_size,
-    seed=config.seed,
-    image_size=trainer.image_shape[0],
-    augment_config=config.data.augment.to_dict() or None,
-    eda_config=config.data.eda.to_dict() or None,
-    mesh=trainer.mesh,
-    data_axes=trainer.data_axes,
-    worker_count=config.data.worker_count,
-    read_threads=config.data.read_threads,
-    caption_choice=config.data.caption_choice,
-  )
+  batches = trainer.train_batches()
   data_state = trainer.restore_latest()
   if data_state is not None:
     batches.set_state(data_state)
-  step_fn = training_update(
-    config,
-    model=trainer.model,
-    tx=trainer.tx,
-    mesh=trainer.mesh,
-    shardings=trainer.shardings,
-    data_axes=trainer.data_axes,
-  )
+  step_fn = trainer.train_step()
   step = int(jax.device_get(trainer.state.step))
   progress = Progress(cfg.steps, step, config.data.global_batch_size, cfg.progress_bar)
   log = TrainingLog(writer, progress, cfg.log_every, cfg.steps)
@@ -369,12 +405,10 @@ def evaluate_checkpoint(
 ) -> dict[str, dict[str, float]]:
   """Runs every evaluator of `config` on checkpoint `step` (default: the latest) of `workdir`."""
   step = checkpoint.saved_step(paths.as_path(workdir) / "checkpoints", step)
-  trainer = Trainer(config, workdir)
+  trainer = make_trainer(config, workdir)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.state)
   trainer.state, _ = checkpoint.restore(trainer.manager, step, abstract, trainer.shardings)
-  results = run_evaluators(
-    trainer.evaluators(), *trainer.encoders(), step=step, workdir=trainer.workdir, only_due=False
-  )
+  results = trainer.evaluate(trainer.evaluators(), step)
   if jax.process_index() == 0:
     tables.write_run_tables(trainer.workdir, results)
   trainer.manager.close()

@@ -8,7 +8,8 @@ import jax
 
 @flax.struct.dataclass
 class TrainState:
-  """step, parameters, batch-norm statistics (empty for LayerNorm-only models), optimizer state, and the base RNG
+  """step, parameters, `batch_stats` (the state an update carries besides the parameters: batch-norm statistics,
+  empty for LayerNorm-only models; ALBEF's momentum encoders and feature queues), optimizer state, and the base RNG
   key as raw uint32 key data (so checkpoints hold plain arrays; `jax.random.wrap_key_data` turns it back)."""
 
   step: jax.Array

@@ -7,6 +7,10 @@ objective in lmstruct.losses.ring does it without materialising B×B). Each devi
 examples (`interleave_views`): the only collectives of a data-parallel update are the gradient reductions and the
 objective's. With gradient accumulation the objective and its gradient are still those of the whole batch
 (`batch_gradients`: feature caching).
+
+`make_update` is the part every model family shares (gradients → rejection of non-finite updates → optimizer step
+→ projection of the parameters → metrics); `make_train_step` is the two-tower family's, and ALBEF
+(`lmstruct.train.albef`) gives it the gradients of its own loss (`loss_gradients`).
 """
 
 import functools
@@ -31,17 +35,16 @@ from lmstruct.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def train_state_initializer(
-  model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int], context_length: int
+def state_initializer(
+  init_variables: Callable[[jax.Array], Mapping[str, Any]], tx: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
-  """rng ↦ the initial TrainState: the model's variables from a one-example input, the optimizer state, a step
-  counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes without allocating them."""
+  """rng ↦ the initial TrainState of any model family: `init_variables(rng)` → {'params', optional 'batch_stats'},
+  the optimizer state, a step counter at 0 and the base RNG key. `jax.eval_shape` of it gives the state's shapes
+  without allocating them."""
 
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(
-      init_rng, jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1, context_length), jnp.int32)
-    )
+    variables = init_variables(init_rng)
     params = variables["params"]
     return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -52,6 +55,32 @@ def train_state_initializer(
     )
 
   return init
+
+
+def train_state_initializer(
+  model: nn.Module, tx: optax.GradientTransformation, *, image_shape: tuple[int, int, int], context_length: int
+) -> Callable[[jax.Array], TrainState]:
+  """rng ↦ the initial TrainState of a two-tower model (`state_initializer`): its variables from a one-example
+  input."""
+  return state_initializer(
+    lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1, context_length), jnp.int32)),
+    tx,
+  )
+
+
+def init_sharded_state(
+  initialize: Callable[[jax.Array], TrainState],
+  *,
+  mesh: Mesh,
+  rules: Sequence[tuple[str, Any]],
+  seed: int,
+  data_axes: Sequence[str] = ("data",),
+) -> tuple[TrainState, TrainState]:
+  """(state, state shardings): `initialize(key(seed))` computed directly into the sharded layout that the `rules`
+  give every path ('params/…', 'batch_stats/…', 'opt_state/…')."""
+  key = jax.random.key(seed)
+  shardings = tree_shardings(jax.eval_shape(initialize, key), mesh, rules, data_axes)
+  return jax.jit(initialize, out_shardings=shardings)(key), shardings
 
 
 def init_train_state(
@@ -65,11 +94,9 @@ def init_train_state(
   seed: int,
   data_axes: Sequence[str] = ("data",),
 ) -> tuple[TrainState, TrainState]:
-  """(state, state shardings): parameters initialised directly into their sharded layout."""
-  init = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
-  key = jax.random.key(seed)
-  shardings = tree_shardings(jax.eval_shape(init, key), mesh, rules, data_axes)
-  return jax.jit(init, out_shardings=shardings)(key), shardings
+  """(state, state shardings) of a two-tower model: parameters initialised directly into their sharded layout."""
+  initialize = train_state_initializer(model, tx, image_shape=image_shape, context_length=context_length)
+  return init_sharded_state(initialize, mesh=mesh, rules=rules, seed=seed, data_axes=data_axes)
 
 
 def clamp_log_logit_scale(params: Any, max_scale: float = MAX_LOGIT_SCALE) -> Any:
@@ -225,6 +252,25 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree.map(jnp.add, a, b)
 
 
+#: (params, batch_stats, batch, rng) → (∂L/∂θ, metrics with 'loss/total', new batch_stats).
+GradientFn = Callable[[Any, Any, Batch, jax.Array], tuple[Any, dict[str, jax.Array], Any]]
+#: (params, batch_stats, batch, rng) → (L, (metrics with 'loss/total', new batch_stats)).
+LossFn = Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+
+def loss_gradients(loss_fn: LossFn) -> GradientFn:
+  """The GradientFn of a loss over the whole batch in one pass: (∂L/∂θ, metrics, batch_stats') of
+  (L, (metrics, batch_stats')) = loss_fn(θ, batch_stats, batch, rng), by one `value_and_grad` in θ."""
+
+  def gradients(params: Any, batch_stats: Any, batch: Batch, rng: jax.Array) -> tuple[Any, dict, Any]:
+    (_, (metrics, new_stats)), grads = jax.value_and_grad(lambda p: loss_fn(p, batch_stats, batch, rng), has_aux=True)(
+      params
+    )
+    return grads, metrics, new_stats
+
+  return gradients
+
+
 def batch_gradients(
   encode: Encoder,
   objective: Callable,
@@ -254,13 +300,12 @@ def batch_gradients(
   """
   if count == 1:
 
-    def loss(params):
+    def loss(params, batch_stats, batch, rng):
       views, new_stats = encode(params, batch_stats, batch)
       total, metrics = objective(views, rng)
       return total, (metrics, new_stats)
 
-    (_, (metrics, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return grads, metrics, new_stats
+    return loss_gradients(loss)(params, batch_stats, batch, rng)
 
   micro_batches = split_micro_batches(batch, count, sharding)
   stacked_views, stacked_stats = jax.lax.map(lambda micro: encode(params, batch_stats, micro), micro_batches)
@@ -300,10 +345,51 @@ def make_train_step(
   accumulation_steps: int = 1,
   trainable: Sequence[str] = (),
 ) -> Callable:
-  """The jitted update (state, batch) → (state, metrics); the state is donated.
+  """The jitted two-tower update (state, batch) → (state, metrics): `make_update` with the gradients of
+  `batch_gradients` and the logit-scale clamp (`clamp_log_logit_scale`).
 
   The objective is computed by the implementation `objective.impl` selects on this mesh (`objective_function`).
-  A non-finite loss or gradient rejects the update: parameters, statistics and optimizer state stay as they were,
+  With `accumulation_steps` = k > 1 the towers hold the activations of B/k examples at a time and the loss and
+  gradient are still those of the whole batch (`batch_gradients`). `trainable` is the optimizer's pattern list:
+  locked parameters get no gradient computation at all. The other arguments are `make_update`'s.
+  """
+  objective = ObjectiveConfig.from_dict(objective)
+  encode = make_encoder(model, objective.needs_augmented_view, trainable)
+  views_objective = make_views_objective(objective, objective_function(objective, mesh, data_axes))
+  data_sharding = batch_sharding(mesh, data_axes)
+
+  def gradients(params: Any, batch_stats: Any, batch: Batch, rng: jax.Array) -> tuple[Any, dict, Any]:
+    return batch_gradients(encode, views_objective, params, batch_stats, batch, rng, accumulation_steps, data_sharding)
+
+  return make_update(
+    gradients,
+    tx,
+    mesh=mesh,
+    state_shardings=state_shardings,
+    learning_rate=learning_rate,
+    data_axes=data_axes,
+    project_params=clamp_log_logit_scale,
+  )
+
+
+def make_update(
+  gradients: GradientFn,
+  tx: optax.GradientTransformation,
+  *,
+  mesh: Mesh,
+  state_shardings: TrainState,
+  learning_rate: optax.Schedule | None = None,
+  data_axes: Sequence[str] = ("data",),
+  project_params: Callable[[Any], Any],
+) -> Callable:
+  """The jitted update (state, batch) → (state, metrics) of any model family; the state is donated.
+
+  `gradients` gives (∂L/∂θ, metrics, new batch_stats) of the batch (`GradientFn`): `batch_stats` is the state the
+  update carries besides the parameters (batch-norm statistics; ALBEF's momentum encoders and queues). After the
+  optimizer step `project_params` maps the parameters back into their domain (the two-tower logit-scale clamp,
+  ALBEF's temperature clamp).
+
+  A non-finite loss or gradient rejects the update: parameters, batch_stats and optimizer state stay as they were,
   the step counter advances, and `nonfinite` = 1 in the metrics (the loop decides whether to stop or count).
 
   `learning_rate` (the optimizer's schedule) adds the metric `learning_rate` = schedule(c), where c is the
@@ -312,26 +398,17 @@ def make_train_step(
   included, as it was (as optax's `apply_if_finite` does), so the next update applies that same rate and the log
   shows it; the schedule follows applied updates, so each rejection delays the rest of it by one step. (Counting
   the step instead would have the log run ahead of the applied rate after the first rejection.)
-
-  With `accumulation_steps` = k > 1 the towers hold the activations of B/k examples at a time and the loss and
-  gradient are still those of the whole batch (`batch_gradients`). `trainable` is the optimizer's pattern list:
-  locked parameters get no gradient computation at all.
   """
-  objective = ObjectiveConfig.from_dict(objective)
   if learning_rate is not None and schedule_count(state_shardings.opt_state) is None:
     raise ValueError(
-      "make_train_step: learning_rate is given but the optimizer state has no schedule count "
+      "make_update: learning_rate is given but the optimizer state has no schedule count "
       "(optax ScaleByScheduleState); pass the schedule the optimizer was built with"
     )
-  encode = make_encoder(model, objective.needs_augmented_view, trainable)
-  views_objective = make_views_objective(objective, objective_function(objective, mesh, data_axes))
   data_sharding = batch_sharding(mesh, data_axes)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, metrics, batch_stats = batch_gradients(
-      encode, views_objective, state.params, state.batch_stats, batch, rng, accumulation_steps, data_sharding
-    )
+    grads, metrics, batch_stats = gradients(state.params, state.batch_stats, batch, rng)
     finite = jnp.isfinite(metrics["loss/total"]) & _all_finite(grads)
 
     # The update is applied under lax.cond rather than computed and then selected element by element: XLA can then
@@ -341,7 +418,7 @@ def make_train_step(
     def apply_update(operands):
       grads, params, opt_state, new_batch_stats, _ = operands
       updates, opt_state = tx.update(grads, opt_state, params)
-      return clamp_log_logit_scale(optax.apply_updates(params, updates)), opt_state, new_batch_stats
+      return project_params(optax.apply_updates(params, updates)), opt_state, new_batch_stats
 
     def keep_state(operands):
       _, params, opt_state, _, old_batch_stats = operands

@@ -17,7 +17,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_unknown_evaluator_error_lists_valid_names():
-  assert available_evaluators() == ["few_shot", "label_probes", "linear_probe", "retrieval", "structure", "zeroshot"]
+  assert available_evaluators() == [
+    "few_shot",
+    "itm_retrieval",
+    "label_probes",
+    "linear_probe",
+    "nlvr",
+    "retrieval",
+    "structure",
+    "ve",
+    "vqa",
+    "zeroshot",
+  ]
   with pytest.raises(ValueError) as info:
     get_evaluator("zero_shot", {})
   for name in available_evaluators():

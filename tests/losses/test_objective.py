@@ -50,9 +50,10 @@ def test_a_key_left_out_takes_its_default_and_weights_replace_the_default_weight
     ),
     (
       {"base": "inmodl"},
-      "unknown objective.base 'inmodl' (did you mean 'inmodal'?); valid choices: ['clip', 'inmodal', 'sigmoid']",
+      "unknown objective.base 'inmodl' (did you mean 'inmodal'?); valid choices: "
+      "['clip', 'inmodal', 'none', 'sigmoid']",
     ),
-    ({"base": "bridge"}, "unknown objective.base 'bridge'; valid choices: ['clip', 'inmodal', 'sigmoid']"),
+    ({"base": "bridge"}, "unknown objective.base 'bridge'; valid choices: ['clip', 'inmodal', 'none', 'sigmoid']"),
     (
       {"weights": {"seperation": 1.0}},
       "unknown objective.weights key 'seperation' (did you mean 'separation'?); "
@@ -119,6 +120,23 @@ def test_objective_is_the_weighted_sum_of_the_float64_references():
   for key, value in want.items():
     assert float(metrics[key]) == pytest.approx(value, rel=2e-5), key
   assert float(total) == float(metrics["loss/total"])
+
+
+def test_base_none_is_the_weighted_regularisers_alone():
+  rng = np.random.default_rng(7)
+  unit = lambda: ref.normalize(rng.normal(size=(6, 4)))
+  zv, zt, zv_aug = unit(), unit(), unit()
+  config = ObjectiveConfig.from_dict({"base": "none", "weights": {"bridge": 2.0}})
+  features = Features(
+    zv=jnp.asarray(zv, jnp.float32),
+    zt=jnp.asarray(zt, jnp.float32),
+    logit_scale=jnp.float32(10.0),
+    zv_aug=jnp.asarray(zv_aug, jnp.float32),
+  )
+  total, metrics = compute_objective(features, config, jax.random.key(0))
+  assert sorted(metrics) == ["loss/bridge", "loss/total"]
+  np.testing.assert_allclose(float(total), 2.0 * ref.bridge(zv, zt, zv_aug, 0.25), rtol=1e-5)
+  assert [term.name for term in config.terms] == ["bridge"] and not config.has_base
 
 
 def test_a_term_whose_features_are_missing_is_named():
