@@ -1,5 +1,5 @@
-"""The embedded default: a ViT + text transformer trained on the rendered scenes dataset with the paper's
-objective (in-modal base + separation + Brownian bridge + geometric consistency), evaluated by zero-shot
+"""The embedded default: a small CLIP modified ResNet + text transformer trained on the rendered scenes dataset with
+the paper's objective (in-modal base + separation + Brownian bridge + geometric consistency), evaluated by zero-shot
 classification, retrieval, a linear probe and the modality-structure diagnostics.
 
     lmstruct train --config configs/clip_scenes.py --workdir runs/default

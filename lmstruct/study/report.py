@@ -30,6 +30,8 @@ ABLATION_ROWS: tuple[tuple[str, str], ...] = (
   ("probes/size/backbone/acc1", "linear probe size (backbone)"),
   ("probes/shape/projected/acc1", "linear probe shape (projected)"),
   ("probes/size/projected/acc1", "linear probe size (projected)"),
+  ("probes/material/text/acc1", "linear probe material (text features; a text-only label)"),
+  ("probes/size/text/acc1", "linear probe size (text features; an image-only label)"),
   ("probes/colour/backbone/4shot_acc1", "4-shot colour (backbone)"),
   ("probes/shape/backbone/16shot_acc1", "16-shot shape (backbone)"),
   ("retrieval/mean_recall@1", "retrieval R@1 (mean of i→t, t→i)"),
