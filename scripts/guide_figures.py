@@ -1,11 +1,13 @@
 """The figures and reference values of docs/guide.md: one real run per objective, and real vs random CLIP.
 
     PYTHONPATH=$PWD python scripts/guide_figures.py [--steps 250] [--objectives clip,sep,br,gc,full] \
-        [--runs runs/guide] [--out docs/guide]
+        [--runs runs/guide | --study STUDY_OUT] [--out docs/guide]
 
 For each objective of `configs/clip_scenes.py` (the `small` variant, the main job's size) it trains a run of
 `--steps` updates with only the structure evaluator (the other evaluators do not change the figures), then copies
 the run's final joint-PCA and gap-shift plots to `OUT/pca_<objective>.png` and `OUT/gap_shift_<objective>.png`.
+With `--study STUDY_OUT` it trains nothing and takes each objective's first-seed run of a finished `lmstruct study`
+instead (the runs whose numbers docs/study.md reports).
 It then reads the real CLIP features (`$LMSTRUCT_SHARED_DATA/clip-features/`, default `../shared/data` beside the
 checkout: OpenAI CLIP ViT-B/16 and a random CLIP on 500 COCO val2017 pairs), computes every structure diagnostic
 and one-caption retrieval among the 500 pairs, and draws their PCA plots (`OUT/pca_clip_vitb16.png`,
@@ -80,6 +82,20 @@ def train_objective(objective: str, steps: int, runs: pathlib.Path) -> tuple[pat
   return workdir / "eval" / "structure", step, results["structure"]
 
 
+def study_objective(objective: str, study: pathlib.Path) -> tuple[pathlib.Path, int, dict[str, float], str]:
+  """The first-seed run of `objective` (no forced alignment) of a finished `lmstruct study` in `study`: (its
+  structure evaluation folder, final step, structure metrics, its config)."""
+  workdir = study / "runs" / f"{objective}_align0_seed0"
+  payload = json.loads((workdir / "results.json").read_text())
+  config = json.loads((workdir / "config.json").read_text())
+  train = config["data"]["train"]
+  description = (
+    f"lmstruct study run {workdir.name}: configs/clip_scenes.py objective={objective}, "
+    f"{config['train']['steps']} steps, batch {config['data']['global_batch_size']}, scenes preset {train['preset']}"
+  )
+  return workdir / "eval" / "structure", payload["step"], payload["results"]["structure"], description
+
+
 def clip_features(name: str) -> tuple[np.ndarray, np.ndarray]:
   """(zv, zt) [500, 512] of one shared CLIP feature file, rows re-normalised to unit length."""
   from lmstruct.eval.features import l2_normalize
@@ -111,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--steps", type=int, default=250)
   parser.add_argument("--objectives", default=",".join(OBJECTIVES))
   parser.add_argument("--runs", default="runs/guide")
+  parser.add_argument(
+    "--study", default=None, help="take each objective's first-seed run from this `lmstruct study` output instead"
+  )
   parser.add_argument("--out", default="docs/guide")
   args = parser.parse_args(argv)
   out, runs = pathlib.Path(args.out), pathlib.Path(args.runs)
@@ -120,14 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in FEATURE_SETS:
       emit({**feature_set_record(name, out), **facts}, sink)
     for objective in args.objectives.split(","):
-      folder, step, metrics = train_objective(objective, args.steps, runs)
+      if args.study:
+        folder, step, metrics, config = study_objective(objective, pathlib.Path(args.study))
+      else:
+        folder, step, metrics = train_objective(objective, args.steps, runs)
+        config = f"configs/clip_scenes.py:objective={objective},steps={step}"
       for figure in ("pca", "gap_shift"):
         shutil.copyfile(folder / f"step_{step}_{figure}.png", out / f"{figure}_{objective}.png")
       emit(
         {
           "kind": "run",
           "name": objective,
-          "config": f"configs/clip_scenes.py:objective={objective},steps={step}",
+          "config": config,
           "step": step,
           "metrics": metrics,
           **facts,

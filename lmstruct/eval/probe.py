@@ -6,7 +6,10 @@ Objective for features ``x_i``, labels ``y_i``, sample weights ``w_i >= 0`` and 
 
 minimised from ``W = 0, b = 0`` with ``optax.lbfgs`` (zoom line search) until ``||grad||_2 < tol`` or ``max_iter``
 iterations. Sample weights let one compiled solver serve the validation sweep (weight 0 on held-out rows) and the
-final refit, and rows are zero-weight padded to a power of two, so XLA compiles once per padded shape.
+final refit. Rows are zero-weight padded, feature columns zero-padded and classes padded with logits held at a large
+negative value, each to a power of two; none of the three changes the objective or its minimiser on the real
+classes and features (padded weights get zero gradient and stay at zero), so XLA compiles once per padded shape and
+the probes of labels with different class counts and features of similar widths share one solver.
 
 L2 selection (CLIP's protocol, log-spaced sweep then refine): fit on the train part, score top-1 on the validation
 part for ``lam = 10^e`` with ``e`` on a coarse grid (default -6, -4, ..., 6); then for each refinement step ``d``
@@ -34,25 +37,36 @@ COARSE_EXPONENTS: tuple[float, ...] = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 REFINE_STEPS: tuple[float, ...] = (1.0, 0.5)
 
 
-def logreg_objective(
-  params: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.Array, weights: jax.Array, l2: jax.Array
-) -> jax.Array:
-  """Weighted mean softmax cross-entropy plus ``l2 * ||W||_F^2`` (module docstring).
+#: Logit of a padded class: softmax gives it probability exp(-1e9) = 0, so it neither adds to the cross-entropy nor
+#: sends a gradient to its weights.
+PADDED_CLASS_LOGIT = -1e9
 
-  ``params = (W [D, C], b [C])``.
+
+def logreg_objective(
+  params: tuple[jax.Array, jax.Array],
+  x: jax.Array,
+  y: jax.Array,
+  weights: jax.Array,
+  l2: jax.Array,
+  real_classes: jax.Array,
+) -> jax.Array:
+  """Weighted mean softmax cross-entropy over the real classes plus ``l2 * ||W||_F^2`` (module docstring).
+
+  ``params = (W [D, C], b [C])``; ``real_classes [C]`` is false for padded classes, whose logits are held at
+  ``PADDED_CLASS_LOGIT``.
   """
   w, b = params
-  logits = x @ w + b
+  logits = jnp.where(real_classes, x @ w + b, PADDED_CLASS_LOGIT)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
   return jnp.sum(weights * nll) / jnp.sum(weights) + l2 * jnp.sum(w * w)
 
 
 @jax.jit
-def _fit(x, y, weights, l2, tol, max_iter, init):
+def _fit(x, y, weights, l2, real_classes, tol, max_iter, init):
   """L-BFGS (``optax.lbfgs``) from ``init`` while ``count == 0`` or (``count < max_iter`` and ``||grad|| >= tol``)."""
 
   def fun(params):
-    return logreg_objective(params, x, y, weights, l2)
+    return logreg_objective(params, x, y, weights, l2, real_classes)
 
   solver = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(fun)
@@ -73,9 +87,14 @@ def _fit(x, y, weights, l2, tol, max_iter, init):
   return params
 
 
-def padded_rows(num: int) -> int:
-  """Row count the solver is compiled for: the next power of two >= ``max(num, 256)``."""
-  return 1 << max(num - 1, 255).bit_length()
+def padded_size(num: int, minimum: int) -> int:
+  """Size the solver is compiled for along one axis: the next power of two >= ``max(num, minimum)`` (``minimum`` a
+  power of two)."""
+  return 1 << max(num - 1, minimum - 1).bit_length()
+
+
+#: Smallest padded row, feature and class counts.
+MIN_ROWS, MIN_FEATURES, MIN_CLASSES = 256, 64, 8
 
 
 def fit_logreg(
@@ -90,19 +109,21 @@ def fit_logreg(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Minimiser ``(W [D, C], b [C])`` of the weighted, L2-penalised multinomial logistic loss (module docstring).
 
-  Rows are zero-weight padded to ``padded_rows(N)`` (which leaves the objective unchanged), so problems of
-  similar size share one compiled solver.
+  Rows, feature columns and classes are padded to powers of two (``padded_size``; the module docstring says why
+  that leaves the minimiser unchanged), so problems of similar size share one compiled solver.
   """
   x = np.asarray(x, np.float32)
-  num = x.shape[0]
+  num, dim = x.shape
   weights = np.ones(num, np.float32) if weights is None else np.asarray(weights, np.float32)
-  pad = padded_rows(num) - num
-  x = np.pad(x, ((0, pad), (0, 0)))
-  y = np.pad(np.asarray(y, np.int32), (0, pad))
-  weights = np.pad(weights, (0, pad))
-  init = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
-  w, b = _fit(x, y, weights, jnp.float32(l2), jnp.float32(tol), jnp.int32(max_iter), init)
-  return np.asarray(w), np.asarray(b)
+  rows, features = padded_size(num, MIN_ROWS), padded_size(dim, MIN_FEATURES)
+  classes = padded_size(num_classes, MIN_CLASSES)
+  x = np.pad(x, ((0, rows - num), (0, features - dim)))
+  y = np.pad(np.asarray(y, np.int32), (0, rows - num))
+  weights = np.pad(weights, (0, rows - num))
+  real_classes = np.arange(classes) < num_classes
+  init = (jnp.zeros((features, classes), jnp.float32), jnp.zeros((classes,), jnp.float32))
+  w, b = _fit(x, y, weights, jnp.float32(l2), real_classes, jnp.float32(tol), jnp.int32(max_iter), init)
+  return np.asarray(w)[:dim, :num_classes], np.asarray(b)[:num_classes]
 
 
 def predict(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:

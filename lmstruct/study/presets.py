@@ -54,9 +54,9 @@ PRESETS: dict[str, StudyScale] = {
   ),
   "cpu": StudyScale(
     name="cpu",
-    description="The measured study on two CPU cores (the main job's model, shorter training).",
+    description="The measured study on two CPU cores (the main job's model, half its training).",
     variant="small",
-    steps=250,
+    steps=125,
     batch=64,
     train_size=6000,
     eval_size=500,

@@ -4,8 +4,9 @@
 
 Every run is an ordinary training run (`train_and_evaluate`) in `OUT/runs/<name>/`, so it can be inspected,
 re-evaluated with `lmstruct eval` and resumed: a run whose `results.json` exists is read, not retrained; an
-interrupted one continues from its last checkpoint. `study.json` has the keys `information_gap`, `gap_study`,
-`ablation` (with the real-photo comparison under `ablation.real_photos`) and `meta`.
+interrupted one continues from its last checkpoint; the real-photo comparison is kept in `OUT/lit/comparison.json`.
+`study.json` has the keys `information_gap`, `gap_study`, `ablation` (with the real-photo comparison under
+`ablation.real_photos`) and `meta`; `study.md` renders it as Markdown.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import ml_collections
 from lmstruct.config import load_config, validate_config
 from lmstruct.data import scenes, sources
 from lmstruct.eval import io
-from lmstruct.study import analysis, experiments, lit, plots
+from lmstruct.study import analysis, experiments, lit, plots, report
 from lmstruct.study.presets import StudyScale, get_preset
 from lmstruct.train.loop import train_and_evaluate
 
@@ -88,6 +89,20 @@ def scenes_label_info(config: ml_collections.ConfigDict) -> dict[str, analysis.L
   return {label: analysis.label_info(origin[label], labels[label]) for label in scenes.SCENE_LABELS}
 
 
+def real_photo_comparison(scale: StudyScale, out: pathlib.Path, seeds: list[int]) -> dict:
+  """The LiT comparison (`lit.run_comparison`), read from `OUT/comparison.json` when a previous run of the study
+  finished it for the same seeds, else run and saved there."""
+  path = out / "comparison.json"
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved.get("seeds") == seeds:
+      return saved["comparison"]
+  comparison = lit.run_comparison(scale.lit, out, seeds)
+  out.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"seeds": seeds, "comparison": comparison}, indent=1, allow_nan=True))
+  return comparison
+
+
 def git_commit() -> str:
   """The checkout's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
   root = pathlib.Path(__file__).resolve().parents[2]
@@ -104,7 +119,8 @@ def git_commit() -> str:
 
 
 def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, data_dir: str = "data") -> dict:
-  """Trains (or reads) every run, analyses them and writes `OUT/study.json` and `OUT/*.png`; returns the study."""
+  """Trains (or reads) every run, analyses them and writes `OUT/study.json`, its Markdown report `OUT/study.md`
+  (`lmstruct.study.report`) and `OUT/*.png`; returns the study."""
   scale = get_preset(preset)
   out = pathlib.Path(out)
   seed_list = list(range(seeds or scale.seeds))
@@ -118,7 +134,7 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
     "gap_study": analysis.gap_study(results),
     "ablation": analysis.ablation(results, shared, list(labels), scale.shots),
   }
-  study["ablation"]["real_photos"] = lit.run_comparison(scale.lit, out / "lit", seed_list)
+  study["ablation"]["real_photos"] = real_photo_comparison(scale, out / "lit", seed_list)
   study["meta"] = {
     "preset": preset,
     "seeds": seed_list,
@@ -131,6 +147,7 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
   }
   out.mkdir(parents=True, exist_ok=True)
   (out / "study.json").write_text(json.dumps(study, indent=1, allow_nan=True))
+  (out / "study.md").write_text(report.render(study))
   plots.plot_information_gap(study["information_gap"], out / "information_gap.png")
   plots.plot_gap_study(study["gap_study"], out / "gap_study.png")
   plots.plot_ablation(

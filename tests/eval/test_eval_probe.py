@@ -1,7 +1,7 @@
 """Linear and few-shot probes: solver and few-shot probe against a float64 SciPy fit, separable data, shuffled labels,
 a hand-worked L2 sweep, few-shot draws.
 
-Every problem here has 16 features, 4 classes and at most 256 rows, so the solver compiles once per process.
+Every problem here pads to 64 features, 8 classes and 256 rows, so the solver compiles once per process.
 """
 
 import numpy as np
@@ -73,6 +73,19 @@ def test_lbfgs_solution_matches_scipy_on_weighted_objective():
   ours = _reference_objective(np.concatenate([w.ravel(), b]), x, y, weights, l2, c)
   assert ours == pytest.approx(ref.fun, abs=1e-6)
   np.testing.assert_allclose(w, ref.x[: d * c].reshape(d, c), atol=1e-3)
+
+
+@pytest.mark.parametrize("num_features, num_classes", [(10, 3), (20, 5)])
+def test_padding_features_and_classes_leaves_the_minimiser_unchanged(num_features, num_classes):
+  """The solver pads features to 64 and classes to 8; the unpadded minimiser is what comes back."""
+  rng = np.random.default_rng(num_classes)
+  x = rng.normal(size=(70, num_features))
+  y = rng.integers(0, num_classes, 70)
+  w, b = fit_logreg(x, y, num_classes, 0.05, tol=1e-7)
+  assert w.shape == (num_features, num_classes) and b.shape == (num_classes,)
+  ref_w, ref_b = _reference_fit(x, y, num_classes, 0.05)
+  np.testing.assert_allclose(w, ref_w, atol=1e-3)
+  np.testing.assert_allclose(b - b.mean(), ref_b - ref_b.mean(), atol=1e-3)
 
 
 def _clusters(rng, n, num_classes=4, dim=16, scale=3.0):

@@ -59,12 +59,23 @@ def probe_runs(costs, seeds=(0, 1, 2)):
 def test_information_gap_verdicts(cost, delta_p, outcome):
   costs = {("inmodal", 0.0): 0.0, ("inmodal", 0.1): cost / 2, ("inmodal", 1.0): cost, ("full", 0.0): 0.0}
   info = analysis.LabelInfo("image" if delta_p else "both", math.log(2), math.log(2), math.log(2) - delta_p)
+  # The unaligned probe's CE is about 0.21 nats, so it recovers about log 2 − 0.21 = 0.48 nats of the label.
   result = analysis.information_gap(probe_runs(costs), {"size": info})
   entry = result["labels"]["size"]
   increase = entry["features"]["joint"]["ce_increase_over_lambda0"]["λ=1"]
   assert increase["mean"] == pytest.approx(cost)
   assert entry["verdict"]["outcome"] == outcome
   assert result["achieved_alignment"]["λ=1"]["mean_paired_distance"]["mean"] == pytest.approx(0.0)
+
+
+def test_single_modality_label_the_unaligned_features_miss_is_untestable():
+  """A text-only label the λ = 0 probe cannot read (CE ≈ H(Y) = log 2 ≈ 0.693) has nothing to lose to alignment."""
+  costs = {("inmodal", 0.0): 0.47, ("inmodal", 0.1): 0.47, ("inmodal", 1.0): 0.47, ("full", 0.0): 0.47}
+  info = analysis.LabelInfo("text", math.log(2), 0.0, math.log(2))
+  verdict = analysis.information_gap(probe_runs(costs), {"size": info})["labels"]["size"]["verdict"]
+  assert verdict["outcome"] == "untestable"
+  # Per-seed CE 0.67, 0.681, 0.69: mean 0.680333.
+  assert verdict["recovered_at_lambda0_nats"] == pytest.approx(math.log(2) - (0.67 + 0.681 + 0.69) / 3, abs=1e-9)
 
 
 def gap_runs(r1_change):

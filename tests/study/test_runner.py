@@ -13,6 +13,13 @@ def test_smoke_study_writes_every_experiment_and_a_rerun_reads_its_runs(tmp_path
   study = json.loads((out / "study.json").read_text())
   assert {"information_gap", "gap_study", "ablation", "meta"} <= set(study)
   assert {p.name for p in out.glob("*.png")} == {"information_gap.png", "gap_study.png", "ablation.png"}
+  # The Markdown report: every experiment, a row per label, and every claim with its outcome.
+  report = (out / "study.md").read_text()
+  for heading in ("## 1. Information gap", "## 2. Gap study", "## 3. Ablation", "### Real photos (LiT)"):
+    assert heading in report
+  assert "| material | text |" in report and "| count | both |" in report
+  claims = study["ablation"]["claims"] + study["ablation"]["real_photos"]["claims"] + study["gap_study"]["claims"]
+  assert all(c["claim"] in report for c in claims) and "**not measured**" in report
   runs = {spec.name for spec in experiments.all_runs([0])}
   assert {p.name for p in (out / "runs").iterdir()} == runs and len(runs) == 9
   # The information-gap table: every label, with its modality and Δp from the dataset's label_sources.
@@ -25,7 +32,7 @@ def test_smoke_study_writes_every_experiment_and_a_rerun_reads_its_runs(tmp_path
   assert {c["outcome"] for c in study["ablation"]["claims"]} == {"not measured"}
   assert [outcome for _, outcome in printed["claims"]] == ["not measured"] * len(study["ablation"]["claims"])
   assert set(study["ablation"]["real_photos"]["metrics"]["mean_recall@1"]) == set(experiments.ABLATION_OBJECTIVES)
-  # A rerun trains nothing: every run's results are read back as they are.
-  before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
+  # A rerun trains nothing: every run's results and the real-photo comparison are read back as they are.
+  before = {p: p.stat().st_mtime_ns for p in [*(out / "runs").glob("*/results.json"), out / "lit/comparison.json"]}
   assert cli.main(["study", "--preset", "smoke", "--out", str(out), "--data-dir", str(tmp_path / "data")]) == 0
-  assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")} == before
+  assert {p: p.stat().st_mtime_ns for p in before} == before

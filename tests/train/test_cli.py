@@ -125,7 +125,7 @@ USER_ERRORS = {
     "train",
     f"--config={CONFIG}:variant=tinny",
     "--workdir=w",
-  ): "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']",
+  ): "unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'small_vit', 'test', 'tiny']",
   (
     "train",
     f"--config={CONFIG}:varaint=tiny",
@@ -192,7 +192,7 @@ def test_debug_adds_the_traceback(capsys, restore_logging):
   status, _, err = run_main(capsys, "train", f"--config={CONFIG}:variant=tinny", "--workdir=w", "--debug")
   assert status == 2 and err.startswith("Traceback (most recent call last):")
   assert err.endswith(
-    "\nerror: unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'test', 'tiny']\n"
+    "\nerror: unknown variant 'tinny' (did you mean 'tiny'?); valid choices: ['small', 'small_vit', 'test', 'tiny']\n"
   )
 
 
