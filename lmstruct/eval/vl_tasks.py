@@ -21,7 +21,7 @@ builder of ``train.evaluation``, feeds them). The evaluator names carry the task
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -32,6 +32,26 @@ from lmstruct.eval.evaluators import DataInputs, Evaluator, Result
 from lmstruct.eval.features import BatchSource, EncodeFn, FeatureCache, iterate, row_mask, to_numpy
 from lmstruct.eval.ranking import Ties, ranks_from_scores
 from lmstruct.eval.retrieval import recall_metrics, retrieval_ranks
+
+
+@dataclasses.dataclass
+class KeptRows:
+  """Iterating yields (batch, text tokens, kept row indices) for each batch of `batches` with a kept row
+  (`row_mask`); `skipped` counts the real rows dropped on the way (those with an index ≥ 0: a missing or corrupt
+  image), as opposed to the padding rows of a last batch."""
+
+  batches: BatchSource
+  skipped: int = 0
+
+  def __iter__(self) -> Iterator[tuple[Mapping[str, Any], np.ndarray, np.ndarray]]:
+    for batch in iterate(self.batches):
+      text = to_numpy(batch["text"])
+      keep = row_mask(batch, text.shape[0])
+      if "index" in batch:
+        self.skipped += int(np.sum(~keep & (to_numpy(batch["index"]) >= 0)))
+      rows = np.flatnonzero(keep)
+      if rows.size:
+        yield batch, text, rows
 
 
 def rank_answers(
@@ -189,14 +209,9 @@ class VqaEvaluator(Evaluator):
 
   def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     functions = self.model()
-    predicted, scores, outside, skipped = [], [], 0, 0
-    for batch in iterate(self.batches):
-      text = to_numpy(batch["text"])
-      keep = row_mask(batch, text.shape[0])
-      skipped += int(np.sum(~keep & (to_numpy(batch["index"]) >= 0))) if "index" in batch else 0
-      rows = np.flatnonzero(keep)
-      if rows.size == 0:
-        continue
+    predicted, scores, outside = [], [], 0
+    kept = KeptRows(self.batches)
+    for batch, text, rows in kept:
       predicted.append(functions.vqa_answers(to_numpy(batch["image"])[rows], text[rows]))
       scores.append(to_numpy(batch["answer_scores"])[rows])
       outside += int(np.sum(to_numpy(batch["outside"])[rows]))
@@ -207,7 +222,7 @@ class VqaEvaluator(Evaluator):
       "accuracy": vqa_accuracy(predicted, scores),
       "questions": float(predicted.size),
       "outside_answer_list": float(outside),
-      "skipped": float(skipped),
+      "skipped": float(kept.skipped),
     }
     return Result(metrics, {"predicted": predicted.tolist()})
 
@@ -224,15 +239,10 @@ class ClassificationEvaluator(Evaluator):
 
   def compute(self, encode_image: EncodeFn, encode_text: EncodeFn, cache: FeatureCache | None = None) -> Result:
     functions = self.model()
-    correct, skipped, count = 0, 0, 0
+    correct, count = 0, 0
     confusion: dict[str, int] = {}
-    for batch in iterate(self.batches):
-      text = to_numpy(batch["text"])
-      keep = row_mask(batch, text.shape[0])
-      skipped += int(np.sum(~keep & (to_numpy(batch["index"]) >= 0))) if "index" in batch else 0
-      rows = np.flatnonzero(keep)
-      if rows.size == 0:
-        continue
+    kept = KeptRows(self.batches)
+    for batch, text, rows in kept:
       logits = functions.classify([to_numpy(batch[key])[rows] for key in self.image_keys], text[rows])
       labels = to_numpy(batch["label"])[rows]
       predicted = np.argmax(logits, axis=-1)
@@ -243,7 +253,8 @@ class ClassificationEvaluator(Evaluator):
     if count == 0:
       raise ValueError(f"{self.name}: the batch source yielded no unmasked rows")
     return Result(
-      {"accuracy": correct / count, "examples": float(count), "skipped": float(skipped)}, {"confusion": confusion}
+      {"accuracy": correct / count, "examples": float(count), "skipped": float(kept.skipped)},
+      {"confusion": confusion},
     )
 
 

@@ -33,7 +33,6 @@ from lmstruct.pretrained import albef as albef_weights
 from lmstruct.pretrained import export
 from lmstruct.pretrained.bert import minilm_tokenizer_path
 from lmstruct.train import albef
-from lmstruct.train.evaluation import build_evaluators
 from lmstruct.train.loop import Trainer, resolved_optimizer, sharding_rules
 from lmstruct.train.optimizer import learning_rate_schedule, make_optimizer
 from lmstruct.train.step import init_sharded_state, loss_gradients, make_update, objective_function, state_initializer
@@ -281,16 +280,7 @@ class AlbefTrainer(Trainer):
       )
     built = [self._vl_evaluator(name, cfg) for name, cfg in fusion.items()]
     if unimodal:
-      built += build_evaluators(
-        unimodal,
-        data_dir=self.config.data.data_dir,
-        batch_size=self.config.data.eval_batch_size,
-        image_size=self.image_shape[0],
-        tokenize=self.tokenize,
-        mesh=self.mesh,
-        augment_config=self.config.data.augment.to_dict(),
-        seed=self.config.seed,
-      )
+      built += self.registry_evaluators(unimodal)
     return built
 
   def encoders(self):

@@ -316,8 +316,13 @@ class Trainer:
     )
 
   def evaluators(self) -> list:
+    return self.registry_evaluators(self.config.evals.to_dict())
+
+  def registry_evaluators(self, specs: Mapping[str, Any]) -> list:
+    """The evaluators of `specs` (name → config, `train.evaluation.build_evaluators`) on this run's data
+    directory, tokenizer, image size, mesh, augmentation and seed."""
     return build_evaluators(
-      self.config.evals.to_dict(),
+      specs,
       data_dir=self.config.data.data_dir,
       batch_size=self.config.data.eval_batch_size,
       image_size=self.image_shape[0],
