@@ -124,11 +124,17 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 def same_towers_clip_config(albef: dict[str, Any]) -> dict[str, Any]:
   """The two-tower model config on the towers of a resolved ALBEF config: its ViT, and a [CLS]-pooled BERT of its
   text-only layers (text.layers − fusion_layers) as the text tower, at its projection width."""
-  text = albef["text"]
+  text, image = albef["text"], albef["image"]
   return {
-    "image": {"kind": "vit", **albef["image"]},
+    "preset": "test",
+    "image": {
+      "kind": "vit",
+      "size": "test",
+      **{k: image[k] for k in ("width", "layers", "heads", "patch", "image_size")},
+    },
     "text": {
       "kind": "bert",
+      "size": "MiniLM-L6",
       **{k: text[k] for k in ("width", "heads", "mlp_dim", "vocab_size", "max_positions", "context_length")},
       "layers": text["layers"] - albef["fusion_layers"],
       "pooling": "cls",
