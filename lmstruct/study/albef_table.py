@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -36,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from lmstruct.study import stats
+from lmstruct.study.runner import git_commit
 
 ALBEF_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "albef_scenes.py"
 REGULARIZERS = ("none", "sep", "br", "gc", "all")
@@ -217,13 +217,11 @@ def machine() -> dict:
 
 def render_datasets(variant: str, data_dir: str) -> None:
   """Renders the variant's scenes dataset (every split of every task) once, before runs start side by side."""
+  from lmstruct.config import load_config
   from lmstruct.data import sources
 
-  spec = importlib.util.spec_from_file_location("albef_scenes", ALBEF_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   for task in ("pretrain", *TASKS):
-    config = module.get_config(f"variant={variant},task={task}")
+    config = load_config(f"{ALBEF_CONFIG}:variant={variant},task={task}")
     for data in (config.data.train, *(e.data for e in config.evals.values())):
       sources.build_source(data.to_dict(), data_dir)
 
@@ -284,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     "jobs": args.jobs,
     "wall_seconds": time.perf_counter() - start,
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "commit": git_commit(),
     "machine": machine(),
   }
   for column, entries in summary.items():
