@@ -17,7 +17,9 @@ overrides (`apply_overrides`), then `validate_config`.
 import ast
 import importlib.util
 import json
+import os
 import pathlib
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -215,11 +217,18 @@ def validate_config(config: Mapping[str, Any]) -> None:
     )
 
 
-def _get_config(path: pathlib.Path, arg: str | None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` (or `get_config()` without an argument) of the config file at `path`."""
+def config_module(path: str | os.PathLike) -> types.ModuleType:
+  """The config file at `path`, executed as a module (its `get_config` and any constants it names)."""
+  path = pathlib.Path(path)
   spec = importlib.util.spec_from_file_location(f"lmstruct_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def _get_config(path: pathlib.Path, arg: str | None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` (or `get_config()` without an argument) of the config file at `path`."""
+  module = config_module(path)
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"config file {path} defines no get_config(arg)")
   return module.get_config(arg) if arg is not None else module.get_config()

@@ -16,8 +16,9 @@ regulariser and seed: pre-training, then its tasks) run side by side on the core
 reads every finished run (`results.json`) and trains only the rest; a failed run is reported with its log, and its
 chain's tasks are not started. The scenes dataset of the variant is rendered once, before any run starts.
 
-Output: one JSON line per run and one per summary on stdout; OUT/albef_table.json ({'setup', 'runs', 'summary'})
-and OUT/albef_table.md (the tables, `render_markdown`).
+Output: one JSON line per run and one per summary on stdout; OUT/albef_table.json ({'setup', 'runs', 'summary',
+'baselines': each metric's constant-guess score on its test split}) and OUT/albef_table.md (the tables,
+`render_markdown`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 
+from lmstruct.config import config_module
 from lmstruct.study import stats
 from lmstruct.study.runner import git_commit
 
 ALBEF_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "albef_scenes.py"
-REGULARIZERS = ("none", "sep", "br", "gc", "all")
-TASKS = ("vqa", "nlvr", "ve")
+_ALBEF_SCENES = config_module(ALBEF_CONFIG)
+REGULARIZERS: tuple[str, ...] = tuple(_ALBEF_SCENES.REGULARIZERS)
+TASKS: tuple[str, ...] = tuple(task for task in _ALBEF_SCENES.TASKS if task != "pretrain")
 BASE = "none"
 #: Column name → (run task, evaluator, metric key) of results.json.
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -48,6 +52,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
   "VE accuracy": ("ve", "ve", "accuracy"),
   "retrieval R@1": ("pretrain", "retrieval", "mean_recall@1"),
 }
+#: The field of a raw test example that each downstream task predicts.
+TARGET_KEYS = {"vqa": "answer", "nlvr": "target", "ve": "target"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +180,12 @@ def _percent_interval(paired: Mapping) -> str:
   return f"{100 * paired['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
-def render_markdown(summary: Mapping, regs: Sequence[str], seeds: int) -> str:
-  """Two Markdown tables: mean ± std (percent) per regulariser and metric over `seeds` seeds, then each
-  regulariser's paired difference against ALBEF alone (points, 95 % interval) with its verdict."""
+def render_markdown(
+  summary: Mapping, regs: Sequence[str], seeds: int, baselines: Mapping[str, float] | None = None
+) -> str:
+  """Two Markdown tables: mean ± std (percent) per regulariser and metric over `seeds` seeds (and a last row of
+  `baselines`, `test_split_baselines`, when given), then each regulariser's paired difference against ALBEF alone
+  (points, 95 % interval) with its verdict."""
   columns = [c for c in METRICS if c in summary]
   lines = [
     f"| pre-training ({seeds} seeds) | " + " | ".join(columns) + " |",
@@ -187,6 +196,9 @@ def render_markdown(summary: Mapping, regs: Sequence[str], seeds: int) -> str:
       stats.format_summary(summary[c][reg]["summary"], scale=100) if reg in summary[c] else "not run" for c in columns
     ]
     lines.append(f"| {'ALBEF' if reg == BASE else f'ALBEF + {reg}'} | " + " | ".join(cells) + " |")
+  if baselines:
+    cells = [f"{100 * baselines[c]:.1f}" if c in baselines else "—" for c in columns]
+    lines.append("| constant guess (majority class; retrieval: chance) | " + " | ".join(cells) + " |")
   compared = [r for r in regs if r != BASE and any("paired" in summary[c].get(r, {}) for c in columns)]
   if compared:
     lines += ["", "| against ALBEF alone (points, 95 % interval) | " + " | ".join(columns) + " |"]
@@ -213,6 +225,34 @@ def machine() -> dict:
     "devices": len(devices),
     "jax": jax.__version__,
   }
+
+
+def constant_guess_accuracy(targets: Sequence[Hashable]) -> float:
+  """The accuracy of always guessing the most common target: max_c #{i : targets_i = c} / len(targets)."""
+  if not targets:
+    raise ValueError("no targets: a test split of a task has no examples")
+  return Counter(targets).most_common(1)[0][1] / len(targets)
+
+
+def test_split_baselines(variant: str, data_dir: str, tasks: Sequence[str]) -> dict[str, float]:
+  """{METRICS column: what a model that ignores its input scores on the variant's test split}: each task's
+  `constant_guess_accuracy` (scenes questions have one answer, so VQA accuracy is the fraction answered right) and
+  retrieval R@1's chance 1/N over the N test images (a caption's one image among N; an image's 5 captions among
+  5N)."""
+  from lmstruct.config import load_config
+  from lmstruct.data import sources
+
+  baselines = {}
+  for column, (task, evaluator, _) in METRICS.items():
+    if task != "pretrain" and task not in tasks:
+      continue
+    config = load_config(f"{ALBEF_CONFIG}:variant={variant},task={task}")
+    split = sources.build_source(config.evals[evaluator].data.to_dict(), data_dir)
+    if task == "pretrain":
+      baselines[column] = 1.0 / len(split)
+    else:
+      baselines[column] = constant_guess_accuracy([split[i][TARGET_KEYS[task]] for i in range(len(split))])
+  return baselines
 
 
 def render_datasets(variant: str, data_dir: str) -> None:
@@ -272,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
     records = [record for future in futures for record in future.result()]
   summary = summarize_table(records, args.regs)
+  baselines = test_split_baselines(args.variant, args.data_dir, args.tasks)
   setup = {
     "command": " ".join(["python -m lmstruct.study.albef_table", *(argv if argv is not None else sys.argv[1:])]),
     "variant": args.variant,
@@ -288,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for column, entries in summary.items():
     for reg, entry in entries.items():
       print(json.dumps({"kind": "summary", "metric": column, "reg": reg, **entry}), flush=True)
-  document = {"setup": setup, "runs": records, "summary": summary}
+  document = {"setup": setup, "runs": records, "summary": summary, "baselines": baselines}
   (out / "albef_table.json").write_text(json.dumps(document, indent=2))
-  (out / "albef_table.md").write_text(render_markdown(summary, args.regs, args.seeds))
+  (out / "albef_table.md").write_text(render_markdown(summary, args.regs, args.seeds, baselines))
   failed = [r["run"] for r in records if r["status"] == "failed"]
   if failed:
     print(f"failed runs (see their logs): {', '.join(failed)}", file=sys.stderr)

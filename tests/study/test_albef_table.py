@@ -1,10 +1,13 @@
 """`python -m lmstruct.study.albef_table`: the summary against hand-worked numbers, the Markdown tables, the
 argument errors, and the command end to end at CI size (one seed, one task, two steps) with a rerun that reads."""
 
+import collections
 import json
 
 import pytest
 
+from lmstruct.config import config_module
+from lmstruct.data.sources import build_source
 from lmstruct.study import albef_table
 
 T_975_2 = 4.302652729911275  # Student-t 0.975 quantile, 2 degrees of freedom (tables)
@@ -39,14 +42,28 @@ def test_summary_and_paired_differences_match_hand_worked_numbers():
 def test_markdown_rows_and_the_paired_table():
   records = _records({"none": [0.5, 0.6, 0.7], "sep": [0.6, 0.71, 0.82]})
   text = albef_table.render_markdown(
-    albef_table.summarize_table(records, ["none", "sep", "gc"]), ["none", "sep", "gc"], 3
+    albef_table.summarize_table(records, ["none", "sep", "gc"]), ["none", "sep", "gc"], 3, {"VE accuracy": 0.375}
   )
   lines = text.splitlines()
   assert lines[0] == "| pre-training (3 seeds) | VE accuracy |"
   assert "| ALBEF | 60.0 ± 10.0 |" in lines and "| ALBEF + sep | 71.0 ± 11.0 |" in lines
   assert "| ALBEF + gc | not run |" in lines
+  assert "| constant guess (majority class; retrieval: chance) | 37.5 |" in lines
   half = 100 * T_975_2 * 0.01 / 3**0.5
   assert f"| + sep | +11.0 [{11 - half:+.1f}, {11 + half:+.1f}] better |" in lines
+
+
+def test_constant_guess_accuracy_on_hand_worked_targets():
+  assert albef_table.constant_guess_accuracy([2, 0, 2, 1, 2, 0, 1, 2]) == 0.5
+  assert albef_table.constant_guess_accuracy(["yes"]) == 1.0
+  with pytest.raises(ValueError, match="no targets"):
+    albef_table.constant_guess_accuracy([])
+
+
+def test_regularisers_and_tasks_are_the_configs_choices():
+  config = config_module(albef_table.ALBEF_CONFIG)
+  assert set(albef_table.REGULARIZERS) == set(config.REGULARIZERS)
+  assert set(albef_table.TASKS) | {"pretrain"} == set(config.TASKS)
 
 
 def test_arguments_name_the_closest_choice_and_require_the_base(capsys):
@@ -72,6 +89,14 @@ def test_the_command_at_ci_size_then_a_rerun_reads_its_runs(tmp_path, capsys):
   assert 0.0 <= saved["summary"]["VE accuracy"]["none"]["summary"]["mean"] <= 1.0
   assert (out / "albef_table.md").read_text().startswith("| pre-training (1 seeds) | VE accuracy | retrieval R@1 |")
   assert (out / "runs/none/seed0/ve/results.json").is_file()
+  # The baselines, counted here from the raw test splits: VE's majority label, retrieval's 1 / #images.
+  config = config_module(albef_table.ALBEF_CONFIG)
+  ve_split = build_source(config.get_config("variant=test,task=ve").evals["ve"].data.to_dict(), data)
+  ve_labels = collections.Counter(ve_split[i]["target"] for i in range(len(ve_split)))
+  images = build_source(config.get_config("variant=test,task=pretrain").evals["retrieval"].data.to_dict(), data)
+  assert saved["baselines"] == pytest.approx(
+    {"VE accuracy": max(ve_labels.values()) / len(ve_split), "retrieval R@1": 1 / len(images)}
+  )
   printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
   assert {p["kind"] for p in printed} == {"run", "summary"}
   rerun = albef_table.main([*argv, "--data-dir", data, "--no-train"])
