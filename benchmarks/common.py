@@ -2,7 +2,7 @@
 runs in its own virtual environment without lmstruct or JAX, can import this file too).
 
 * the two reference configurations (``REFERENCE``) and their analytic model FLOPs;
-* machine facts (CPU model, cores, ISA flags, commit, date) for every JSON record;
+* machine facts (CPU model, cores, ISA flags, commit, date: `lmstruct/provenance.py`) for every JSON record;
 * timing summaries (median, spread) and the short tables every benchmark prints after its JSON lines;
 * worker processes driven over JSON lines (:class:`Worker` on the driving side, :func:`serve` inside the worker):
   each side of a comparison lives in its own process, and the driver alternates single steps between them
@@ -14,16 +14,16 @@ The lmstruct side of every update benchmark is built by :func:`build_lmstruct_up
 
 from __future__ import annotations
 
-import datetime
+import importlib.util
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -104,52 +104,21 @@ def update_model_flops(ref: Mapping[str, Any], batch: int, views: int = 1) -> fl
 # Machine facts
 
 
+def _load_provenance() -> types.ModuleType:
+  """This checkout's `lmstruct/provenance.py` (standard library only), loaded from its file, so that workers
+  without lmstruct (the open_clip peer) or with another checkout's (a baseline) describe the same way."""
+  spec = importlib.util.spec_from_file_location("lmstruct_provenance", REPO_ROOT / "lmstruct" / "provenance.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+provenance = _load_provenance()
+
+
 def machine() -> dict[str, Any]:
-  """CPU model, core count, the ISA flags that decide matmul speed, commit and date."""
-  model, flags = platform.processor() or "?", set()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      key, _, value = line.partition(":")
-      if key.strip() == "model name" and model in ("?", "x86_64", ""):
-        model = value.strip()
-      if key.strip() == "flags" and not flags:
-        flags = set(value.split())
-  except OSError:
-    pass
-  isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8") if f in flags]
-  return {
-    "cpu": model,
-    "cores": os.cpu_count(),
-    "isa": isa,
-    "commit": git_commit(REPO_ROOT),
-    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    "python": platform.python_version(),
-    "loadavg": load(),
-  }
-
-
-def git_commit(checkout: str | os.PathLike) -> str:
-  """Short commit of `checkout`, with '+dirty' when tracked files differ from it; '?' outside git."""
-  try:
-    commit = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = bool(
-      subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True
-      ).stdout.strip()
-    )
-  except (OSError, subprocess.CalledProcessError):
-    return "?"
-  return commit + ("+dirty" if dirty else "")
-
-
-def load() -> list[float]:
-  """1, 5 and 15-minute load averages (other processes on a shared machine show up here)."""
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return []
+  """CPU model, core count, the ISA flags that decide matmul speed, Python, load averages, commit and date."""
+  return {**provenance.host(), "commit": provenance.git_commit(), "date": provenance.utc_date()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from lmstruct import paths
 from lmstruct.data import pipeline
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,11 +32,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Examples per batch.")
 _BATCHES = flags.DEFINE_integer("batches", 6, "Timed batches per run.")
 _RUNS = flags.DEFINE_integer("runs", 3, "Runs per worker count (the median is reported).")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker-process counts to measure.")
-
-
-def shared_data() -> pathlib.Path:
-  """The shared real-data folder: ``$LMSTRUCT_SHARED_DATA`` or ``../shared/data`` beside the checkout."""
-  return pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 def coco_source(root: pathlib.Path) -> list[dict]:
@@ -106,7 +102,7 @@ def run_once(source: list[dict], tokenize: pipeline.Tokenize, workers: int, seed
 def main(argv: Sequence[str]) -> None:
   """Measures every requested worker count and prints the JSON report."""
   del argv
-  source = coco_source(shared_data())
+  source = coco_source(paths.shared_data())
   name, tokenize = tokenizer()
   results = []
   for workers in (int(w) for w in _WORKERS.value):

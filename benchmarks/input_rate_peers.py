@@ -48,24 +48,22 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from lmstruct import paths  # noqa: E402
+
 WORKER = pathlib.Path(__file__).resolve().parent / "peer_input_worker.py"
 IMAGE_SIZE, CONTEXT, BATCH = 224, 77, 32
-
-
-def shared_data() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", common.REPO_ROOT.parent / "shared" / "data"))
 
 
 def write_shards(folder: pathlib.Path, num_shards: int = 4) -> int:
   """coco-mini photos + first captions as webdataset shards in ``folder``; returns the number of samples."""
   samples = []
   for split in ("train2017", "val2017"):
-    annotations = json.loads((shared_data() / "coco-mini" / "annotations" / f"captions_{split}.json").read_text())
+    annotations = json.loads((paths.shared_data() / "coco-mini" / "annotations" / f"captions_{split}.json").read_text())
     first: dict[int, str] = {}
     for annotation in annotations["annotations"]:
       first.setdefault(annotation["image_id"], annotation["caption"].strip())
     for image in annotations["images"]:
-      path = shared_data() / "coco-mini" / split / image["file_name"]
+      path = paths.shared_data() / "coco-mini" / split / image["file_name"]
       if image["id"] in first and path.exists():
         samples.append((f"{image['id']:012d}", path.read_bytes(), first[image["id"]]))
   folder.mkdir(parents=True, exist_ok=True)

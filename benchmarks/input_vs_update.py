@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
 import statistics
 import sys
@@ -39,11 +38,9 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from lmstruct import paths  # noqa: E402
+
 FULL_OBJECTIVE = {"base": "inmodal", "weights": {"separation": 1.0, "bridge": 1.0, "geometric": 1.0}}
-
-
-def shared_data() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", common.REPO_ROOT.parent / "shared" / "data"))
 
 
 def coco_examples(root: pathlib.Path) -> list[dict[str, Any]]:
@@ -181,8 +178,8 @@ def main() -> None:
   parser.add_argument("--json-out", help="also write the JSON lines to this file")
   args = parser.parse_args()
 
-  source = coco_examples(shared_data())
-  records = [{"kind": "machine", **common.machine(), "data": str(shared_data() / "coco-mini")}]
+  source = coco_examples(paths.shared_data())
+  records = [{"kind": "machine", **common.machine(), "data": str(paths.shared_data() / "coco-mini")}]
   common.emit(records[0])
   for config in args.configs.split(","):
     record = measure(config, args, source)

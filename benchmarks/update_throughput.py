@@ -99,7 +99,7 @@ def lmstruct_checkout() -> str:
   import lmstruct
 
   root = pathlib.Path(lmstruct.__file__).resolve().parent.parent
-  return f"{root} @ {common.git_commit(root)}"
+  return f"{root} @ {common.provenance.git_commit(root)}"
 
 
 def lmstruct_env(xla_flags: str, checkout: str | None = None) -> dict[str, str]:
@@ -131,7 +131,7 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     )
   if not args.no_peer:
     workers.append(common.Worker("open_clip", common.worker_argv(HERE / "peer_openclip.py", args.peer_python, **spec)))
-  load_before = common.load()
+  load_before = common.provenance.host()["loadavg"]
   try:
     builds = {w.name: w.call("build") for w in workers}
     common.interleave(workers, args.warmup)
@@ -163,7 +163,7 @@ def run_pair(config: str, dtype: str, args: argparse.Namespace) -> dict[str, Any
     "matmul_peak_flops": peaks,
     "peak_used": peak,
     "loadavg_before": load_before,
-    "loadavg_after": common.load(),
+    "loadavg_after": common.provenance.host()["loadavg"],
     "sides": {},
   }
   for name, replies in timed.items():

@@ -22,15 +22,11 @@ Each task trains and evaluates on the same files unless the user points the eval
 (`--config.evals.<task>.data.path=...`); the evaluator names carry the task (`vqa/accuracy`).
 """
 
-import os
-import pathlib
-
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
+from lmstruct.paths import shared_data
 
-SHARED_DATA = pathlib.Path(
-  os.environ.get("LMSTRUCT_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = shared_data()
 FIXTURES = SHARED_DATA / "vl-fixtures"
 VARIANTS = {
   "test": dict(

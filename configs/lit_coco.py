@@ -19,17 +19,13 @@ Arguments:
   batch        global batch size
 """
 
-import os
-import pathlib
-
 from lmstruct.config import base_config, parse_arg
 from lmstruct.data import augment
 from lmstruct.losses.objective import named_objective
+from lmstruct.paths import shared_data
 from lmstruct.pretrained import assets
 
-SHARED_DATA = pathlib.Path(
-  os.environ.get("LMSTRUCT_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = shared_data()
 # Parameters the optimizer updates (regexes on 'a/b/kernel' paths); everything else — both towers — is locked.
 TRAINABLE = (r"^(image|text)_projection(_ind)?/", r"^log_logit_scale$", r"^logit_bias$")
 TOWERS = ("efficientnet_lite0", "all-MiniLM-L6-v2")

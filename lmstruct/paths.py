@@ -12,12 +12,14 @@ Shard lists (:func:`list_shards`) accept a folder, a glob (``cc3m/*.tar``), webd
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 from collections.abc import Sequence
 
 from etils import epath
 
 URL_SCHEMES = ("gs://", "s3://", "az://", "hf://")
+SHARED_DATA_ENV = "LMSTRUCT_SHARED_DATA"
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 PathLike = str | os.PathLike
@@ -85,3 +87,9 @@ def list_shards(shards: PathLike | Sequence[PathLike], suffix: str = ".tar") -> 
       f"such as shards/{{00000..00099}}{suffix}, or a list of files)"
     )
   return [path]
+
+
+def shared_data() -> pathlib.Path:
+  """The read-only real sample data (COCO-mini, the VL fixtures, real CLIP features): the one configurable path
+  `$LMSTRUCT_SHARED_DATA`, else `../shared/data` beside the checkout."""
+  return pathlib.Path(os.environ.get(SHARED_DATA_ENV, pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -20,49 +20,28 @@ commit and date. Runs already finished are not retrained (rerunning only collect
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lmstruct import paths, provenance
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 OBJECTIVES = ("clip", "sep", "br", "gc", "full")
 FEATURE_SETS = {"clip_vitb16": "features_clip.npy", "clip_random": "features_clip_random.npy"}
 
 
-def shared_data() -> pathlib.Path:
-  """The shared real-data folder: ``$LMSTRUCT_SHARED_DATA`` or ``../shared/data`` beside the checkout."""
-  return pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
-def provenance() -> dict[str, Any]:
-  """The commit, machine and date every record carries."""
-  commit = subprocess.run(
-    ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-  ).stdout.strip()
-  cpu = (
-    next(
-      (
-        line.split(":", 1)[1].strip()
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-      ),
-      "unknown cpu",
-    )
-    if pathlib.Path("/proc/cpuinfo").exists()
-    else "?"
-  )
+def measured_where() -> dict[str, Any]:
+  """The commit, machine and date every record carries (`lmstruct.provenance`)."""
   return {
-    "commit": commit,
-    "machine": f"{cpu}, {os.cpu_count()} cores",
-    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    "commit": provenance.git_commit(),
+    "machine": provenance.describe(provenance.host()),
+    "date": provenance.utc_date(with_time=False),
   }
 
 
@@ -100,7 +79,7 @@ def clip_features(name: str) -> tuple[np.ndarray, np.ndarray]:
   """(zv, zt) [500, 512] of one shared CLIP feature file, rows re-normalised to unit length."""
   from lmstruct.eval.features import l2_normalize
 
-  features = np.load(shared_data() / "clip-features" / FEATURE_SETS[name])
+  features = np.load(paths.shared_data() / "clip-features" / FEATURE_SETS[name])
   return l2_normalize(features[0]), l2_normalize(features[1])
 
 
@@ -134,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   out, runs = pathlib.Path(args.out), pathlib.Path(args.runs)
   out.mkdir(parents=True, exist_ok=True)
-  facts = provenance()
+  facts = measured_where()
   with (out / "structure.jsonl").open("w") as sink:
     for name in FEATURE_SETS:
       emit({**feature_set_record(name, out), **facts}, sink)

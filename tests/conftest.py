@@ -13,8 +13,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from lmstruct.paths import shared_data as configured_shared_data  # noqa: E402
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get("LMSTRUCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = configured_shared_data()
 
 
 @pytest.fixture(scope="session")

@@ -27,18 +27,16 @@ import argparse
 import concurrent.futures
 import dataclasses
 import json
-import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
+from lmstruct import provenance
 from lmstruct.config import config_module
 from lmstruct.study import stats
-from lmstruct.study.runner import git_commit
 
 ALBEF_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "albef_scenes.py"
 _ALBEF_SCENES = config_module(ALBEF_CONFIG)
@@ -212,21 +210,6 @@ def render_markdown(
   return "\n".join(lines) + "\n"
 
 
-def machine() -> dict:
-  """The host's description and the accelerator JAX sees (kind and count)."""
-  import jax
-
-  devices = jax.devices()
-  return {
-    "host": platform.node(),
-    "processor": platform.processor() or platform.machine(),
-    "cpus": os.cpu_count(),
-    "device_kind": devices[0].device_kind,
-    "devices": len(devices),
-    "jax": jax.__version__,
-  }
-
-
 def constant_guess_accuracy(targets: Sequence[Hashable]) -> float:
   """The accuracy of always guessing the most common target: max_c #{i : targets_i = c} / len(targets)."""
   if not targets:
@@ -323,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     "jobs": args.jobs,
     "wall_seconds": time.perf_counter() - start,
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "commit": git_commit(),
-    "machine": machine(),
+    "commit": provenance.git_commit(),
+    "machine": {**provenance.host(), **provenance.accelerator()},
   }
   for column, entries in summary.items():
     for reg, entry in entries.items():

@@ -15,13 +15,12 @@ import argparse
 import json
 import logging
 import pathlib
-import platform
-import subprocess
 import time
 
 import jax
 import ml_collections
 
+from lmstruct import provenance
 from lmstruct.config import load_config, validate_config
 from lmstruct.data import scenes, sources
 from lmstruct.eval import io
@@ -103,21 +102,6 @@ def real_photo_comparison(scale: StudyScale, out: pathlib.Path, seeds: list[int]
   return comparison
 
 
-def git_commit() -> str:
-  """The checkout's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
-  root = pathlib.Path(__file__).resolve().parents[2]
-  try:
-    commit = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    return commit + ("+dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, data_dir: str = "data") -> dict:
   """Trains (or reads) every run, analyses them and writes `OUT/study.json`, its Markdown report `OUT/study.md`
   (`lmstruct.study.report`) and `OUT/*.png`; returns the study."""
@@ -139,9 +123,8 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
     "preset": preset,
     "seeds": seed_list,
     "scale": scale_description(scale),
-    "commit": git_commit(),
-    "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-    f"{jax.device_count()} {jax.default_backend()} device(s)",
+    "commit": provenance.git_commit(),
+    "machine": provenance.describe({**provenance.host(), **provenance.accelerator()}),
     "wall_seconds": round(time.time() - started, 1),
     "date": time.strftime("%Y-%m-%d", time.gmtime()),
   }
