@@ -65,17 +65,11 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
   mesh = make_mesh(devices=jax.devices()[:1])
   queue = args.batch * 4
 
-  def init_variables(rng):
-    params = model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))["params"]
-    return {
-      "params": params,
-      "batch_stats": albef.pretrain_carried(params, jax.random.fold_in(rng, 1), queue, resolved["embed_dim"]),
-    }
-
+  inputs = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
   state, shardings = init_sharded_state(
-    state_initializer(init_variables, tx),
+    state_initializer(lambda rng: albef.init_pretrain_variables(model, rng, inputs, queue), tx),
     mesh=mesh,
-    rules=(("^batch_stats/queue/", "replicate"), *DEFAULT_RULES),
+    rules=(*albef.QUEUE_RULES, *DEFAULT_RULES),
     seed=0,
   )
   rng = np.random.default_rng(0)

@@ -219,6 +219,18 @@ def pretrain_carried(params: Mapping[str, Any], rng: jax.Array, queue_size: int,
   }
 
 
+#: Sharding rule of the feature queues: every device holds (and enqueues into) the whole queue.
+QUEUE_RULES: tuple[tuple[str, str], ...] = (("^batch_stats/queue/", "replicate"),)
+
+
+def init_pretrain_variables(model: Any, rng: jax.Array, inputs: Sequence[jax.Array], queue_size: int) -> dict:
+  """{'params': model.init(rng, *inputs)['params'], 'batch_stats': pretrain_carried(params, fold_in(rng, 1),
+  queue_size, model.embed_dim)}: the initial variables of pre-training (`inputs`: a dummy image and token batch)."""
+  params = model.init(rng, *inputs)["params"]
+  carried = pretrain_carried(params, jax.random.fold_in(rng, 1), queue_size, model.embed_dim)
+  return {"params": params, "batch_stats": carried}
+
+
 def project_temperature(params: Mapping[str, Any]) -> dict[str, Any]:
   """τ back into [0.001, 0.5] after the update (ALBEF clamps it in place), so the clamp never stalls its gradient."""
   if "temp" not in params:

@@ -88,7 +88,7 @@ class AlbefTrainer(Trainer):
       self.answer_list = vl.load_answer_list(self.options.answer_list, self.train_source)
       self.answer_tokenize = get_tokenizer("wordpiece", path=tokenizer_path, context_length=self.options.answer_length)
       self.answer_tokens = np.asarray(self.answer_tokenize(list(self.answer_list.answers)), np.int32)
-    rules = (("^batch_stats/queue/", "replicate"), *sharding_rules(config.sharding.rules))
+    rules = (*albef.QUEUE_RULES, *sharding_rules(config.sharding.rules))
     self.state, self.shardings = init_sharded_state(
       state_initializer(self._init_variables, self.tx),
       mesh=self.mesh,
@@ -121,11 +121,9 @@ class AlbefTrainer(Trainer):
     return (images, images) if task == "nlvr" else (images,), tokens
 
   def _init_variables(self, rng: jax.Array) -> dict[str, Any]:
-    params = self.model.init(rng, *self._dummy_inputs())["params"]
-    if self.options.task != "pretrain":
-      return {"params": params}
-    carried = albef.pretrain_carried(params, jax.random.fold_in(rng, 1), self.options.queue_size, self.model.embed_dim)
-    return {"params": params, "batch_stats": carried}
+    if self.options.task == "pretrain":
+      return albef.init_pretrain_variables(self.model, rng, self._dummy_inputs(), self.options.queue_size)
+    return {"params": self.model.init(rng, *self._dummy_inputs())["params"]}
 
   def _load_initial_weights(self) -> None:
     """albef.init: BERT / ViT checkpoints and a pre-training run, in the pre-training layout, moved into the task's

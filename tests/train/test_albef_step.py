@@ -42,18 +42,15 @@ def make_batch(seed, same_image=False):
   return {"image": rng.normal(size=(BATCH, size, size, 3)).astype(np.float32), "text": text, "image_key": keys}
 
 
-RULES = (("^batch_stats/queue/", "replicate"), *DEFAULT_RULES)
+RULES = (*albef.QUEUE_RULES, *DEFAULT_RULES)
 
 
 def initializer(model, tx):
   """rng ↦ the initial pre-training state of `model`: parameters, momentum copy and queues, optimizer state."""
   (size, _, _), length = albef_input_shapes(MODEL)
 
-  def init_variables(rng):
-    params = model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))["params"]
-    return {"params": params, "batch_stats": albef.pretrain_carried(params, jax.random.fold_in(rng, 1), 16, 16)}
-
-  return state_initializer(init_variables, tx)
+  inputs = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
+  return state_initializer(lambda rng: albef.init_pretrain_variables(model, rng, inputs, queue_size=16), tx)
 
 
 @pytest.fixture(scope="module")
