@@ -186,7 +186,7 @@ def render_markdown(
   (points, 95 % interval) with its verdict."""
   columns = [c for c in METRICS if c in summary]
   lines = [
-    f"| pre-training ({seeds} seeds) | " + " | ".join(columns) + " |",
+    f"| pre-training ({seeds} seed{'' if seeds == 1 else 's'}) | " + " | ".join(columns) + " |",
     "| --- |" + " --- |" * len(columns),
   ]
   for reg in regs:

@@ -87,7 +87,7 @@ def test_the_command_at_ci_size_then_a_rerun_reads_its_runs(tmp_path, capsys):
   assert set(saved["summary"]) == {"VE accuracy", "retrieval R@1"} and saved["setup"]["seeds"] == 1
   assert {"command", "commit", "machine", "date", "wall_seconds"} <= set(saved["setup"])
   assert 0.0 <= saved["summary"]["VE accuracy"]["none"]["summary"]["mean"] <= 1.0
-  assert (out / "albef_table.md").read_text().startswith("| pre-training (1 seeds) | VE accuracy | retrieval R@1 |")
+  assert (out / "albef_table.md").read_text().startswith("| pre-training (1 seed) | VE accuracy | retrieval R@1 |")
   assert (out / "runs/none/seed0/ve/results.json").is_file()
   # The baselines, counted here from the raw test splits: VE's majority label, retrieval's 1 / #images.
   config = config_module(albef_table.ALBEF_CONFIG)
