@@ -182,7 +182,7 @@ def render_markdown(
   summary: Mapping, regs: Sequence[str], seeds: int, baselines: Mapping[str, float] | None = None
 ) -> str:
   """Two Markdown tables: mean ± std (percent) per regulariser and metric over `seeds` seeds (and a last row of
-  `baselines`, `test_split_baselines`, when given), then each regulariser's paired difference against ALBEF alone
+  `baselines`, `constant_guess_baselines`, when given), then each regulariser's paired difference against ALBEF alone
   (points, 95 % interval) with its verdict."""
   columns = [c for c in METRICS if c in summary]
   lines = [
@@ -217,7 +217,7 @@ def constant_guess_accuracy(targets: Sequence[Hashable]) -> float:
   return Counter(targets).most_common(1)[0][1] / len(targets)
 
 
-def test_split_baselines(variant: str, data_dir: str, tasks: Sequence[str]) -> dict[str, float]:
+def constant_guess_baselines(variant: str, data_dir: str, tasks: Sequence[str]) -> dict[str, float]:
   """{METRICS column: what a model that ignores its input scores on the variant's test split}: each task's
   `constant_guess_accuracy` (scenes questions have one answer, so VQA accuracy is the fraction answered right) and
   retrieval R@1's chance 1/N over the N test images (a caption's one image among N; an image's 5 captions among
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
     records = [record for future in futures for record in future.result()]
   summary = summarize_table(records, args.regs)
-  baselines = test_split_baselines(args.variant, args.data_dir, args.tasks)
+  baselines = constant_guess_baselines(args.variant, args.data_dir, args.tasks)
   setup = {
     "command": " ".join(["python -m lmstruct.study.albef_table", *(argv if argv is not None else sys.argv[1:])]),
     "variant": args.variant,
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     "steps": args.steps or "variant default",
     "jobs": args.jobs,
     "wall_seconds": time.perf_counter() - start,
-    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "date": provenance.utc_date(),
     "commit": provenance.git_commit(),
     "machine": {**provenance.host(), **provenance.accelerator()},
   }

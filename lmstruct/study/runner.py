@@ -126,7 +126,7 @@ def run_study(preset: str, out: str | pathlib.Path, seeds: int | None = None, da
     "commit": provenance.git_commit(),
     "machine": provenance.describe({**provenance.host(), **provenance.accelerator()}),
     "wall_seconds": round(time.time() - started, 1),
-    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    "date": provenance.utc_date(with_time=False),
   }
   out.mkdir(parents=True, exist_ok=True)
   (out / "study.json").write_text(json.dumps(study, indent=1, allow_nan=True))
