@@ -15,11 +15,12 @@ Arguments:
   batch      global batch size
   scenes     scenes preset: default, material_text, no_size_text, two_way_gap, grey_out, occlusion
   train_size number of training examples rendered (the dataset is built on first use)
+  rotation   maximum object rotation in degrees (the scenes' default 45; README "The main job" measures 0 and 15)
 """
 
 from lmstruct.choices import unknown_choice
 from lmstruct.config import base_config, parse_arg
-from lmstruct.data import augment
+from lmstruct.data import augment, scenes
 from lmstruct.losses.objective import named_objective
 
 VARIANTS = {
@@ -53,6 +54,11 @@ VARIANTS = {
 LABELS = ("shape", "colour", "size", "count")
 
 
+def rotation_knob(rotation: float) -> dict:
+  """The `max_rotation` scene knob when it differs from the scenes' default (so default runs keep their config)."""
+  return {} if rotation == scenes.SceneConfig.max_rotation else {"max_rotation": rotation}
+
+
 def scenes_source(split: str, arg) -> dict:
   """One split of the scenes preset `arg.scenes`, rendered at the variant's image size, with only the splits the
   run reads (train, validation, test) built."""
@@ -60,7 +66,7 @@ def scenes_source(split: str, arg) -> dict:
     "kind": "scenes",
     "split": split,
     "preset": arg.scenes,
-    "knobs": {"image_size": VARIANTS[arg.variant]["image_size"]},
+    "knobs": {"image_size": VARIANTS[arg.variant]["image_size"], **rotation_knob(arg.rotation)},
     "split_sizes": {"train": arg.train_size, "validation": arg.eval_size, "test": arg.eval_size},
   }
 
@@ -76,6 +82,7 @@ def get_config(arg: str | None = None):
     scenes="default",
     train_size=6000,
     eval_size=500,
+    rotation=scenes.SceneConfig.max_rotation,
   )
   if arg.variant not in VARIANTS:
     raise unknown_choice("variant", arg.variant, VARIANTS)

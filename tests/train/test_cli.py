@@ -131,7 +131,7 @@ USER_ERRORS = {
     f"--config={CONFIG}:varaint=tiny",
     "--workdir=w",
   ): "unknown config argument 'varaint' (did you mean 'variant'?); valid choices: ['align', 'batch', "
-  "'eval_size', 'objective', 'scenes', 'steps', 'train_size', 'variant']",
+  "'eval_size', 'objective', 'rotation', 'scenes', 'steps', 'train_size', 'variant']",
   (
     "train",
     f"--config={REPO / 'configs' / 'clip_scene.py'}",
@@ -231,6 +231,18 @@ def test_config_values_and_overrides():
     apply_overrides(base_config(), {"train.steps": "off"})
   with pytest.raises(ValueError, match=r"cannot override config key 'train.steps.x': 'train.steps' is not a mapping"):
     apply_overrides(base_config(), {"train.steps.x": "1"})
+
+
+def test_rotation_argument_renders_every_split_of_the_run_with_that_rotation():
+  def knobs(config):
+    sources = [config.data.train] + [
+      e[k] for e in config.evals.values() for k in ("data", "train_data", "test_data") if k in e
+    ]
+    return [dict(source.knobs) for source in sources]
+
+  assert all(k == {"image_size": 64} for k in knobs(load_config(CONFIG)))
+  upright = knobs(load_config(f"{CONFIG}:rotation=0"))
+  assert len(upright) == 9 and all(k == {"image_size": 64, "max_rotation": 0.0} for k in upright)
 
 
 def test_a_runs_config_json_loads_back_to_the_same_config(tmp_path):
