@@ -38,7 +38,6 @@ def script_env(**extra: str) -> dict[str, str]:
 
 
 def test_dry_run_plans_and_trains_in_two_processes_on_fake_devices(shared_data, tmp_path):
-  pytest.importorskip("lmstruct.plan", reason="`lmstruct plan` comes with branch podscale")
   (tmp_path / "shards").mkdir()
   for shard in range(2):
     write_shard(shared_data, tmp_path / "shards" / f"{shard:05d}.tar")

@@ -115,7 +115,6 @@ def test_analysis_measures_real_clip_and_a_trained_run(quickstart, tmp_path, sha
 
 
 def test_tpu_notebook_runs_the_ring_update_and_plans_on_cpu(tmp_path):
-  pytest.importorskip("lmstruct.plan", reason="`lmstruct plan` comes with branch podscale")
   notebook = execute(
     "tpu.ipynb",
     devices=8,
